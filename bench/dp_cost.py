@@ -1,0 +1,91 @@
+"""DP cost: users per second of DP-SGD (Opacus, ghost clipping) vs plain training, same model and batch.
+
+Both are measured side by side in one run, alternating, on random sequences over a catalogue of each size.
+Repeat: python bench/dp_cost.py --items 12000 100000 --batch-size 256 --steps 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from shared_model.features import build_sequences
+from shared_model.model import ProfileConfig, ProfileTransformer
+from shared_model.privacy import PrivacyConfig
+from shared_model.training import TrainConfig, train
+
+
+def synthetic_catalogue_log(num_items: int, num_users: int, length: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = num_users * length
+    items = rng.zipf(1.2, n) % num_items
+    items[:num_items] = np.arange(num_items)  # every catalogue item appears
+    return pd.DataFrame({
+        "user_id": np.repeat(np.arange(num_users), length).astype(str),
+        "item_id": items.astype(str),
+        "category_id": (items % 200).astype(str),
+        "behavior": rng.choice([1, 1, 1, 2, 4], n).astype(np.int8),
+        "timestamp": 1_511_568_000 + np.tile(np.arange(length), num_users) * 60,
+        "price": rng.uniform(1, 100, n),
+        "brand": (items % 500).astype(str),
+    })
+
+
+def users_per_second(data, config, *, dp: bool, batch_size: int, steps: int) -> float:
+    users = batch_size * steps
+    torch.manual_seed(0)
+    model = ProfileTransformer(config, data.catalogue.descriptors)
+    sub = type(data)(catalogue=data.catalogue, train=_head(data.train, users), valid=_head(data.valid, 8),
+                     test=_head(data.test, 8), spec=data.spec, max_len=data.max_len)
+    privacy = PrivacyConfig(target_epsilon=8.0, target_delta=1e-5) if dp else None
+    result = train(model, sub, TrainConfig(epochs=1, batch_size=batch_size, negatives=1024, eval_every=0,
+                                           keep_best=False, show_progress=False),
+                   privacy=privacy, evaluate_test=False, device=torch.device("cpu"))
+    return result.examples_per_second
+
+
+def _head(seq, n):
+    from shared_model.features import SequenceSet
+
+    return SequenceSet(events={k: v[:n] for k, v in seq.events.items()}, genders=seq.genders[:n], ages=seq.ages[:n],
+                       lengths=seq.lengths[:n], user_ids=seq.user_ids[:n],
+                       target_items=None if seq.target_items is None else seq.target_items[:n],
+                       target_categories=None if seq.target_categories is None else seq.target_categories[:n],
+                       target_purchase=None if seq.target_purchase is None else seq.target_purchase[:n],
+                       history=None if seq.history is None else seq.history[:n])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[12_000, 100_000])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating plain/DP repetitions")
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, CPU")
+    config = ProfileConfig()
+    for num_items in args.items:
+        users = args.batch_size * args.steps + 16
+        log = synthetic_catalogue_log(num_items, users, config.max_len + 3)
+        data = build_sequences(log, pd.DataFrame(columns=["user_id", "gender", "age", "region"]), config.hash_spec,
+                               max_len=config.max_len)
+        plain, private = [], []
+        for _ in range(args.rounds):
+            plain.append(users_per_second(data, config, dp=False, batch_size=args.batch_size, steps=args.steps))
+            private.append(users_per_second(data, config, dp=True, batch_size=args.batch_size, steps=args.steps))
+        p, d = max(plain), max(private)
+        print(f"catalogue {num_items:>7} items: plain {p:7.1f} users/s, DP-SGD {d:7.1f} users/s, "
+              f"DP/plain {d / p:.2f} (best of {args.rounds}; batch {args.batch_size}, 1024 negatives)")
+    print("repeat: python " + " ".join(sys.argv))
+
+
+if __name__ == "__main__":
+    main()

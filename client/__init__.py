@@ -1,0 +1,1 @@
+"""Merchant side: the Flower ClientApp and the merchant daemon (federation issue)."""

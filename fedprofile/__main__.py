@@ -1,0 +1,5 @@
+"""`python -m fedprofile` runs the CLI."""
+
+from fedprofile.cli import app
+
+app()

@@ -1,0 +1,185 @@
+"""The `fedprofile` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="fedprofile: federated, privacy-preserving user profiling for e-commerce merchants.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Inspect, validate and generate event data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+FORMAT_HELP = "Data format: events (generic CSV/Parquet), taobao, amazon, movielens, jdata, synthetic."
+Fmt = Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP, envvar="FEDPROFILE_FORMAT")]
+Columns = Annotated[
+    Optional[str],
+    typer.Option(help="For --format events: schema field to source column, e.g. 'user_id=uid,item_id=sku'."),
+]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _load(data: Optional[str], fmt: str, quarantine: Optional[Path], columns: Optional[str]):
+    from shared_model.loaders import load_events, parse_column_map
+    from shared_model.validation import DataFileError
+
+    try:
+        return load_events(data, fmt, quarantine_path=quarantine, column_map=parse_column_map(columns))
+    except (DataFileError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@data_app.command("validate")
+def data_validate(
+    path: Annotated[str, typer.Argument(help="Data file or folder ('builtin' for the synthetic default).")],
+    fmt: Fmt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    quarantine: Annotated[
+        Optional[Path], typer.Option(help="Where rejected rows go (default: ./<name>.quarantine.csv).")
+    ] = None,
+    columns: Columns = None,
+) -> None:
+    """Load and validate a data set; rejected rows go to a quarantine file with row number and reason."""
+    quarantine = quarantine or Path(f"{Path(path).name or 'data'}.quarantine.csv")
+    log = _load(path, fmt, quarantine, columns)
+    summary = log.summary.as_dict()
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    typer.echo(f"{path} ({fmt})")
+    for f in summary["files"] + summary["side_files"]:
+        typer.echo(
+            f"  {f['path']}: read {f['rows_read']}, accepted {f['rows_accepted']}, "
+            f"duplicates {f['duplicates']}, quarantined {f['rows_quarantined']}"
+        )
+        for reason, count in f["reasons"].items():
+            typer.echo(f"      {count:>8}  {reason}")
+    typer.echo(
+        f"events: read {summary['rows_read']} = accepted {summary['rows_accepted']} + duplicates "
+        f"{summary['duplicates']} + quarantined {summary['rows_quarantined']}; "
+        f"{summary['users']} users, {summary['items']} items"
+    )
+    typer.echo(f"quarantine: {summary['quarantine_path']}")
+
+
+@data_app.command("synthesize")
+def data_synthesize(
+    out: Annotated[Path, typer.Option(help="Folder to write merchant-N/{events,users}.csv and truth.json into.")],
+    merchants: Annotated[int, typer.Option(help="Number of merchants.")] = 4,
+    users: Annotated[int, typer.Option(help="Customers per merchant.")] = 500,
+    items: Annotated[int, typer.Option(help="Catalogue size per merchant.")] = 3000,
+    bot_share: Annotated[float, typer.Option(help="Share of customers that are bots.")] = 0.03,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Write synthetic merchants' logs with planted ground truth (interests, segments, bots)."""
+    from shared_model.synthetic import SyntheticConfig, generate, write
+
+    config = SyntheticConfig(merchants=merchants, users_per_merchant=users, items_per_merchant=items,
+                             bot_share=bot_share, seed=seed)
+    write(generate(config), out, config)
+    typer.echo(f"wrote {merchants} merchants to {out}")
+
+
+def _log_epoch(row: dict) -> None:
+    parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}", f"{row['seconds']:.0f}s"]
+    if "epsilon" in row:
+        parts.append(f"epsilon {row['epsilon']:.3f}")
+    if "valid" in row:
+        parts.append(f"valid ndcg@10 {row['valid']['ndcg@10']:.4f}")
+    if "test" in row:
+        parts.append(f"test ndcg@10 {row['test']['ndcg@10']:.4f}")
+    typer.echo("  ".join(parts))
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Run folder for metrics.json and model.pt.")],
+    fmt: Fmt = "synthetic",
+    data: Annotated[
+        Optional[str], typer.Option(help="Data file or folder; omit for the built-in synthetic merchants.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Passes over the training users.")] = 20,
+    dp: Annotated[bool, typer.Option("--dp/--no-dp", help="User-level DP-SGD (Opacus).")] = False,
+    epsilon: Annotated[float, typer.Option(help="Target epsilon with --dp.", envvar="FEDPROFILE_EPSILON")] = 8.0,
+    delta: Annotated[Optional[float], typer.Option(help="Target delta with --dp (default: min(1e-5, 1/(10 users))).")] = None,
+    max_grad_norm: Annotated[float, typer.Option(help="Per-user gradient clipping norm with --dp.")] = 1.0,
+    batch_size: Annotated[int, typer.Option(help="(Expected) users per batch.")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    negatives: Annotated[int, typer.Option(help="Shared uniform negatives in the sampled softmax.")] = 256,
+    full_softmax: Annotated[bool, typer.Option(help="Score the whole catalogue in training (no DP).")] = False,
+    max_len: Annotated[int, typer.Option(help="Events per user sequence.")] = 50,
+    d_model: Annotated[int, typer.Option(help="Transformer width.")] = 64,
+    layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
+    heads: Annotated[int, typer.Option(help="Attention heads.")] = 2,
+    dropout: Annotated[float, typer.Option(help="Dropout rate.")] = 0.2,
+    profile_dim: Annotated[int, typer.Option(help="Profile vector size k.")] = 64,
+    item_buckets: Annotated[int, typer.Option(help="Rows in each of the two hashed item-id tables.")] = 1 << 15,
+    weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 0.0,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after this many evaluations without improvement.")] = None,
+    track_test: Annotated[bool, typer.Option(help="Record test metrics at every evaluation (metric curves).")] = False,
+    local_table: Annotated[bool, typer.Option(help="Add the merchant-local item residual table.")] = False,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
+    eval_every: Annotated[int, typer.Option(help="Epochs between validation passes.")] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when present).",
+                                                  envvar="FEDPROFILE_DEVICE")] = None,
+    columns: Columns = None,
+) -> None:
+    """Train the profile Transformer on one data set (centrally) and evaluate with full ranking."""
+    import torch
+
+    from shared_model.checkpoint import save_model
+    from shared_model.features import build_sequences
+    from shared_model.model import ProfileConfig, ProfileTransformer
+    from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, delta_for
+    from shared_model.training import TrainConfig, pick_device, train as run_training
+
+    out.mkdir(parents=True, exist_ok=True)
+    log = _load(data or "builtin" if fmt == "synthetic" else data, fmt, out / "quarantine.csv", columns)
+    s = log.summary
+    typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
+               f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined)")
+    base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=heads, n_layers=layers, profile_dim=profile_dim,
+                         dropout=dropout, item_buckets=item_buckets)
+    sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
+    config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
+    torch.manual_seed(seed)
+    model = ProfileTransformer(config, sequences.catalogue.descriptors)
+    privacy = None
+    if dp:
+        privacy = PrivacyConfig(target_epsilon=epsilon, target_delta=delta or delta_for(len(sequences.train)),
+                                max_grad_norm=max_grad_norm)
+    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, negatives=negatives,
+                               full_softmax=full_softmax, seed=seed, eval_every=eval_every,
+                               weight_decay=weight_decay, patience=patience, track_test=track_test,
+                               max_seconds=max_minutes * 60 if max_minutes else None,
+                               show_progress=sys.stderr.isatty())
+    target = pick_device(device)
+    typer.echo(f"training on {target}: {len(sequences.train)} users, {epochs} epochs" + (f", DP epsilon {epsilon}" if dp else ""))
+    try:
+        result = run_training(model, sequences, train_config, privacy=privacy, device=target,
+                              on_epoch=None if train_config.show_progress else _log_epoch)
+    except (PrivacyBudgetExhausted, ValueError) as exc:
+        _fail(str(exc))
+    metrics = {**result.metrics(), "data": s.as_dict(), "model": config.to_dict(),
+               "train": {k: v for k, v in train_config.__dict__.items()}, "device": str(target)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    save_model(out / "model.pt", model.cpu(), sequences.catalogue, metadata={"metrics": result.test})
+    typer.echo(
+        "test: " + ", ".join(f"{k} {result.test[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr"))
+        + f" | epsilon {result.epsilon:.3f} delta {result.delta:g} | {result.train_seconds:.0f}s, "
+        f"{result.examples_per_second:.0f} users/s"
+    )
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'model.pt'}")
+
+
+if __name__ == "__main__":
+    app()

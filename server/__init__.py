@@ -1,0 +1,1 @@
+"""Coordinating side: the Flower ServerApp that aggregates, checkpoints and publishes the global model."""

@@ -1,0 +1,241 @@
+"""The profile Transformer: a causal encoder over a user's events, a profile decoder and its heads."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared_model.features import NUM_AGE_BANDS, NUM_GENDERS, HashSpec
+from shared_model.schema import Behavior
+
+# Parameters whose names start with these prefixes stay on the merchant and are never aggregated:
+# the residual tables are indexed by the merchant's own item ids, which mean nothing elsewhere.
+LOCAL_PARAMETER_PREFIXES = ("input_items.local.", "output_items.local.")
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    max_len: int = 50  # events per user sequence
+    d_model: int = 64  # encoder width
+    n_heads: int = 2
+    n_layers: int = 2
+    profile_dim: int = 64  # k: size of the profile vector and of item representations
+    dropout: float = 0.2
+    item_buckets: int = 1 << 15  # rows in each of the two item hash tables
+    category_buckets: int = 1 << 12
+    brand_buckets: int = 1 << 13
+    price_buckets: int = 32
+    gap_buckets: int = 16
+    token_buckets: int = 1 << 14  # hashed title words
+    local_items: int = 0  # rows of the merchant-local residual table (0 = off; else num_items + 1)
+
+    @property
+    def hash_spec(self) -> HashSpec:
+        return HashSpec(self.item_buckets, self.category_buckets, self.brand_buckets, self.price_buckets,
+                        self.gap_buckets, self.token_buckets)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def is_shared(name: str) -> bool:
+    """The one rule deciding which parameters leave a merchant for aggregation."""
+    return not name.startswith(LOCAL_PARAMETER_PREFIXES)
+
+
+class HashedItemEncoder(nn.Module):
+    """An item vector from public descriptors only: two hashed id tables, category, brand, price bucket,
+    the mean of hashed title words, plus an optional merchant-local residual; no global item vocabulary."""
+
+    def __init__(self, config: ProfileConfig, dim: int):
+        super().__init__()
+        self.hash_a = nn.Embedding(config.item_buckets, dim)
+        self.hash_b = nn.Embedding(config.item_buckets, dim)
+        self.category = nn.Embedding(config.category_buckets, dim)
+        self.brand = nn.Embedding(config.brand_buckets, dim)
+        self.price = nn.Embedding(config.price_buckets, dim)
+        self.title = nn.Embedding(config.token_buckets, dim)
+        self.local = nn.Embedding(config.local_items, dim) if config.local_items else None
+        for table in self.tables():
+            nn.init.normal_(table.weight, std=0.02)
+        if self.local is not None:
+            nn.init.zeros_(self.local.weight)
+
+    def tables(self) -> list[nn.Embedding]:
+        tables = (self.hash_a, self.hash_b, self.category, self.brand, self.price, self.title, self.local)
+        return [t for t in tables if t is not None]
+
+    def forward(self, descriptors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        # descriptors: (..., 5 + W) from Catalogue.descriptors[items]; items: (...) local indices
+        words = descriptors[..., 5:]  # (..., W), 0 = no word
+        present = (words > 0).unsqueeze(-1).to(self.title.weight.dtype)  # (..., W, 1)
+        title = (self.title(words) * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (..., dim)
+        out = (
+            self.hash_a(descriptors[..., 0])
+            + self.hash_b(descriptors[..., 1])
+            + self.category(descriptors[..., 2])
+            + self.brand(descriptors[..., 3])
+            + self.price(descriptors[..., 4])
+            + title
+        )
+        if self.local is not None:
+            out = out + self.local(items)
+        return out  # (..., dim)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention from nn.Linear and SDPA; each position sees itself and earlier events."""
+
+    def __init__(self, config: ProfileConfig):
+        super().__init__()
+        assert config.d_model % config.n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
+        self.proj = nn.Linear(config.d_model, config.d_model)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, d)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, h, T, d/h)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, d)
+        return self.proj(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: ProfileConfig):
+        super().__init__()
+        self.up = nn.Linear(config.d_model, 4 * config.d_model)
+        self.down = nn.Linear(4 * config.d_model, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block."""
+
+    def __init__(self, config: ProfileConfig):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(config.d_model)
+        self.attn = CausalSelfAttention(config)
+        self.norm_ff = nn.LayerNorm(config.d_model)
+        self.ff = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attn(self.norm_attn(x)))
+        return x + self.ff(self.norm_ff(x))
+
+
+class EventEmbedding(nn.Module):
+    """Sum of item, behaviour, time, position and user-attribute embeddings for each event."""
+
+    def __init__(self, config: ProfileConfig):
+        super().__init__()
+        d = config.d_model
+        self.behavior = nn.Embedding(len(Behavior) + 1, d)
+        self.hour = nn.Embedding(25, d)
+        self.weekday = nn.Embedding(8, d)
+        self.gap = nn.Embedding(config.gap_buckets, d)
+        self.position = nn.Embedding(config.max_len, d)
+        self.gender = nn.Embedding(NUM_GENDERS, d)
+        self.age = nn.Embedding(NUM_AGE_BANDS, d)
+        for table in (self.behavior, self.hour, self.weekday, self.gap, self.position, self.gender, self.age):
+            nn.init.normal_(table.weight, std=0.02)
+
+    def forward(self, item_vectors, behaviors, hours, weekdays, gaps, genders, ages) -> torch.Tensor:
+        B, T = behaviors.shape
+        # Opacus needs position ids materialised per example, not a broadcast view
+        positions = torch.arange(T, device=behaviors.device).expand(B, T).contiguous()
+        user = (self.gender(genders) + self.age(ages)).unsqueeze(1)  # (B, 1, d)
+        return (
+            item_vectors
+            + self.behavior(behaviors)
+            + self.hour(hours)
+            + self.weekday(weekdays)
+            + self.gap(gaps)
+            + self.position(positions)
+            + user
+        )  # (B, T, d)
+
+
+class ProfileTransformer(nn.Module):
+    """Events -> per-position profile vectors (B, T, k), scored against item representations (C, k)."""
+
+    def __init__(self, config: ProfileConfig, descriptors: torch.Tensor):
+        super().__init__()
+        self.config = config
+        self.input_items = HashedItemEncoder(config, config.d_model)
+        self.embed = EventEmbedding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.decoder = nn.Sequential(  # the profile "decoder": encoder state -> profile vector
+            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.profile_dim)
+        )
+        # Separate (untied) output table: ghost clipping refuses one embedding used on both sides.
+        self.output_items = HashedItemEncoder(config, config.profile_dim)
+        # Category interests score the merchant's own categories (hashed), not a fixed global list.
+        # Order matters for Opacus: modules called with gradients run in this order in forward.
+        self.category_vectors = nn.Embedding(config.category_buckets, config.profile_dim)
+        nn.init.normal_(self.category_vectors.weight, std=0.02)
+        self.purchase_head = nn.Linear(config.profile_dim, 1)
+        # The merchant's catalogue descriptors: data, not parameters, and never sent anywhere.
+        self.register_buffer("descriptors", descriptors.long(), persistent=False)
+
+    def set_catalogue(self, descriptors: torch.Tensor) -> None:
+        """Swap in another merchant's catalogue (the local residual table must match its size)."""
+        if self.config.local_items and descriptors.shape[0] != self.config.local_items:
+            raise ValueError(
+                f"catalogue has {descriptors.shape[0]} rows but the local residual table has "
+                f"{self.config.local_items}; rebuild the model with local_items={descriptors.shape[0]}"
+            )
+        self.descriptors = descriptors.long().to(self.descriptors.device)
+
+    def encode(self, items, behaviors, hours, weekdays, gaps, genders, ages) -> torch.Tensor:
+        """Per-position profile vectors (B, T, k); inputs (B, T) / (B,) already on the model's device."""
+        x = self.embed(self.input_items(self.descriptors[items], items), behaviors, hours, weekdays, gaps, genders, ages)
+        x = self.dropout(x)  # (B, T, d)
+        for block in self.blocks:
+            x = block(x)
+        return self.decoder(self.norm(x))  # (B, T, k)
+
+    def item_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """Output-side item representations for any shape of local item indices: (...) -> (..., k)."""
+        return self.output_items(self.descriptors[items], items)
+
+    def forward(self, items, behaviors, hours, weekdays, gaps, genders, ages, positives, negatives,
+                target_categories, categories, train_negatives: bool = True):
+        """Training forward. Inputs (B, T) / (B,); `positives` and `target_categories` (B, T) are the next
+        items and their category buckets; `negatives` (N,) are items and `categories` (C,) the merchant's
+        category buckets that every position is contrasted with.
+
+        Returns profiles, positive item vectors, target-category vectors (each (B, T, k)), negative item
+        vectors (N, k), category vectors (C, k) and purchase logits (B, T). With `train_negatives=False`
+        (DP-SGD) the shared negative and category vectors are constants of the step: each user's gradient
+        then flows only through its own events and targets, which is what per-user clipping needs, and the
+        tables are not called twice with gradients (ghost clipping refuses that)."""
+        profiles = self.encode(items, behaviors, hours, weekdays, gaps, genders, ages)
+        with torch.set_grad_enabled(train_negatives and torch.is_grad_enabled()):
+            negative_vectors = self.item_vectors(negatives)  # (N, k)
+            category_vectors = self.category_vectors(categories)  # (C, k)
+        return (
+            profiles,
+            self.item_vectors(positives),
+            self.category_vectors(target_categories),
+            negative_vectors,
+            category_vectors,
+            self.purchase_head(profiles).squeeze(-1),
+        )
+
+    def shared_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if is_shared(n)}
+
+    def local_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if not is_shared(n)}

@@ -1,0 +1,107 @@
+"""User-level DP-SGD settings and the privacy ledger that carries a merchant's accountant across calls."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+
+class PrivacyBudgetExhausted(RuntimeError):
+    """Raised instead of training when the next steps would take epsilon past the merchant's target."""
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """(epsilon, delta) for one merchant's customers over the whole planned training."""
+
+    target_epsilon: float
+    target_delta: float
+    max_grad_norm: float = 1.0
+    planned_epochs: float | None = None  # epochs over all calls (e.g. rounds x local epochs); None = this call's
+    accountant: str = "prv"
+    ghost_clipping: bool = True
+
+    def __post_init__(self):
+        if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
+            raise ValueError(f"target_epsilon must be a positive finite number, got {self.target_epsilon}")
+        if not (0 < self.target_delta < 1):
+            raise ValueError(f"target_delta must be in (0, 1), got {self.target_delta}; use 1/(10 x number of users) or less")
+        if self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        if self.planned_epochs is not None and self.planned_epochs <= 0:
+            raise ValueError(f"planned_epochs must be positive, got {self.planned_epochs}")
+
+
+def delta_for(num_users: int) -> float:
+    """A conventional delta well below 1/n for n users."""
+    return min(1e-5, 1.0 / (10 * max(num_users, 1)))
+
+
+@dataclass
+class PrivacyLedger:
+    """Noise multiplier fixed once for the planned steps, and the accountant's history of steps taken.
+
+    `state_dict()` / `load_state_dict()` persist it, so epsilon accumulates across calls and restarts."""
+
+    target_epsilon: float
+    target_delta: float
+    sample_rate: float
+    noise_multiplier: float
+    planned_steps: int
+    accountant_name: str = "prv"
+    accountant_state: dict = field(default_factory=dict)
+
+    @classmethod
+    def plan(cls, config: PrivacyConfig, *, sample_rate: float, planned_steps: int) -> "PrivacyLedger":
+        sigma = get_noise_multiplier(
+            target_epsilon=config.target_epsilon,
+            target_delta=config.target_delta,
+            sample_rate=sample_rate,
+            steps=planned_steps,
+            accountant=config.accountant,
+        )
+        return cls(config.target_epsilon, config.target_delta, sample_rate, sigma, planned_steps, config.accountant)
+
+    def accountant(self):
+        acc = create_accountant(self.accountant_name)
+        if self.accountant_state:
+            acc.load_state_dict(copy.deepcopy(self.accountant_state))
+        return acc
+
+    def steps_taken(self) -> int:
+        return sum(steps for _, _, steps in self.accountant().history)
+
+    def epsilon(self) -> float:
+        acc = self.accountant()
+        return float(acc.get_epsilon(self.target_delta)) if acc.history else 0.0
+
+    def epsilon_after(self, extra_steps: int) -> float:
+        """Epsilon if `extra_steps` more steps were taken at this ledger's noise and sample rate."""
+        acc = self.accountant()
+        acc.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate) if extra_steps else None
+        if extra_steps > 1:
+            acc.history[-1] = (self.noise_multiplier, self.sample_rate, acc.history[-1][2] + extra_steps - 1)
+        return float(acc.get_epsilon(self.target_delta)) if acc.history else 0.0
+
+    def check_budget(self, extra_steps: int) -> None:
+        projected = self.epsilon_after(extra_steps)
+        # the noise was solved to land on target within the accountant's tolerance; allow that slack only
+        if projected > self.target_epsilon * (1 + 1e-3):
+            raise PrivacyBudgetExhausted(
+                f"{extra_steps} more steps would spend epsilon {projected:.3f} > target {self.target_epsilon} "
+                f"(spent so far {self.epsilon():.3f} over {self.steps_taken()} steps); this merchant stops training"
+            )
+
+    def record(self, accountant) -> None:
+        self.accountant_state = copy.deepcopy(accountant.state_dict())
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "PrivacyLedger":
+        return cls(**copy.deepcopy(state))

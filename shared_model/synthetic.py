@@ -1,0 +1,276 @@
+"""Synthetic merchants: realistic e-commerce logs with planted ground truth (the built-in default data set)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from shared_model.schema import Behavior
+from shared_model.validation import DataFileError, FileSummary, Quarantine
+
+SEGMENTS = ("high_value", "potential", "regular", "at_risk", "new")
+SEGMENT_SHARE = (0.10, 0.20, 0.35, 0.20, 0.15)
+# activity, purchase, cart/fav multipliers, price tier (0 low .. 2 high), active window (fraction of the period)
+SEGMENT_TRAITS = {
+    "high_value": dict(activity=1.4, buy=2.6, engage=1.2, price=2, window=(0.0, 1.0)),
+    "potential": dict(activity=1.3, buy=0.5, engage=1.8, price=1, window=(0.0, 1.0)),
+    "regular": dict(activity=1.0, buy=0.9, engage=0.9, price=1, window=(0.0, 1.0)),
+    "at_risk": dict(activity=0.8, buy=0.9, engage=0.8, price=1, window=(0.0, 0.35)),
+    "new": dict(activity=0.45, buy=0.6, engage=0.9, price=0, window=(0.8, 1.0)),
+}
+REGIONS = ("north", "south", "east", "west", "central", "northeast", "southwest", "northwest")
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    merchants: int = 4
+    users_per_merchant: int = 500
+    categories: int = 40
+    items_per_merchant: int = 3000
+    brands_per_category: int = 8
+    bot_share: float = 0.03
+    days: int = 9
+    start_timestamp: int = 1_511_568_000  # 2017-11-25 00:00 UTC, like the Taobao sample
+    median_events: float = 71.0  # gives a median of about 75 events per user (Taobao sample: 75)
+    events_sigma: float = 0.85  # log-normal spread; Taobao p10/p90 = 19/223
+    view_to_cart: float = 0.052
+    view_to_fav: float = 0.026
+    view_to_buy: float = 0.015
+    buy_to_review: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class SyntheticMerchant:
+    name: str
+    events: pd.DataFrame  # schema columns
+    users: pd.DataFrame  # user_id, gender, age, region
+    truth: dict  # per-user planted interests, segment, bot kind, price tier, peak hour
+
+
+def generate(config: SyntheticConfig = SyntheticConfig()) -> list[SyntheticMerchant]:
+    """Generate `config.merchants` non-IID merchants sharing one category taxonomy and brand set."""
+    rng = np.random.default_rng(config.seed)
+    C = config.categories
+    gender_skew = rng.normal(0, 1.0, C)  # >0: favoured by women
+    age_skew = rng.normal(0, 1.0, C)  # >0: favoured by older customers
+    base_price = np.exp(rng.uniform(np.log(5), np.log(300), C))
+    brand_tier = rng.uniform(0.5, 2.0, (C, config.brands_per_category))
+    merchants = []
+    for m in range(config.merchants):
+        focus = 0.8 * rng.dirichlet(np.full(C, 0.3)) + 0.2 / C  # each shop has its own category focus
+        merchants.append(_merchant(m, focus, gender_skew, age_skew, base_price, brand_tier, config, rng))
+    return merchants
+
+
+def _merchant(m, focus, gender_skew, age_skew, base_price, brand_tier, cfg: SyntheticConfig, rng) -> SyntheticMerchant:
+    C, n_items = cfg.categories, cfg.items_per_merchant
+    name = f"merchant-{m}"
+    # catalogue: categories follow the shop's focus, brands nest in categories, prices by category x brand
+    item_cat = rng.choice(C, size=n_items, p=focus)
+    item_brand = rng.integers(0, cfg.brands_per_category, n_items)
+    item_price = np.round(
+        base_price[item_cat] * brand_tier[item_cat, item_brand] * np.exp(rng.normal(0, 0.3, n_items)), 2
+    )
+    item_ids = np.array([f"m{m}-i{j}" for j in range(n_items)], dtype=object)
+    by_cat = [np.flatnonzero(item_cat == c) for c in range(C)]
+    # power-law popularity inside each category (Zipf over a random order)
+    pop = [(1.0 / np.arange(1, len(ix) + 1) ** 1.1)[rng.permutation(len(ix))] for ix in by_cat]
+    pop = [p / p.sum() if len(p) else p for p in pop]
+
+    U = cfg.users_per_merchant
+    gender = rng.choice(np.array(["F", "M"]), U)
+    age = np.clip(rng.normal(36, 12, U), 16, 75).round()
+    region = rng.choice(np.array(REGIONS), U)
+    segment = rng.choice(np.array(SEGMENTS), U, p=SEGMENT_SHARE)
+    bots = rng.random(U) < cfg.bot_share
+    bot_kind = np.where(rng.random(U) < 2 / 3, "click_farm", "fake_reviewer")
+    peak_hour = np.where(rng.random(U) < 0.7, rng.normal(13, 2.5, U), rng.normal(3, 2.5, U)) % 24  # UTC
+
+    rows, truth = [], {}
+    for u in range(U):
+        user_id = f"m{m}-u{u}"
+        g = 1.0 if gender[u] == "F" else -1.0
+        z = (age[u] - 36) / 12
+        prior = 0.15 * np.exp(0.9 * g * gender_skew + 0.7 * z * age_skew) * focus * C
+        theta = rng.dirichlet(prior)
+        theta = np.where(np.array([len(ix) for ix in by_cat]) > 0, theta, 0)
+        theta = theta / theta.sum()
+        traits = SEGMENT_TRAITS[segment[u]]
+        entry = {
+            "merchant": name,
+            "segment": str(segment[u]),
+            "bot": str(bot_kind[u]) if bots[u] else None,
+            "interests": {f"c{c}": round(float(theta[c]), 4) for c in np.argsort(-theta)[:5]},
+            "price_tier": traits["price"],
+            "peak_hour": round(float(peak_hour[u]), 2),
+            "gender": str(gender[u]),
+            "age": float(age[u]),
+        }
+        truth[user_id] = entry
+        if bots[u]:
+            rows.append(_bot_events(user_id, bot_kind[u], item_ids, item_cat, item_price, cfg, rng))
+        else:
+            rows.append(_user_events(user_id, theta, traits, peak_hour[u], by_cat, pop, item_ids, item_cat,
+                                     item_price, cfg, rng))
+    events = pd.concat(rows, ignore_index=True)
+    events["brand"] = events["brand"].astype(str)
+    users = pd.DataFrame({"user_id": [f"m{m}-u{u}" for u in range(U)], "gender": gender, "age": age, "region": region})
+    return SyntheticMerchant(name, events, users, {"users": truth, "focus": {f"c{c}": round(float(focus[c]), 4)
+                                                                            for c in np.argsort(-focus)[:5]}})
+
+
+def _user_events(user_id, theta, traits, peak, by_cat, pop, item_ids, item_cat, item_price, cfg, rng):
+    n_target = max(4, int(rng.lognormal(np.log(cfg.median_events * traits["activity"]), cfg.events_sigma)))
+    lo, hi = traits["window"]
+    period = cfg.days * 86_400
+    views_item, views_time = [], []
+    made = 0
+    while made < n_target:
+        c = rng.choice(len(theta), p=theta)
+        length = min(n_target - made, 2 + rng.poisson(6))
+        day = rng.uniform(lo, hi) * period // 86_400
+        hour = rng.normal(peak, 2.5) % 24
+        t0 = cfg.start_timestamp + day * 86_400 + hour * 3600
+        ix = by_cat[c]
+        # price preference: high-tier users favour expensive items in the category
+        weights = pop[c] * (item_price[ix] / item_price[ix].mean()) ** (traits["price"] - 1)
+        picks = rng.choice(ix, size=length, p=weights / weights.sum())
+        again = rng.random(length) < 0.3  # re-viewing the previous item is common
+        for k in range(1, length):
+            if again[k]:
+                picks[k] = picks[k - 1]
+        views_item.append(picks)
+        views_time.append(t0 + np.cumsum(rng.exponential(50, length)))
+        made += length
+    item = np.concatenate(views_item)
+    t = np.concatenate(views_time).astype(np.int64)
+    n = len(item)
+    beh = [np.full(n, Behavior.VIEW)]
+    it, ts = [item], [t]
+    for kind, p in (
+        (Behavior.CART, cfg.view_to_cart * traits["engage"]),
+        (Behavior.FAV, cfg.view_to_fav * traits["engage"]),
+        (Behavior.PURCHASE, cfg.view_to_buy * traits["buy"]),
+    ):
+        hit = rng.random(n) < p
+        it.append(item[hit])
+        ts.append(t[hit] + rng.integers(5, 600, hit.sum()))
+        beh.append(np.full(hit.sum(), kind))
+        if kind == Behavior.PURCHASE:
+            rev = rng.random(hit.sum()) < cfg.buy_to_review
+            it.append(item[hit][rev])
+            ts.append(t[hit][rev] + rng.integers(86_400, 3 * 86_400, rev.sum()))
+            beh.append(np.full(rev.sum(), Behavior.REVIEW))
+    return _frame(user_id, np.concatenate(it), np.concatenate(beh), np.concatenate(ts), item_ids, item_cat, item_price,
+                  cfg)
+
+
+def _bot_events(user_id, kind, item_ids, item_cat, item_price, cfg, rng):
+    targets = rng.choice(len(item_ids), size=rng.integers(2, 5), replace=False)
+    it, beh, ts = [], [], []
+    for _ in range(rng.integers(1, 4)):
+        t0 = cfg.start_timestamp + rng.integers(0, cfg.days) * 86_400 + rng.integers(1, 5) * 3600  # small hours
+        size = int(rng.integers(30, 120))
+        items = rng.choice(targets, size=size)
+        times = t0 + np.cumsum(rng.integers(1, 8, size))  # seconds apart: a burst
+        if kind == "click_farm":
+            b = rng.choice([Behavior.VIEW, Behavior.CART, Behavior.FAV, Behavior.PURCHASE], size=size, p=[0.6, 0.15, 0.1, 0.15])
+        else:
+            b = np.where(np.arange(size) % 2 == 0, Behavior.PURCHASE, Behavior.REVIEW)
+        it.append(items)
+        beh.append(b)
+        ts.append(times)
+    return _frame(user_id, np.concatenate(it), np.concatenate(beh), np.concatenate(ts), item_ids, item_cat, item_price,
+                  cfg)
+
+
+def _frame(user_id, item, beh, ts, item_ids, item_cat, item_price, cfg) -> pd.DataFrame:
+    order = np.argsort(ts, kind="stable")
+    item, beh, ts = item[order], beh[order], ts[order]
+    return pd.DataFrame(
+        {
+            "user_id": user_id,
+            "item_id": item_ids[item],
+            "category_id": np.char.add("c", item_cat[item].astype(str)),
+            "behavior": np.asarray(beh, dtype=np.int8),
+            "timestamp": np.asarray(ts, dtype=np.int64),
+            "price": item_price[item],
+            "brand": np.char.add(np.char.add("b", item_cat[item].astype(str)), "-x"),
+        }
+    )
+
+
+BEHAVIOR_NAMES = {int(b): b.name.lower() for b in Behavior}
+
+
+def write(merchants: list[SyntheticMerchant], out: str | Path, config: SyntheticConfig | None = None) -> Path:
+    """One folder per merchant: events.csv (schema columns, named behaviours), users.csv, truth.json."""
+    out = Path(out)
+    for merchant in merchants:
+        folder = out / merchant.name
+        folder.mkdir(parents=True, exist_ok=True)
+        merchant.events.assign(behavior=merchant.events["behavior"].map(BEHAVIOR_NAMES)).to_csv(
+            folder / "events.csv", index=False
+        )
+        merchant.users.to_csv(folder / "users.csv", index=False)
+        (folder / "truth.json").write_text(json.dumps(merchant.truth))
+    if config is not None:
+        (out / "config.json").write_text(json.dumps(asdict(config)))
+    return out
+
+
+def load_synthetic(path: str | Path | None, *, quarantine_path=None, config: SyntheticConfig | None = None):
+    """`path` None or 'builtin': generate the default merchants in memory; else a folder from `write`."""
+    from shared_model.loaders import load_events
+
+    if path is None or str(path) == "builtin":
+        merchants = generate(config or SyntheticConfig())
+        return merge_merchants(merchants, quarantine_path=quarantine_path)
+    path = Path(path)
+    folders = [path] if (path / "events.csv").exists() else sorted(p.parent for p in path.glob("*/events.csv"))
+    if not folders:
+        raise DataFileError(f"{path}: no events.csv here or in its subfolders (write one with `fedprofile data synthesize`)")
+    log = load_events([folder / "events.csv" for folder in folders], "events", quarantine_path=quarantine_path)
+    users, truth = [], {}
+    for folder in folders:
+        frame = pd.read_csv(folder / "users.csv", dtype={"user_id": str, "gender": str, "region": str},
+                            keep_default_na=False)
+        frame["age"] = pd.to_numeric(frame["age"], errors="coerce")
+        users.append(frame)
+        if (folder / "truth.json").exists():
+            truth.update(json.loads((folder / "truth.json").read_text())["users"])
+    log.users = pd.concat(users, ignore_index=True)
+    log.truth = {"users": truth} if truth else None
+    return log
+
+
+def merge_merchants(merchants: list[SyntheticMerchant], *, quarantine_path=None):
+    """All merchants' events in one log (for a centralized baseline); the truth keeps each user's merchant."""
+    from shared_model.loaders import finalize
+
+    chunks, summaries = [], []
+    for index, merchant in enumerate(merchants):
+        events = merchant.events
+        chunks.append(events.assign(_file=index, _row=np.arange(1, len(events) + 1),
+                                    _raw=pd.util.hash_pandas_object(events, index=False).to_numpy()))
+        summaries.append(FileSummary(f"builtin:{merchant.name}", rows_read=len(events)))
+    users = pd.concat([m.users for m in merchants], ignore_index=True)
+    log = finalize(chunks, summaries, users, [], Quarantine(quarantine_path), source="builtin")
+    log.truth = _merge_truth([m.truth for m in merchants])
+    return log
+
+
+def merchant_log(merchant: SyntheticMerchant, *, quarantine_path=None):
+    return merge_merchants([merchant], quarantine_path=quarantine_path)
+
+
+def _merge_truth(truths) -> dict | None:
+    truths = [t for t in truths if t]
+    if not truths:
+        return None
+    return {"users": {u: v for t in truths for u, v in t["users"].items()}}

@@ -1,0 +1,276 @@
+"""One training loop for plain and DP-SGD training of the profile Transformer."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from shared_model.evaluation import evaluate
+from shared_model.features import EVENT_FIELDS, SequenceData
+from shared_model.model import ProfileTransformer
+from shared_model.privacy import PrivacyConfig, PrivacyLedger
+
+
+def pick_device(preferred: str | None = None) -> torch.device:
+    """CUDA when present (or when asked for), CPU otherwise."""
+    if preferred:
+        return torch.device(preferred)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128  # expected batch size (Poisson sampling under DP): one optimizer step
+    physical_batch_size: int | None = None  # DP only: users per forward/backward pass (bounds memory)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    negatives: int = 256  # uniform negatives shared by the batch (sampled softmax)
+    full_softmax: bool = False  # use the whole catalogue as negatives instead
+    category_weight: float = 0.1
+    purchase_weight: float = 0.1
+    seed: int = 0
+    eval_every: int = 1  # epochs between validation passes (0: only at the end)
+    keep_best: bool = True  # restore the weights with the best validation NDCG@10
+    max_seconds: float | None = None  # stop after this much training time
+    patience: int | None = None  # stop after this many validation passes without a better NDCG@10
+    track_test: bool = False  # also record test metrics at each validation pass (for metric-vs-time curves)
+    show_progress: bool = True
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or self.negatives < 1:
+            raise ValueError("epochs, batch_size and negatives must be at least 1")
+
+
+def _contrastive(profiles, positives, negatives, target_ids, negative_ids) -> torch.Tensor:
+    """Softmax loss of each position's target against shared negatives (a negative equal to the target
+    is masked): profiles, positives (B, T, k), negatives (N, k) -> (B, T)."""
+    positive = (profiles * positives).sum(-1, keepdim=True)  # (B, T, 1)
+    negative = profiles @ negatives.T  # (B, T, N)
+    negative = negative.masked_fill(negative_ids.view(1, 1, -1) == target_ids.unsqueeze(-1), float("-inf"))
+    logits = torch.cat([positive, negative], dim=-1).float()
+    return torch.logsumexp(logits, dim=-1) - logits[..., 0]
+
+
+class ProfileLoss(nn.Module):
+    """Per-user loss: sampled-softmax next-item loss + next-category softmax + purchase-propensity terms,
+    averaged over the user's positions. `reduction` is what Opacus' ghost clipping toggles ('none' gives (B,))."""
+
+    def __init__(self, *, category_weight: float, purchase_weight: float, reduction: str = "mean"):
+        super().__init__()
+        self.category_weight = category_weight
+        self.purchase_weight = purchase_weight
+        self.reduction = reduction
+
+    def forward(self, outputs, targets) -> torch.Tensor:
+        profiles, positives, target_category_vectors, negatives, category_vectors, purchase_logits = outputs
+        target_items, target_categories, target_purchase, negative_ids, category_ids = targets
+        item_loss = _contrastive(profiles, positives, negatives, target_items, negative_ids)  # (B, T)
+        category_loss = _contrastive(profiles, target_category_vectors, category_vectors, target_categories,
+                                     category_ids)
+        valid = (target_items > 0).float()
+        known = (target_purchase >= 0).float()
+        purchase_loss = F.binary_cross_entropy_with_logits(
+            purchase_logits.float(), target_purchase.clamp(min=0), reduction="none"
+        ) * known
+        per_position = item_loss * valid + self.category_weight * category_loss * valid + self.purchase_weight * purchase_loss
+        per_user = per_position.sum(1) / valid.sum(1).clamp(min=1)  # (B,)
+        if self.reduction == "none":
+            return per_user
+        return per_user.sum() if self.reduction == "sum" else per_user.mean()
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    valid: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+    epsilon: float = 0.0
+    delta: float = 0.0
+    noise_multiplier: float = 0.0
+    steps: int = 0
+    train_seconds: float = 0.0
+    examples_per_second: float = 0.0
+    best_epoch: int = 0
+    privacy_state: dict | None = None
+
+    def metrics(self) -> dict:
+        out = {**self.test, "epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
+               "steps": self.steps, "train_seconds": self.train_seconds,
+               "examples_per_second": self.examples_per_second, "best_epoch": self.best_epoch,
+               "valid": self.valid, "history": self.history}
+        return out
+
+
+def _batch_to(batch, device):
+    return [t.to(device, non_blocking=True) for t in batch]
+
+
+def train(
+    model: ProfileTransformer,
+    data: SequenceData,
+    config: TrainConfig,
+    *,
+    privacy: PrivacyConfig | None = None,
+    ledger_state: dict | None = None,
+    device: torch.device | None = None,
+    evaluate_test: bool = True,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place on `data.train`; with `privacy`, user-level DP-SGD (one user = one example).
+
+    `ledger_state` continues an earlier privacy ledger (same merchant), so epsilon accumulates;
+    `on_epoch` receives each epoch's history row (loss, time, epsilon, validation metrics)."""
+    device = device or pick_device()
+    torch.manual_seed(config.seed)
+    model.to(device)
+    model.train()
+    dataset = TensorDataset(*data.train.tensors())
+    num_items = data.catalogue.num_items
+    category_set = torch.unique(data.catalogue.descriptors[1:, 2]).to(device)  # the merchant's category buckets
+    if len(dataset) == 0:
+        raise ValueError("no training sequences: every user needs at least 2 events before the held-out ones")
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight)
+    ledger = engine = None
+    net = model
+    if privacy is not None:
+        from opacus import PrivacyEngine
+
+        from shared_model import embedding_norm
+
+        embedding_norm.install()
+
+        sample_rate = 1 / len(loader)
+        steps_now = config.epochs * len(loader)
+        if ledger_state is not None:
+            ledger = PrivacyLedger.from_state_dict(ledger_state)
+        else:
+            planned_epochs = privacy.planned_epochs or config.epochs
+            ledger = PrivacyLedger.plan(privacy, sample_rate=sample_rate, planned_steps=int(round(planned_epochs * len(loader))))
+        ledger.check_budget(steps_now)
+        engine = PrivacyEngine(accountant=ledger.accountant_name)
+        if ledger.accountant_state:
+            engine.accountant.load_state_dict(copy.deepcopy(ledger.accountant_state))
+        mode = "ghost" if privacy.ghost_clipping else "hooks"
+        wrapped = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            criterion=criterion,
+            data_loader=loader,
+            noise_multiplier=ledger.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            poisson_sampling=True,
+            grad_sample_mode=mode,
+            loss_reduction="mean",
+        )
+        if mode == "ghost":
+            net, optimizer, criterion, loader = wrapped
+        else:
+            net, optimizer, loader = wrapped
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    result = TrainResult(delta=privacy.target_delta if privacy else 0.0)
+    best = (-1.0, None, 0)
+    stale = 0
+    examples, train_seconds = 0, 0.0
+    epochs = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not config.show_progress)
+    for epoch in epochs:
+        started = time.perf_counter()
+        total_loss, batches = 0.0, 0
+        with _physical_batches(loader, optimizer, config, privacy) as physical:
+            for batch in physical:
+                if batch[0].shape[0] == 0 and privacy is None:
+                    continue
+                *inputs, target_items, target_categories, target_purchase = _batch_to(batch, device)
+                B, T = target_items.shape
+                if config.full_softmax:  # every other catalogue item is a negative
+                    negatives = torch.arange(1, num_items + 1, device=device)
+                else:
+                    negatives = torch.randint(1, num_items + 1, (config.negatives,), device=device)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    outputs = net(*inputs, target_items, negatives, target_categories, category_set,
+                                  train_negatives=privacy is None)
+                    loss = criterion(outputs, (target_items, target_categories, target_purchase, negatives, category_set))
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss.item()) if B else 0.0
+                batches += 1
+                examples += B
+        train_seconds += time.perf_counter() - started
+        row = {"epoch": epoch, "loss": total_loss / max(batches, 1), "seconds": round(train_seconds, 2)}
+        if engine is not None:
+            ledger.record(engine.accountant)
+            row["epsilon"] = ledger.epsilon()
+        last_epoch = epoch == config.epochs or (config.max_seconds is not None and train_seconds >= config.max_seconds)
+        if (config.eval_every and epoch % config.eval_every == 0) or last_epoch:
+            row["valid"] = evaluate(model, data.valid, device=device, ks=(10,))
+            if config.track_test:
+                row["test"] = evaluate(model, data.test, device=device, ks=(10,))
+            if row["valid"]["ndcg@10"] > best[0]:
+                best = (row["valid"]["ndcg@10"], copy.deepcopy(model.state_dict()) if config.keep_best else None, epoch)
+                stale = 0
+            else:
+                stale += 1
+                last_epoch = last_epoch or (config.patience is not None and stale >= config.patience)
+        result.history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        epochs.set_postfix({k: (round(v, 4) if isinstance(v, float) else v) for k, v in
+                            [("loss", row["loss"]), ("ndcg@10", row.get("valid", {}).get("ndcg@10", float("nan"))),
+                             ("eps", row.get("epsilon", 0.0))]})
+        if last_epoch:
+            break
+    if config.keep_best and best[1] is not None:
+        model.load_state_dict(best[1])
+        result.best_epoch = best[2]
+    else:
+        result.best_epoch = result.history[-1]["epoch"]
+    if engine is not None:
+        ledger.record(engine.accountant)
+        result.epsilon = ledger.epsilon()
+        result.noise_multiplier = ledger.noise_multiplier
+        result.steps = ledger.steps_taken()
+        result.privacy_state = ledger.state_dict()
+        net._close()  # removes Opacus hooks and per-sample attributes; `model` is plain again
+    else:
+        result.steps = len(result.history) * len(loader)
+    result.train_seconds = train_seconds
+    result.examples_per_second = examples / train_seconds if train_seconds > 0 else 0.0
+    result.valid = evaluate(model, data.valid, device=device)
+    if evaluate_test:
+        result.test = evaluate(model, data.test, device=device)
+    return result
+
+
+@contextmanager
+def _physical_batches(loader, optimizer, config: TrainConfig, privacy):
+    """Under DP, split each sampled (logical) batch into physical ones; accounting stays per logical batch."""
+    if privacy is None or not config.physical_batch_size or config.physical_batch_size >= config.batch_size:
+        yield loader
+        return
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.physical_batch_size,
+                            optimizer=optimizer) as physical:
+        yield physical
+
+
+def count_steps(num_users: int, batch_size: int, epochs: float) -> int:
+    return int(round(epochs * math.ceil(num_users / batch_size)))
+
+
+def config_dict(config) -> dict:
+    return asdict(config)

@@ -1,0 +1,1 @@
+"""Many merchants on one machine: scenarios and reports on Flower's simulation engine."""

@@ -1,0 +1,80 @@
+"""The `fedprofile` command line: validation output, training artefacts, help everywhere."""
+
+from __future__ import annotations
+
+import json
+
+import click
+import pytest
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from fedprofile.cli import app
+
+runner = CliRunner()
+
+BROKEN = (
+    "user_id,item_id,category_id,behavior,timestamp\n"
+    "1,10,5,view,1511544070\n"
+    "1,10,5,view,1511544070\n"
+    "2,11,5,wink,1511544071\n"
+)
+
+
+def test_data_validate_json_counts_add_up(tmp_path):
+    source = tmp_path / "log.csv"
+    source.write_text(BROKEN)
+    quarantine = tmp_path / "q.csv"
+    result = runner.invoke(app, ["data", "validate", str(source), "--format", "events", "--json",
+                                 "--quarantine", str(quarantine)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    for key in ("rows_read", "rows_accepted", "duplicates", "rows_quarantined", "quarantine_path", "users", "items"):
+        assert key in summary
+    assert (summary["rows_read"], summary["rows_accepted"], summary["duplicates"], summary["rows_quarantined"]) == (3, 1, 1, 1)
+    assert summary["quarantine_path"] == str(quarantine)
+    assert "unknown behaviour: wink" in quarantine.read_text()
+
+
+def test_unreadable_file_fails_with_its_name(tmp_path):
+    result = runner.invoke(app, ["data", "validate", str(tmp_path / "nope.csv"), "--format", "taobao"])
+    assert result.exit_code == 2
+    assert "nope.csv" in result.output and "not found" in result.output
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_train_writes_metrics_and_model(tmp_path, dp):
+    data = tmp_path / "shops"
+    assert runner.invoke(app, ["data", "synthesize", "--out", str(data), "--merchants", "1", "--users", "80",
+                               "--items", "300"]).exit_code == 0
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "--format", "synthetic", "--epochs", "2", "--out", str(out),
+            "--d-model", "16", "--profile-dim", "16", "--layers", "1", "--max-len", "20", "--negatives", "32",
+            "--item-buckets", "1024", "--batch-size", "16"]
+    if dp:
+        args += ["--dp", "--epsilon", "4", "--delta", "1e-5"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("hr@10", "ndcg@10", "mrr", "epsilon", "delta", "train_seconds", "examples_per_second"):
+        assert key in metrics
+    assert (out / "model.pt").exists()
+    if dp:
+        assert 0 < metrics["epsilon"] <= 4.0 * (1 + 1e-3) and metrics["delta"] == 1e-5
+    else:
+        assert metrics["epsilon"] == 0.0
+
+
+def _walk(command: click.Command, path=()):
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _walk(sub, path + (name,))
+
+
+def test_every_command_and_option_has_help():
+    for path, command in _walk(get_command(app)):
+        assert command.help or command.short_help, f"command {' '.join(path)} has no help"
+        for param in command.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help, f"option {param.opts} of {' '.join(path)} has no help"

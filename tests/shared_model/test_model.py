@@ -1,0 +1,126 @@
+"""The profile Transformer under Opacus: per-user gradients are exact, and shared/local parameters are marked."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.grad_sample import GradSampleModuleFastGradientClipping
+from opacus.validators import ModuleValidator
+
+from shared_model.features import build_sequences
+from shared_model.model import LOCAL_PARAMETER_PREFIXES, ProfileConfig, ProfileTransformer, is_shared
+from shared_model.training import ProfileLoss
+
+TINY = ProfileConfig(max_len=12, d_model=16, n_heads=2, n_layers=2, profile_dim=8, dropout=0.0, item_buckets=64,
+                     category_buckets=32, brand_buckets=32, price_buckets=8, gap_buckets=8)
+
+
+def _setup(small_log, *, local: bool):
+    data = build_sequences(small_log.events, small_log.users, TINY.hash_spec, max_len=TINY.max_len)
+    config = ProfileConfig(**{**TINY.to_dict(), "local_items": data.catalogue.num_items + 1 if local else 0})
+    torch.manual_seed(0)
+    model = ProfileTransformer(config, data.catalogue.descriptors)
+    B = 5
+    *inputs, target_items, target_categories, target_purchase = [t[:B] for t in data.train.tensors()]
+    negatives = torch.randint(1, data.catalogue.num_items + 1, (16,))
+    category_set = torch.unique(data.catalogue.descriptors[1:, 2])
+    per_user = (target_items, target_categories)
+    shared = (negatives, category_set)
+    return model, inputs, per_user, shared, (target_items, target_categories, target_purchase, negatives, category_set)
+
+
+def _loss(reduction: str) -> ProfileLoss:
+    return ProfileLoss(category_weight=0.5, purchase_weight=0.5, reduction=reduction)
+
+
+def _forward(model, inputs, per_user, shared, *, rows=slice(None)):
+    negatives, categories = shared
+    return model(*[t[rows] for t in inputs], per_user[0][rows], negatives, per_user[1][rows], categories,
+                 train_negatives=False)
+
+
+def _per_user_reference(model, inputs, per_user, shared, targets) -> list[dict[str, torch.Tensor]]:
+    """Each user's gradient from a batch of one, with plain autograd."""
+    grads = []
+    for i in range(inputs[0].shape[0]):
+        model.zero_grad()
+        one = slice(i, i + 1)
+        loss = _loss("sum")(_forward(model, inputs, per_user, shared, rows=one),
+                            (targets[0][one], targets[1][one], targets[2][one], *targets[3:]))
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    return grads
+
+
+def test_model_passes_opacus_validation(small_log):
+    model, *_ = _setup(small_log, local=True)
+    assert ModuleValidator.validate(model, strict=False) == []
+
+
+def test_per_sample_gradients_match_microbatches_for_every_parameter(small_log):
+    model, inputs, per_user, shared, targets = _setup(small_log, local=True)
+    reference = _per_user_reference(model, inputs, per_user, shared, targets)
+    gsm = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    gsm.zero_grad()
+    _loss("sum")(_forward(gsm, inputs, per_user, shared), targets).backward()
+    checked = 0
+    for name, p in model.named_parameters():
+        expected = torch.stack([r.get(name, torch.zeros_like(p)) for r in reference])
+        assert p.grad_sample is not None, f"no per-sample gradient for {name}"
+        torch.testing.assert_close(p.grad_sample, expected, atol=1e-5, rtol=1e-4, msg=f"per-sample grad of {name}")
+        checked += 1
+    assert checked == len(list(model.parameters()))
+    gsm._close()
+
+
+@pytest.mark.parametrize("fast_embedding_norm", [False, True])
+def test_ghost_clipping_norms_match_true_per_user_norms(small_log, fast_embedding_norm, monkeypatch):
+    if fast_embedding_norm:
+        from shared_model import embedding_norm
+
+        monkeypatch.setitem(GradSampleModuleFastGradientClipping.NORM_SAMPLERS, torch.nn.Embedding,
+                            embedding_norm.embedding_norm_sample)
+    model, inputs, per_user, shared, targets = _setup(small_log, local=False)
+    reference = _per_user_reference(model, inputs, per_user, shared, targets)
+    true_norms = torch.stack([torch.sqrt(sum((g**2).sum() for g in r.values())) for r in reference])
+    ghost = GradSampleModuleFastGradientClipping(model, batch_first=True, loss_reduction="sum", max_grad_norm=1.0,
+                                                 use_ghost_clipping=True)
+    losses = _loss("none")(_forward(ghost, inputs, per_user, shared), targets)
+    losses.sum().backward()
+    torch.testing.assert_close(ghost.get_norm_sample(), true_norms, atol=1e-4, rtol=1e-3)
+    ghost._close()
+
+
+def test_fast_embedding_norm_matches_opacus():
+    from opacus.grad_sample.embedding_norm_sample import compute_embedding_norm_sample
+
+    from shared_model.embedding_norm import embedding_norm_sample
+
+    torch.manual_seed(0)
+    layer = torch.nn.Embedding(20, 4)
+    ids = torch.randint(0, 20, (6, 7, 3))  # repeated ids within examples, 3-D input like title words
+    backprops = torch.randn(6, 7, 3, 4)
+    ours = embedding_norm_sample(layer, [ids], backprops)[layer.weight]
+    theirs = compute_embedding_norm_sample(layer, [ids], backprops)[layer.weight]
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_shared_and_local_parameters_are_marked_in_one_place(small_log):
+    model, *_ = _setup(small_log, local=True)
+    local = [n for n, _ in model.named_parameters() if not is_shared(n)]
+    assert local == ["input_items.local.weight", "output_items.local.weight"]
+    assert all(n.startswith(LOCAL_PARAMETER_PREFIXES) for n in model.local_state())
+    assert set(model.shared_state()) | set(model.local_state()) == {n for n, _ in model.named_parameters()}
+    assert "descriptors" not in model.state_dict()  # the catalogue is data, never part of the weights
+
+
+def test_profiles_are_causal(small_log):
+    """A profile at position t must not change when later events change."""
+    model, inputs, *_ = _setup(small_log, local=False)
+    model.eval()
+    before = model.encode(*inputs)
+    changed = [t.clone() for t in inputs]
+    changed[0][:, -1] = 1  # alter the last event's item
+    after = model.encode(*changed)
+    torch.testing.assert_close(before[:, :-1], after[:, :-1])

@@ -1,0 +1,75 @@
+"""Privacy claims: reported epsilon is the accountant's, it accumulates across calls, and the budget is hard."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from opacus.accountants import PRVAccountant
+
+from shared_model.features import build_sequences
+from shared_model.model import ProfileConfig, ProfileTransformer
+from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, PrivacyLedger
+from shared_model.training import TrainConfig, train
+
+SMALL = ProfileConfig(max_len=16, d_model=16, n_heads=2, n_layers=1, profile_dim=16, item_buckets=256,
+                      category_buckets=64, brand_buckets=64, token_buckets=64)
+
+
+@pytest.fixture(scope="module")
+def data(small_log):
+    return build_sequences(small_log.events, small_log.users, SMALL.hash_spec, max_len=SMALL.max_len)
+
+
+def _fit(data, *, epochs, privacy, state=None, batch_size=32):
+    torch.manual_seed(0)
+    model = ProfileTransformer(SMALL, data.catalogue.descriptors)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, negatives=32, eval_every=0, show_progress=False)
+    return train(model, data, config, privacy=privacy, ledger_state=state, device=torch.device("cpu"))
+
+
+def test_reported_epsilon_is_the_accountants_figure_for_the_steps_taken(data):
+    privacy = PrivacyConfig(target_epsilon=4.0, target_delta=1e-5, planned_epochs=3)
+    result = _fit(data, epochs=2, privacy=privacy)
+    steps_per_epoch = math.ceil(len(data.train) / 32)
+    assert result.steps == 2 * steps_per_epoch
+    reference = PRVAccountant()
+    reference.history = [(result.noise_multiplier, 1 / steps_per_epoch, result.steps)]
+    assert result.epsilon == pytest.approx(reference.get_epsilon(1e-5), rel=1e-9)
+    assert 0 < result.epsilon < 4.0  # two of three planned epochs spent
+
+
+def test_epsilon_accumulates_across_calls_and_the_budget_is_hard(data):
+    privacy = PrivacyConfig(target_epsilon=3.0, target_delta=1e-5, planned_epochs=2)
+    first = _fit(data, epochs=1, privacy=privacy)
+    second = _fit(data, epochs=1, privacy=privacy, state=first.privacy_state)
+    assert second.steps == 2 * first.steps
+    assert second.noise_multiplier == first.noise_multiplier  # set once for the whole plan
+    assert first.epsilon < second.epsilon <= 3.0 * (1 + 1e-3)
+    assert second.epsilon == pytest.approx(3.0, rel=0.02)  # the plan ends at the target
+    with pytest.raises(PrivacyBudgetExhausted, match="stops training"):
+        _fit(data, epochs=1, privacy=privacy, state=second.privacy_state)
+
+
+def test_ledger_state_round_trips():
+    ledger = PrivacyLedger.plan(PrivacyConfig(target_epsilon=2.0, target_delta=1e-6), sample_rate=0.01, planned_steps=500)
+    acc = ledger.accountant()
+    for _ in range(3):
+        acc.step(noise_multiplier=ledger.noise_multiplier, sample_rate=ledger.sample_rate)
+    ledger.record(acc)
+    again = PrivacyLedger.from_state_dict(ledger.state_dict())
+    assert again.steps_taken() == 3
+    assert again.epsilon() == pytest.approx(ledger.epsilon())
+    assert again.epsilon_after(497) == pytest.approx(2.0, rel=0.02)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(target_epsilon=0.0, target_delta=1e-5), "target_epsilon"),
+    (dict(target_epsilon=float("inf"), target_delta=1e-5), "target_epsilon"),
+    (dict(target_epsilon=1.0, target_delta=1.5), "target_delta"),
+    (dict(target_epsilon=1.0, target_delta=1e-5, max_grad_norm=0.0), "max_grad_norm"),
+])
+def test_unsafe_privacy_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PrivacyConfig(**kwargs)
