@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 from opacus.grad_sample import register_norm_sampler
@@ -15,8 +17,8 @@ def embedding_norm_sample(layer: nn.Embedding, activations: list[torch.Tensor], 
     example * num_embeddings + id instead of `unique(dim=0)` on pairs, which is ~10x slower on CPU."""
     ids = activations[0]
     batch = ids.shape[0]
-    ids = ids.reshape(batch, -1)  # (B, L)
-    grads = backprops.reshape(batch * ids.shape[1], -1)  # (B*L, d)
+    ids = ids.reshape(batch, math.prod(ids.shape[1:]))  # (B, L)
+    grads = backprops.reshape(-1, backprops.shape[-1])  # (B*L, d)
     owner = torch.arange(batch, device=ids.device).repeat_interleave(ids.shape[1])
     keys = owner * layer.num_embeddings + ids.reshape(-1)
     if layer.padding_idx is not None:  # the padding row never receives gradient

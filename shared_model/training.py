@@ -41,9 +41,9 @@ class TrainConfig:
     purchase_weight: float = 0.1
     seed: int = 0
     eval_every: int = 1  # epochs between validation passes (0: only at the end)
-    keep_best: bool = True  # restore the weights with the best validation NDCG@10
+    keep_best: bool = True  # restore the weights with the best validation NDCG@10 (plain training only)
     max_seconds: float | None = None  # stop after this much training time
-    patience: int | None = None  # stop after this many validation passes without a better NDCG@10
+    patience: int | None = None  # stop after this many validation passes without a better NDCG@10 (plain only)
     track_test: bool = False  # also record test metrics at each validation pass (for metric-vs-time curves)
     show_progress: bool = True
 
@@ -182,6 +182,9 @@ def train(
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     result = TrainResult(delta=privacy.target_delta if privacy else 0.0)
+    # Under DP the weights returned are the last ones: picking a checkpoint by the users' validation
+    # items would spend privacy that the accountant does not count.
+    select_best = config.keep_best and privacy is None
     best = (-1.0, None, 0)
     stale = 0
     examples, train_seconds = 0, 0.0
@@ -220,11 +223,11 @@ def train(
             if config.track_test:
                 row["test"] = evaluate(model, data.test, device=device, ks=(10,))
             if row["valid"]["ndcg@10"] > best[0]:
-                best = (row["valid"]["ndcg@10"], copy.deepcopy(model.state_dict()) if config.keep_best else None, epoch)
+                best = (row["valid"]["ndcg@10"], copy.deepcopy(model.state_dict()) if select_best else None, epoch)
                 stale = 0
             else:
                 stale += 1
-                last_epoch = last_epoch or (config.patience is not None and stale >= config.patience)
+                last_epoch = last_epoch or (select_best and config.patience is not None and stale >= config.patience)
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -233,7 +236,7 @@ def train(
                              ("eps", row.get("epsilon", 0.0))]})
         if last_epoch:
             break
-    if config.keep_best and best[1] is not None:
+    if select_best and best[1] is not None:
         model.load_state_dict(best[1])
         result.best_epoch = best[2]
     else:

@@ -73,3 +73,19 @@ def test_ledger_state_round_trips():
 def test_unsafe_privacy_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PrivacyConfig(**kwargs)
+
+
+def test_empty_poisson_batches_are_private_steps_too():
+    from shared_model.synthetic import SyntheticConfig, generate, merge_merchants
+
+    log = merge_merchants(generate(SyntheticConfig(merchants=1, users_per_merchant=12, items_per_merchant=100)))
+    data = build_sequences(log.events, log.users, SMALL.hash_spec, max_len=SMALL.max_len)
+    privacy = PrivacyConfig(target_epsilon=8.0, target_delta=1e-5)
+    result = _fit(data, epochs=2, privacy=privacy, batch_size=1)  # sample rate 1/12: many batches are empty
+    assert result.steps == 2 * len(data.train)  # every step counted, empty or not
+    assert result.epsilon == pytest.approx(8.0, rel=0.02)
+
+
+def test_dp_training_returns_the_last_weights_not_a_validation_pick(data):
+    result = _fit(data, epochs=2, privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5))
+    assert result.best_epoch == 2
