@@ -73,8 +73,9 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, CPU")
     config = ProfileConfig()
     for num_items in args.items:
-        users = args.batch_size * args.steps + 16
-        log = synthetic_catalogue_log(num_items, users, config.max_len + 3)
+        length = config.max_len + 3
+        users = max(args.batch_size * args.steps + 16, -(-num_items // length) + 16)  # every item appears
+        log = synthetic_catalogue_log(num_items, users, length)
         data = build_sequences(log, pd.DataFrame(columns=["user_id", "gender", "age", "region"]), config.hash_spec,
                                max_len=config.max_len)
         plain, private = [], []
