@@ -125,6 +125,7 @@ def train(
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 0.0,
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many evaluations without improvement.")] = None,
     track_test: Annotated[bool, typer.Option(help="Record test metrics at every evaluation (metric curves).")] = False,
+    tie_item_tables: Annotated[bool, typer.Option(help="One item table for inputs and outputs (not with --dp).")] = False,
     local_table: Annotated[bool, typer.Option(help="Add the merchant-local item residual table.")] = False,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
     eval_every: Annotated[int, typer.Option(help="Epochs between validation passes.")] = 1,
@@ -148,7 +149,7 @@ def train(
     typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
                f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined)")
     base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=heads, n_layers=layers, profile_dim=profile_dim,
-                         dropout=dropout, item_buckets=item_buckets)
+                         dropout=dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)

@@ -31,6 +31,7 @@ class ProfileConfig:
     gap_buckets: int = 16
     token_buckets: int = 1 << 14  # hashed title words
     local_items: int = 0  # rows of the merchant-local residual table (0 = off; else num_items + 1)
+    tie_item_tables: bool = False  # one item encoder for inputs and outputs (plain training only)
 
     @property
     def hash_spec(self) -> HashSpec:
@@ -179,8 +180,13 @@ class ProfileTransformer(nn.Module):
         self.decoder = nn.Sequential(  # the profile "decoder": encoder state -> profile vector
             nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.profile_dim)
         )
-        # Separate (untied) output table: ghost clipping refuses one embedding used on both sides.
-        self.output_items = HashedItemEncoder(config, config.profile_dim)
+        # Untied by default: ghost clipping (DP) refuses one embedding used on both sides.
+        if config.tie_item_tables:
+            if config.d_model != config.profile_dim:
+                raise ValueError("tie_item_tables needs d_model == profile_dim")
+            self.output_items = self.input_items
+        else:
+            self.output_items = HashedItemEncoder(config, config.profile_dim)
         # Category interests score the merchant's own categories (hashed), not a fixed global list.
         # Order matters for Opacus: modules called with gradients run in this order in forward.
         self.category_vectors = nn.Embedding(config.category_buckets, config.profile_dim)

@@ -146,6 +146,11 @@ def train(
     ledger = engine = None
     net = model
     if privacy is not None:
+        if model.config.tie_item_tables:
+            raise ValueError(
+                "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one item table used for "
+                "both inputs and outputs; build the model with tie_item_tables=False"
+            )
         from opacus import PrivacyEngine
 
         from shared_model import embedding_norm

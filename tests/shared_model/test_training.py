@@ -27,3 +27,21 @@ def test_training_beats_an_untrained_model_and_checkpoints_round_trip(small_log,
     loaded, catalogue, _ = load_model(path)
     assert list(catalogue.item_ids) == list(data.catalogue.item_ids)
     assert evaluate(loaded, data.test, device=cpu) == evaluate(model, data.test, device=cpu)
+
+
+def test_tied_item_tables_train_plainly_and_dp_refuses_them(small_log):
+    import pytest
+
+    from shared_model.privacy import PrivacyConfig
+
+    config = ProfileConfig(**{**CONFIG.to_dict(), "tie_item_tables": True})
+    data = build_sequences(small_log.events, small_log.users, config.hash_spec, max_len=config.max_len)
+    model = ProfileTransformer(config, data.catalogue.descriptors)
+    assert model.output_items is model.input_items
+    assert not any(n.startswith("output_items.") for n, _ in model.named_parameters())
+    result = train(model, data, TrainConfig(epochs=1, batch_size=16, negatives=64, show_progress=False),
+                   device=torch.device("cpu"))
+    assert result.test["users"] > 0
+    with pytest.raises(ValueError, match="ghost clipping refuses"):
+        train(model, data, TrainConfig(epochs=1, show_progress=False),
+              privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5), device=torch.device("cpu"))
