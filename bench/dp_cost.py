@@ -10,7 +10,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numpy as np
 import pandas as pd

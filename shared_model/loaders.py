@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,7 +562,3 @@ def parse_column_map(spec: str | None) -> dict[str, str]:
             raise ValueError(f"unknown schema field {name!r} in column mapping; fields are {', '.join(EVENT_COLUMNS)}")
         mapping[name] = column
     return mapping
-
-
-def save_truth(path: Path, truth: dict) -> None:
-    path.write_text(json.dumps(truth))

@@ -188,7 +188,6 @@ class ProfileTransformer(nn.Module):
         else:
             self.output_items = HashedItemEncoder(config, config.profile_dim)
         # Category interests score the merchant's own categories (hashed), not a fixed global list.
-        # Order matters for Opacus: modules called with gradients run in this order in forward.
         self.category_vectors = nn.Embedding(config.category_buckets, config.profile_dim)
         nn.init.normal_(self.category_vectors.weight, std=0.02)
         self.purchase_head = nn.Linear(config.profile_dim, 1)

@@ -265,10 +265,6 @@ def merge_merchants(merchants: list[SyntheticMerchant], *, quarantine_path=None)
     return log
 
 
-def merchant_log(merchant: SyntheticMerchant, *, quarantine_path=None):
-    return merge_merchants([merchant], quarantine_path=quarantine_path)
-
-
 def _merge_truth(truths) -> dict | None:
     truths = [t for t in truths if t]
     if not truths:

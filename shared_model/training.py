@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import copy
-import math
 import time
 from contextlib import contextmanager
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -16,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from shared_model.evaluation import evaluate
-from shared_model.features import EVENT_FIELDS, SequenceData
+from shared_model.features import SequenceData
 from shared_model.model import ProfileTransformer
 from shared_model.privacy import PrivacyConfig, PrivacyLedger
 
@@ -274,11 +273,3 @@ def _physical_batches(loader, optimizer, config: TrainConfig, privacy):
     with BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.physical_batch_size,
                             optimizer=optimizer) as physical:
         yield physical
-
-
-def count_steps(num_users: int, batch_size: int, epochs: float) -> int:
-    return int(round(epochs * math.ceil(num_users / batch_size)))
-
-
-def config_dict(config) -> dict:
-    return asdict(config)
