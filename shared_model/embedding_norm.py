@@ -14,7 +14,8 @@ def embedding_norm_sample(layer: nn.Embedding, activations: list[torch.Tensor], 
 
     Same result as Opacus' `compute_embedding_norm_sample` (gradients of repeated ids within one example
     are summed before squaring), but rows are deduplicated with a 1-D `torch.unique` on
-    example * num_embeddings + id instead of `unique(dim=0)` on pairs, which is ~10x slower on CPU."""
+    example * num_embeddings + id instead of `unique(dim=0)` on pairs, which dominated a DP step on CPU
+    (profiled 256-user step: 8.8 s with Opacus' sampler, 4.0-5.8 s with this one; docs/benchmarks.md)."""
     ids = activations[0]
     batch = ids.shape[0]
     ids = ids.reshape(batch, math.prod(ids.shape[1:]))  # (B, L)
