@@ -126,6 +126,8 @@ def train(
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many evaluations without improvement.")] = None,
     track_test: Annotated[bool, typer.Option(help="Record test metrics at every evaluation (metric curves).")] = False,
     tie_item_tables: Annotated[bool, typer.Option(help="One item table for inputs and outputs (not with --dp).")] = False,
+    recency_positions: Annotated[bool, typer.Option(help="Position ids count back from the newest event.")] = False,
+    frozen_item_ids: Annotated[bool, typer.Option(help="Keep the hashed item-id tables at their random start.")] = False,
     local_table: Annotated[bool, typer.Option(help="Add the merchant-local item residual table.")] = False,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
     eval_every: Annotated[int, typer.Option(help="Epochs between validation passes.")] = 1,
@@ -149,7 +151,8 @@ def train(
     typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
                f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined)")
     base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=heads, n_layers=layers, profile_dim=profile_dim,
-                         dropout=dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables)
+                         dropout=dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
+                         recency_positions=recency_positions, frozen_item_ids=frozen_item_ids)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)
@@ -184,3 +187,89 @@ def train(
 
 if __name__ == "__main__":
     app()
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Run folder: metrics.json, report.md, plots, checkpoints, models.")],
+    merchants: Annotated[int, typer.Option(help="Simulated merchants (Flower SuperNodes).")] = 4,
+    rounds: Annotated[Optional[int], typer.Option(help="Federated rounds (run config num-rounds).")] = None,
+    data: Annotated[str, typer.Option(help="'synthetic' (built-in merchants) or a data set path.")] = "synthetic",
+    fmt: Fmt = "synthetic",
+    partitioning: Annotated[Optional[str], typer.Option(
+        help="natural (one synthetic shop per merchant), iid or dirichlet (split one data set's users).")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="Dirichlet concentration for --partitioning dirichlet.")] = None,
+    dp: Annotated[Optional[bool], typer.Option("--dp/--no-dp", help="User-level DP-SGD on every merchant.")] = None,
+    epsilon: Annotated[Optional[float], typer.Option(help="Target epsilon per merchant over the whole run.",
+                                                     envvar="FEDPROFILE_EPSILON")] = None,
+    delta: Annotated[Optional[float], typer.Option(help="Target delta (default: min(1e-5, 1/(10 users))).")] = None,
+    strategy: Annotated[Optional[str], typer.Option(
+        help="fedavg, fedadam, fedprox, fedmedian, fedtrimmedavg or krum.")] = None,
+    local_epochs: Annotated[Optional[int], typer.Option(help="Local epochs per round.")] = None,
+    centralized_baseline: Annotated[bool, typer.Option(
+        help="Also train one model on the union of the merchants' data with the same epoch budget.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Any run-config key, e.g. --set lr=3e-3 --set batch-size=256 (see pyproject.toml).")] = None,
+    cpus_per_merchant: Annotated[Optional[int], typer.Option(help="CPU cores reserved per simulated merchant.")] = None,
+) -> None:
+    """Run a federated simulation (Flower's simulation engine) and write metrics.json and report.md."""
+    import logging
+
+    from server.server_app import log_round
+    from shared_model.run_config import RunConfig
+    from simulations.simulate import simulate as run_sim
+
+    overrides: dict[str, object] = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set needs key=value, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    given = {"num-rounds": rounds, "data": data, "data-format": fmt, "partitioning": partitioning,
+             "dirichlet-alpha": alpha, "dp": dp, "target-epsilon": epsilon, "target-delta": delta,
+             "strategy": strategy, "local-epochs": local_epochs, "resume": resume}
+    values = {**RunConfig().to_flat(), **overrides, **{k: v for k, v in given.items() if v is not None}}
+    if values["data-format"] != "synthetic" and partitioning is None and "partitioning" not in overrides:
+        values["partitioning"] = "iid"  # a real data set is split by user unless told otherwise
+    if values["data"] == "synthetic" and values["data-format"] != "synthetic":
+        _fail(f"--format {values['data-format']} needs --data PATH")
+    try:
+        run = RunConfig.from_flat(values)
+    except ValueError as exc:
+        _fail(str(exc))
+    run = run.replace(min_replies=min(run.min_replies, merchants))
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # our own line per round replaces Flower's INFO chatter
+    typer.echo(f"simulating {merchants} merchants, {run.num_rounds} rounds, {run.strategy}, "
+               + (f"DP epsilon {run.target_epsilon} per merchant" if run.dp else "no DP") + f", data {run.data}")
+    metrics = run_sim(run, merchants, out, centralized=centralized_baseline, on_round=log_round,
+                      cpus_per_merchant=cpus_per_merchant)
+    line = f"final: HR@10 {metrics['hr@10']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}"
+    if "centralized" in metrics:
+        c = metrics["centralized"]
+        line += f" | centralized HR@10 {c['hr@10']:.4f} NDCG@10 {c['ndcg@10']:.4f}"
+    typer.echo(line)
+    if metrics["epsilon"]:
+        typer.echo("epsilon: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics["epsilon"].items())))
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+
+
+@app.command()
+def scenario(
+    path: Annotated[Path, typer.Argument(help="Scenario file (see simulations/scenarios/).")],
+    out: Annotated[Path, typer.Option(help="Folder: one sub-folder per variant, summary.md and summary.json.")],
+    only: Annotated[Optional[list[str]], typer.Option(help="Run only these variants (repeatable).")] = None,
+) -> None:
+    """Run every variant of a scenario file as a simulation and summarise them side by side."""
+    import logging
+
+    from server.server_app import log_round
+    from simulations.scenario import run_scenario
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    try:
+        summary = run_scenario(path, out, on_round=log_round, only=only)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo((out / "summary.md").read_text())
+    typer.echo(f"wrote {out / 'summary.md'} ({len(summary['variants'])} variants)")

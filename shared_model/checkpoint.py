@@ -46,3 +46,57 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     model = ProfileTransformer(config, catalogue.descriptors)
     model.load_state_dict(blob["state_dict"])
     return model.to(device), catalogue, blob.get("metadata", {})
+
+
+GLOBAL_MODEL_FILE = "model.pt"
+MANIFEST_FILE = "manifest.json"
+
+
+def save_global_model(folder: str | Path, config: ProfileConfig, shared_state: dict, manifest: dict) -> Path:
+    """A published global model: the shared weights and their config (no catalogue: each merchant brings its
+    own) plus a manifest (version, rounds, run config, metrics, epsilon per merchant). Written to a temporary
+    folder and renamed, so a reader never sees half a model."""
+    import json
+    import os
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save({"config": config.to_dict(), "shared_state": {k: torch.as_tensor(v).cpu() for k, v in shared_state.items()}},
+               tmp / GLOBAL_MODEL_FILE)
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_global_model(folder: str | Path) -> tuple[ProfileConfig, dict[str, torch.Tensor], dict]:
+    """(config, shared weights, manifest) of a published global model folder."""
+    import json
+
+    folder = Path(folder)
+    if not (folder / GLOBAL_MODEL_FILE).exists():
+        raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE} here; is this a published model version folder?")
+    blob = torch.load(folder / GLOBAL_MODEL_FILE, map_location="cpu", weights_only=True)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text()) if (folder / MANIFEST_FILE).exists() else {}
+    return ProfileConfig(**blob["config"]), blob["shared_state"], manifest
+
+
+def model_for_catalogue(config: ProfileConfig, shared_state: dict, catalogue: Catalogue,
+                        local_state: dict | None = None) -> ProfileTransformer:
+    """A merchant's runnable model: the global shared weights over its own catalogue (and local weights)."""
+    if config.local_items and config.local_items != catalogue.num_items + 1:
+        config = ProfileConfig(**{**config.to_dict(), "local_items": catalogue.num_items + 1})
+    model = ProfileTransformer(config, catalogue.descriptors)
+    missing = set(model.shared_state()) - set(shared_state)
+    if missing:
+        raise ValueError(f"the global model lacks {sorted(missing)[:5]}; it was built with another model config")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in {**shared_state, **(local_state or {})}.items():
+            if name in params:
+                params[name].copy_(torch.as_tensor(value))
+    return model

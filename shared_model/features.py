@@ -157,6 +157,22 @@ class SequenceSet:
             return base
         return base + (self.target_items, self.target_categories, self.target_purchase)
 
+    def select(self, rows: np.ndarray) -> "SequenceSet":
+        """The rows (users) at integer positions `rows`, in that order."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        return SequenceSet(
+            events={k: v[index] for k, v in self.events.items()},
+            genders=self.genders[index],
+            ages=self.ages[index],
+            lengths=self.lengths[index],
+            user_ids=self.user_ids[rows],
+            target_items=pick(self.target_items),
+            target_categories=pick(self.target_categories),
+            target_purchase=pick(self.target_purchase),
+            history=None if self.history is None else [self.history[i] for i in rows],
+        )
+
 
 @dataclass
 class SequenceData:
@@ -168,6 +184,12 @@ class SequenceData:
     test: SequenceSet
     spec: HashSpec
     max_len: int
+
+    def for_users(self, user_ids) -> "SequenceData":
+        """The same catalogue with only these users' sequences (a merchant's share of a split data set)."""
+        wanted = set(np.asarray(user_ids, dtype=object).tolist())
+        part = lambda seq: seq.select(np.flatnonzero([u in wanted for u in seq.user_ids]))  # noqa: E731
+        return SequenceData(self.catalogue, part(self.train), part(self.valid), part(self.test), self.spec, self.max_len)
 
 
 def event_features(events: pd.DataFrame, catalogue: Catalogue, spec: HashSpec) -> pd.DataFrame:

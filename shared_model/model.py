@@ -32,6 +32,8 @@ class ProfileConfig:
     token_buckets: int = 1 << 14  # hashed title words
     local_items: int = 0  # rows of the merchant-local residual table (0 = off; else num_items + 1)
     tie_item_tables: bool = False  # one item encoder for inputs and outputs (plain training only)
+    frozen_item_ids: bool = False  # keep the hashed item-id tables at their random start (fewer noised weights under DP)
+    recency_positions: bool = False  # position ids count back from the newest event (as left-padded SASRec)
 
     @property
     def hash_spec(self) -> HashSpec:
@@ -64,6 +66,11 @@ class HashedItemEncoder(nn.Module):
             nn.init.normal_(table.weight, std=0.02)
         if self.local is not None:
             nn.init.zeros_(self.local.weight)
+        if config.frozen_item_ids:
+            # Random, fixed id vectors still tell items apart; only the public descriptors' tables learn.
+            # Under DP-SGD every trained row gets noise, and most id rows see too few users to outweigh it.
+            self.hash_a.weight.requires_grad_(False)
+            self.hash_b.weight.requires_grad_(False)
 
     def tables(self) -> list[nn.Embedding]:
         tables = (self.hash_a, self.hash_b, self.category, self.brand, self.price, self.title, self.local)
@@ -147,13 +154,19 @@ class EventEmbedding(nn.Module):
         self.position = nn.Embedding(config.max_len, d)
         self.gender = nn.Embedding(NUM_GENDERS, d)
         self.age = nn.Embedding(NUM_AGE_BANDS, d)
+        self.recency_positions = config.recency_positions
         for table in (self.behavior, self.hour, self.weekday, self.gap, self.position, self.gender, self.age):
             nn.init.normal_(table.weight, std=0.02)
 
-    def forward(self, item_vectors, behaviors, hours, weekdays, gaps, genders, ages) -> torch.Tensor:
+    def forward(self, item_vectors, items, behaviors, hours, weekdays, gaps, genders, ages) -> torch.Tensor:
         B, T = behaviors.shape
         # Opacus needs position ids materialised per example, not a broadcast view
-        positions = torch.arange(T, device=behaviors.device).expand(B, T).contiguous()
+        positions = torch.arange(T, device=behaviors.device).expand(B, T).contiguous()  # (B, T)
+        if self.recency_positions:
+            # Sequences are right-padded (item 0): count back from each user's newest event, so the position
+            # that predicts the next item has the same id in training, validation and test.
+            newest = (items > 0).sum(dim=1, keepdim=True) - 1  # (B, 1)
+            positions = (newest - positions).clamp(min=0)  # (B, T)
         user = (self.gender(genders) + self.age(ages)).unsqueeze(1)  # (B, 1, d)
         return (
             item_vectors
@@ -205,7 +218,7 @@ class ProfileTransformer(nn.Module):
 
     def encode(self, items, behaviors, hours, weekdays, gaps, genders, ages) -> torch.Tensor:
         """Per-position profile vectors (B, T, k); inputs (B, T) / (B,) already on the model's device."""
-        x = self.embed(self.input_items(self.descriptors[items], items), behaviors, hours, weekdays, gaps, genders, ages)
+        x = self.embed(self.input_items(self.descriptors[items], items), items, behaviors, hours, weekdays, gaps, genders, ages)
         x = self.dropout(x)  # (B, T, d)
         for block in self.blocks:
             x = block(x)

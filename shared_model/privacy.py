@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -36,6 +37,13 @@ class PrivacyConfig:
             raise ValueError(f"planned_epochs must be positive, got {self.planned_epochs}")
 
 
+@functools.lru_cache(maxsize=64)
+def _noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    # solving takes seconds with PRV; merchants of equal size in one process share the answer
+    return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
+                                accountant=accountant)
+
+
 def delta_for(num_users: int) -> float:
     """A conventional delta well below 1/n for n users."""
     return min(1e-5, 1.0 / (10 * max(num_users, 1)))
@@ -57,13 +65,8 @@ class PrivacyLedger:
 
     @classmethod
     def plan(cls, config: PrivacyConfig, *, sample_rate: float, planned_steps: int) -> "PrivacyLedger":
-        sigma = get_noise_multiplier(
-            target_epsilon=config.target_epsilon,
-            target_delta=config.target_delta,
-            sample_rate=sample_rate,
-            steps=planned_steps,
-            accountant=config.accountant,
-        )
+        sigma = _noise_multiplier(config.target_epsilon, config.target_delta, sample_rate, planned_steps,
+                                  config.accountant)
         return cls(config.target_epsilon, config.target_delta, sample_rate, sigma, planned_steps, config.accountant)
 
     def accountant(self):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from contextlib import contextmanager
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,13 @@ from shared_model.evaluation import evaluate
 from shared_model.features import SequenceData
 from shared_model.model import ProfileTransformer
 from shared_model.privacy import PrivacyConfig, PrivacyLedger
+
+
+# Opacus notes that repeat on every call and say nothing about this run: fedprofile does not claim a secure
+# RNG, and ghost clipping's double backward fires hooks without input gradients by design.
+warnings.filterwarnings("ignore", message="Secure RNG turned off")
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect to module outputs")
+warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
@@ -124,11 +132,15 @@ def train(
     ledger_state: dict | None = None,
     device: torch.device | None = None,
     evaluate_test: bool = True,
+    validate: bool = True,
+    proximal_mu: float = 0.0,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data.train`; with `privacy`, user-level DP-SGD (one user = one example).
 
     `ledger_state` continues an earlier privacy ledger (same merchant), so epsilon accumulates;
+    `validate=False` skips every validation/test pass (a federated round evaluates separately);
+    `proximal_mu` > 0 pulls the weights back towards where they started after each step (FedProx);
     `on_epoch` receives each epoch's history row (loss, time, epsilon, validation metrics)."""
     device = device or pick_device()
     torch.manual_seed(config.seed)
@@ -188,7 +200,10 @@ def train(
     result = TrainResult(delta=privacy.target_delta if privacy else 0.0)
     # Under DP the weights returned are the last ones: picking a checkpoint by the users' validation
     # items would spend privacy that the accountant does not count.
-    select_best = config.keep_best and privacy is None
+    select_best = config.keep_best and privacy is None and validate
+    # FedProx's proximal term mu/2 |w - w_global|^2, applied as a decoupled step after each optimizer step:
+    # it does not depend on any user's data, so DP-SGD's per-user clipping and noise are untouched.
+    anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad] if proximal_mu > 0 else []
     best = (-1.0, None, 0)
     stale = 0
     examples, train_seconds = 0, 0.0
@@ -213,6 +228,10 @@ def train(
                     loss = criterion(outputs, (target_items, target_categories, target_purchase, negatives, category_set))
                 loss.backward()
                 optimizer.step()
+                if anchor and not getattr(optimizer, "_is_last_step_skipped", False):
+                    with torch.no_grad():
+                        for param, start in anchor:
+                            param.sub_(config.lr * proximal_mu * (param - start))
                 total_loss += float(loss.item()) if B else 0.0
                 batches += 1
                 examples += B
@@ -222,7 +241,7 @@ def train(
             ledger.record(engine.accountant)
             row["epsilon"] = ledger.epsilon()
         last_epoch = epoch == config.epochs or (config.max_seconds is not None and train_seconds >= config.max_seconds)
-        if (config.eval_every and epoch % config.eval_every == 0) or last_epoch:
+        if validate and ((config.eval_every and epoch % config.eval_every == 0) or last_epoch):
             row["valid"] = evaluate(model, data.valid, device=device, ks=(10,))
             if config.track_test:
                 row["test"] = evaluate(model, data.test, device=device, ks=(10,))
@@ -256,8 +275,9 @@ def train(
         result.steps = len(result.history) * len(loader)
     result.train_seconds = train_seconds
     result.examples_per_second = examples / train_seconds if train_seconds > 0 else 0.0
-    result.valid = evaluate(model, data.valid, device=device)
-    if evaluate_test:
+    if validate:
+        result.valid = evaluate(model, data.valid, device=device)
+    if validate and evaluate_test:
         result.test = evaluate(model, data.test, device=device)
     return result
 

@@ -116,7 +116,8 @@ def test_shared_and_local_parameters_are_marked_in_one_place(small_log):
 
 
 def test_profiles_are_causal(small_log):
-    """A profile at position t must not change when later events change."""
+    """A profile at position t must not change when the content of later events changes (with recency
+    position ids their count sets the positions, as in left-padded SASRec)."""
     model, inputs, *_ = _setup(small_log, local=False)
     model.eval()
     before = model.encode(*inputs)

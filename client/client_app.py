@@ -1,0 +1,125 @@
+"""The merchant's Flower ClientApp: translates train/evaluate messages into shared_model calls and back."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.state import MerchantState
+from shared_model.federated import load_local_state, load_shared_state, local_evaluate, local_round
+from shared_model.model import ProfileTransformer
+from shared_model.run_config import RunConfig
+from shared_model.training import pick_device
+
+app = ClientApp()
+
+# Keys of `context.state`
+STATE_PRIVACY = "fedprofile.privacy"
+STATE_LOCAL = "fedprofile.local"
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    run, server_round, run_id = _settings(msg)
+    merchant = _merchant(context, run)
+    state = _load_state(context, run, run_id, merchant.name)
+    stored = state.stored_update(run_id, server_round)
+    if stored is not None:  # this round was paid for already (the server restarted): send the same update again
+        return _train_reply(msg, merchant.name, stored["shared_state"], stored["metrics"], refused=stored.get("refused"))
+    model = _model(run, merchant, state, msg.content["arrays"])
+    update = local_round(model, merchant.sequences, run, ledger_state=state.ledger,
+                         epsilon_cap=_float(context.node_config.get("max-epsilon")),
+                         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)), device=pick_device())
+    metrics = {
+        "num-examples": update.num_examples,
+        "train-loss": update.loss if math.isfinite(update.loss) else 0.0,
+        "epsilon": update.epsilon,
+        "delta": update.delta,
+        "steps": update.steps,
+        "train-seconds": update.seconds,
+        "refused": int(update.refused is not None),
+    }
+    state.record(run_id, server_round, ledger=update.ledger_state, local=update.local_state,
+                 reply={"shared_state": update.shared_state, "metrics": metrics, "refused": update.refused})
+    _save_state(context, state)
+    return _train_reply(msg, merchant.name, update.shared_state, metrics, refused=update.refused)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    run, _, run_id = _settings(msg)
+    merchant = _merchant(context, run)
+    state = _load_state(context, run, run_id, merchant.name)
+    model = _model(run, merchant, state, msg.content["arrays"])
+    metrics = local_evaluate(model, merchant.sequences, device=pick_device())
+    users = int(metrics.pop("users"))
+    record = RecordDict({"metrics": MetricRecord({"num-examples": users, **metrics}),
+                         "merchant": ConfigRecord({"name": merchant.name})})
+    return Message(record, reply_to=msg)
+
+
+def _settings(msg: Message) -> tuple[RunConfig, int, str]:
+    config = msg.content["config"]
+    values = {k: v for k, v in config.items() if k not in ("run-id", "proximal-mu")}
+    return RunConfig.from_flat(values), int(config["server-round"]), str(config.get("run-id", ""))
+
+
+def _merchant(context: Context, run: RunConfig):
+    """Deployment: the merchant's own files (node config `data-path`, `format`); simulation: partition
+    `partition-id` of the run's data set."""
+    node = context.node_config
+    if "data-path" in node:
+        from client.merchant_data import load_merchant
+
+        return load_merchant(str(node["data-path"]), str(node.get("format", "events")), run,
+                             name=str(node.get("merchant-name", Path(str(node["data-path"])).stem)))
+    from simulations.datasets import simulated_merchants
+
+    merchants = simulated_merchants(run, int(node["num-partitions"]))
+    return merchants[int(node["partition-id"])]
+
+
+def _state_folder(context: Context, run: RunConfig, run_id: str, name: str) -> Path | None:
+    if "state-dir" in context.node_config:
+        return Path(str(context.node_config["state-dir"]))
+    if "partition-id" in context.node_config:  # simulation: each simulated merchant's "disk" lives in the run folder
+        return run.run_path / "merchants" / run_id / name
+    return None
+
+
+def _load_state(context: Context, run: RunConfig, run_id: str, name: str) -> MerchantState:
+    memory = None
+    if STATE_PRIVACY in context.state:
+        saved = context.state[STATE_PRIVACY]
+        memory = {"ledger": json.loads(str(saved["ledger"])), "rounds": json.loads(str(saved["rounds"])),
+                  "local": context.state[STATE_LOCAL].to_torch_state_dict() if STATE_LOCAL in context.state else {}}
+    return MerchantState.load(_state_folder(context, run, run_id, name), memory)
+
+
+def _save_state(context: Context, state: MerchantState) -> None:
+    context.state[STATE_PRIVACY] = ConfigRecord({"ledger": json.dumps(state.ledger), "rounds": json.dumps(state.rounds)})
+    if state.local:
+        context.state[STATE_LOCAL] = ArrayRecord(state.local)
+
+
+def _model(run: RunConfig, merchant, state: MerchantState, arrays: ArrayRecord) -> ProfileTransformer:
+    catalogue = merchant.sequences.catalogue
+    model = ProfileTransformer(run.model_config(local_items=catalogue.num_items + 1), catalogue.descriptors)
+    load_shared_state(model, arrays.to_torch_state_dict())
+    load_local_state(model, state.local)
+    return model
+
+
+def _train_reply(msg: Message, name: str, shared_state, metrics: dict, *, refused: str | None) -> Message:
+    content = {"metrics": MetricRecord(metrics), "merchant": ConfigRecord({"name": name, "refused": refused or ""})}
+    if shared_state is not None:  # only the shared weights leave the merchant; local ones never do
+        content["arrays"] = ArrayRecord(shared_state)
+    return Message(RecordDict(content), reply_to=msg)
+
+
+def _float(value) -> float | None:
+    return float(value) if value not in (None, "") else None

@@ -1,0 +1,80 @@
+"""What a merchant keeps between rounds: its privacy ledger, its local weights, and the last update it sent."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class MerchantState:
+    """Kept in the node's `context.state` and, when the merchant has a state folder, on disk too, so that a
+    restarted merchant keeps its cumulative epsilon. `rounds` lists the (run id, server round) pairs already
+    paid for: a round sent again (a restarted server) gets the stored update back instead of new training."""
+
+    ledger: dict | None = None
+    local: dict[str, torch.Tensor] = field(default_factory=dict)
+    rounds: list[list] = field(default_factory=list)
+    folder: Path | None = None
+
+    LEDGER = "privacy-ledger.json"
+    LOCAL = "local-weights.pt"
+    LAST = "last-update.pt"
+
+    @classmethod
+    def load(cls, folder: str | Path | None, in_memory: dict | None = None) -> "MerchantState":
+        folder = Path(folder) if folder else None
+        if folder is not None and (folder / cls.LEDGER).exists():
+            saved = json.loads((folder / cls.LEDGER).read_text())
+            local = torch.load(folder / cls.LOCAL, weights_only=True) if (folder / cls.LOCAL).exists() else {}
+            return cls(saved.get("ledger"), local, saved.get("rounds", []), folder)
+        if in_memory:
+            return cls(in_memory.get("ledger"), in_memory.get("local", {}), in_memory.get("rounds", []), folder)
+        return cls(folder=folder)
+
+    def as_memory(self) -> dict:
+        return {"ledger": self.ledger, "local": self.local, "rounds": self.rounds}
+
+    def already_paid(self, run_id: str, server_round: int) -> bool:
+        return [run_id, server_round] in self.rounds
+
+    def stored_update(self, run_id: str, server_round: int) -> dict | None:
+        """The update sent for this round before, if it is the last one and kept on disk."""
+        if self.folder is None or not (self.folder / self.LAST).exists():
+            return None
+        last = torch.load(self.folder / self.LAST, weights_only=False)
+        return last if (last.get("run_id"), last.get("round")) == (run_id, server_round) else None
+
+    def record(self, run_id: str, server_round: int, *, ledger: dict | None, local: dict, reply: dict | None) -> None:
+        """Note a finished round; the ledger is written before anything else so that it can never lag behind."""
+        self.ledger, self.local = ledger, local
+        if [run_id, server_round] not in self.rounds:
+            self.rounds.append([run_id, server_round])
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.folder / self.LEDGER, json.dumps({"ledger": ledger, "rounds": self.rounds}).encode())
+        _atomic_torch_save(self.folder / self.LOCAL, local)
+        if reply is not None:
+            _atomic_torch_save(self.folder / self.LAST, {"run_id": run_id, "round": server_round, **reply})
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(path: Path, obj) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,115 @@
+"""Choosing Flower's aggregation strategy from the run config, screening replies, and the strategy's state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Message
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
+
+from shared_model.run_config import RunConfig
+
+log = logging.getLogger("fedprofile.server")
+
+
+def make_strategy(run: RunConfig) -> Strategy:
+    """Flower's own strategies; fedprofile adds only the screening and the bookkeeping around them."""
+    common = dict(fraction_train=run.fraction_train, fraction_evaluate=run.fraction_evaluate,
+                  min_train_nodes=run.min_replies, min_evaluate_nodes=run.min_replies if run.fraction_evaluate else 0,
+                  min_available_nodes=run.min_replies)
+    if run.strategy == "fedavg":
+        return FedAvg(**common)
+    if run.strategy == "fedadam":
+        return FedAdam(**common, eta=run.server_lr, eta_l=run.lr, tau=run.server_tau)
+    if run.strategy == "fedprox":
+        return FedProx(**common, proximal_mu=run.proximal_mu)
+    if run.strategy == "fedmedian":
+        return FedMedian(**common)
+    if run.strategy == "fedtrimmedavg":
+        return FedTrimmedAvg(**common, beta=run.trim_beta)
+    if run.strategy == "krum":
+        return Krum(**common, num_malicious_nodes=run.krum_byzantine)
+    raise ValueError(f"unknown strategy {run.strategy!r}")
+
+
+# Server-side optimiser moments (FedAdam and the other FedOpt strategies); they must survive a restart.
+_STATE_ATTRIBUTES = ("m_t", "v_t")
+
+
+def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
+    out = {}
+    for attribute in _STATE_ATTRIBUTES:
+        for name, value in (getattr(strategy, attribute, None) or {}).items():
+            out[f"{attribute}/{name}"] = np.asarray(value)
+    return out
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, np.ndarray]) -> None:
+    for attribute in _STATE_ATTRIBUTES:
+        values = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attribute + "/")}
+        if values:
+            setattr(strategy, attribute, values)
+
+
+@dataclass
+class ScreenedReplies:
+    accepted: list[Message] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (merchant, why): privacy budget spent
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (merchant, why): broken replies
+    merchants: dict[int, str] = field(default_factory=dict)  # node id -> merchant name
+
+
+def merchant_name(msg: Message) -> str:
+    if not msg.has_error() and "merchant" in msg.content.config_records:
+        return str(msg.content.config_records["merchant"]["name"])
+    return f"node-{msg.metadata.src_node_id}"
+
+
+def screen_train_replies(replies: list[Message], expected: dict[str, tuple[int, ...]]) -> ScreenedReplies:
+    """Keep replies whose weights have exactly the expected names and shapes and are all finite; merchants that
+    refused (spent budget) and broken replies are set aside with their reason and never averaged."""
+    out = ScreenedReplies()
+    for msg in replies:
+        name = merchant_name(msg)
+        out.merchants[msg.metadata.src_node_id] = name
+        if msg.has_error():
+            out.rejected.append((name, f"error reply: {msg.error.reason}"))
+            continue
+        content = msg.content
+        metrics = content.metric_records.get("metrics")
+        if metrics is not None and int(metrics.get("refused", 0)):
+            out.refused.append((name, str(content.config_records["merchant"].get("refused", "budget spent"))))
+            continue
+        problem = _weights_problem(content, expected, metrics)
+        if problem:
+            out.rejected.append((name, problem))
+        else:
+            out.accepted.append(msg)
+    for name, why in out.rejected:
+        log.warning("rejected the update of %s: %s", name, why)
+    for name, why in out.refused:
+        log.info("%s did not train: %s", name, why)
+    return out
+
+
+def _weights_problem(content, expected: dict[str, tuple[int, ...]], metrics) -> str | None:
+    if metrics is None or "num-examples" not in metrics:
+        return "no metrics with num-examples"
+    if not (float(metrics["num-examples"]) > 0):
+        return f"num-examples must be positive, got {metrics['num-examples']}"
+    if len(content.array_records) != 1:
+        return f"expected one array record, got {len(content.array_records)}"
+    arrays = next(iter(content.array_records.values()))
+    names = set(arrays.keys())
+    if names != set(expected):
+        missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+        return f"wrong weights: missing {missing[:3]}, unexpected {extra[:3]}"
+    for key in expected:
+        value = arrays[key].numpy()
+        if tuple(value.shape) != tuple(expected[key]):
+            return f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key])}"
+        if not np.isfinite(value).all():
+            return f"{key} holds NaN or infinite values"
+    return None

@@ -1,0 +1,115 @@
+"""A merchant's part of a federated round in plain PyTorch: take the global weights, train locally, evaluate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from shared_model.evaluation import evaluate
+from shared_model.features import ITEM_FIELDS, TITLE_TOKENS, SequenceData
+from shared_model.model import ProfileConfig, ProfileTransformer
+from shared_model.privacy import PrivacyBudgetExhausted, PrivacyLedger
+from shared_model.run_config import RunConfig
+from shared_model.training import train
+
+
+def initial_shared_state(config: ProfileConfig, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The global model's first shared weights; they do not depend on any merchant's catalogue."""
+    torch.manual_seed(seed)
+    model = ProfileTransformer(config, torch.zeros(1, len(ITEM_FIELDS) + TITLE_TOKENS, dtype=torch.long))
+    return {name: tensor.clone() for name, tensor in model.shared_state().items()}
+
+
+def check_shared_state(model: ProfileTransformer, shared: Mapping[str, object]) -> None:
+    """Refuse global weights that do not fit this model: missing, extra or wrongly shaped arrays."""
+    expected = {name: tuple(t.shape) for name, t in model.shared_state().items()}
+    got = {name: tuple(np.shape(value)) for name, value in shared.items()}
+    if set(got) != set(expected):
+        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+        raise ValueError(f"global weights do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    wrong = [f"{n} {got[n]} != {expected[n]}" for n in expected if got[n] != expected[n]]
+    if wrong:
+        raise ValueError("global weights have the wrong shapes (is the model config the same?): " + "; ".join(wrong[:5]))
+
+
+def load_shared_state(model: ProfileTransformer, shared: Mapping[str, torch.Tensor]) -> None:
+    check_shared_state(model, shared)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in shared.items():
+            params[name].copy_(torch.as_tensor(value, dtype=params[name].dtype))
+
+
+def load_local_state(model: ProfileTransformer, local: Mapping[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in local.items():
+            if name in params and tuple(params[name].shape) == tuple(value.shape):
+                params[name].copy_(value)
+
+
+@dataclass
+class LocalUpdate:
+    """What one merchant's training round produced; only `shared_state` and the figures leave the merchant."""
+
+    num_examples: int
+    shared_state: dict[str, torch.Tensor] | None = None
+    local_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    loss: float = float("nan")
+    epsilon: float = 0.0
+    delta: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+    ledger_state: dict | None = None
+    refused: str | None = None  # why the merchant did not train (its privacy budget is spent)
+
+
+def local_round(
+    model: ProfileTransformer,
+    data: SequenceData,
+    run: RunConfig,
+    *,
+    ledger_state: dict | None,
+    epsilon_cap: float | None = None,
+    proximal_mu: float = 0.0,
+    device: torch.device,
+) -> LocalUpdate:
+    """Train `model` (already holding the global shared weights) for the run's local epochs on this merchant's
+    users. Under DP the ledger carries on from `ledger_state`, so epsilon accumulates over rounds; a round that
+    would pass the merchant's target is refused before any step is taken."""
+    privacy = run.privacy_config(num_users=len(data.train), epsilon_cap=epsilon_cap)
+    started = time.perf_counter()
+    try:
+        result = train(model, data, run.train_config(), privacy=privacy, ledger_state=ledger_state, device=device,
+                       validate=False, proximal_mu=proximal_mu)
+    except PrivacyBudgetExhausted as exc:
+        ledger = PrivacyLedger.from_state_dict(ledger_state) if ledger_state else None
+        return LocalUpdate(num_examples=len(data.train), refused=str(exc), ledger_state=ledger_state,
+                           epsilon=ledger.epsilon() if ledger else 0.0,
+                           delta=ledger.target_delta if ledger else 0.0, local_state=model.local_state())
+    model.cpu()
+    return LocalUpdate(
+        num_examples=len(data.train),
+        shared_state={n: t.clone() for n, t in model.shared_state().items()},
+        local_state={n: t.clone() for n, t in model.local_state().items()},
+        loss=float(result.history[-1]["loss"]) if result.history else float("nan"),
+        epsilon=result.epsilon,
+        delta=result.delta,
+        steps=result.steps,
+        seconds=time.perf_counter() - started,
+        ledger_state=result.privacy_state,
+    )
+
+
+def local_evaluate(model: ProfileTransformer, data: SequenceData, *, device: torch.device) -> dict[str, float]:
+    """HR@10, NDCG@10 and MRR over the merchant's full catalogue on its test users (and `valid-` on validation)."""
+    model.to(device)
+    test = evaluate(model, data.test, device=device, ks=(10,))
+    valid = evaluate(model, data.valid, device=device, ks=(10,))
+    model.cpu()
+    return {**{k: v for k, v in test.items() if k != "users"}, "users": test["users"],
+            **{f"valid-{k}": v for k, v in valid.items() if k != "users"}}

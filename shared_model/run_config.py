@@ -1,0 +1,151 @@
+"""The federation's run settings: declared in pyproject's [tool.flwr.app.config], parsed once into RunConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from shared_model.model import ProfileConfig
+from shared_model.privacy import PrivacyConfig
+from shared_model.training import TrainConfig
+
+STRATEGIES = ("fedavg", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
+PARTITIONINGS = ("natural", "iid", "dirichlet")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One field per kebab-case key of [tool.flwr.app.config] (`num_rounds` <-> `num-rounds`)."""
+
+    # rounds and aggregation
+    num_rounds: int = 5
+    strategy: str = "fedavg"
+    min_replies: int = 2  # quorum: a round with fewer good training replies is not aggregated
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    round_timeout: float = 3600.0  # seconds to wait for replies
+    proximal_mu: float = 0.01  # fedprox
+    server_lr: float = 0.01  # fedadam: server-side learning rate (eta)
+    server_tau: float = 1e-3  # fedadam: adaptivity
+    trim_beta: float = 0.2  # fedtrimmedavg: fraction cut from each end
+    krum_byzantine: int = 0  # krum: merchants assumed malicious
+    # local training on each merchant
+    local_epochs: int = 2
+    lr: float = 3e-3
+    batch_size: int = 64
+    negatives: int = 256
+    # user-level DP-SGD, per merchant, over the whole run
+    dp: bool = True
+    target_epsilon: float = 8.0
+    target_delta: float = 0.0  # 0: each merchant uses min(1e-5, 1 / (10 x its users))
+    max_grad_norm: float = 1.0
+    # the shared model
+    max_len: int = 50
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    profile_dim: int = 64
+    dropout: float = 0.2
+    item_buckets: int = 1 << 15
+    local_table: bool = False  # a merchant-local item residual table (never leaves the merchant)
+    frozen_item_ids: bool = False  # keep the hashed item-id tables fixed (fewer noised weights under DP)
+    # simulation data (deployment merchants read theirs from node_config)
+    data: str = "synthetic"  # "synthetic" (built-in merchants) or a data set path
+    data_format: str = "synthetic"
+    synthetic_users: int = 500  # customers per built-in synthetic merchant
+    partitioning: str = "natural"  # natural: one synthetic merchant each; iid / dirichlet: split users
+    dirichlet_alpha: float = 0.5
+    # run bookkeeping
+    run_dir: str = "~/.fedprofile/federation"  # checkpoints and published models (and simulated merchants' state)
+    resume: bool = False
+    seed: int = 0
+
+    def __post_init__(self):
+        problems = []
+        if self.strategy not in STRATEGIES:
+            problems.append(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if self.partitioning not in PARTITIONINGS:
+            problems.append(f"partitioning {self.partitioning!r} is not one of {', '.join(PARTITIONINGS)}")
+        for name in ("num_rounds", "local_epochs", "batch_size", "negatives", "min_replies", "synthetic_users"):
+            if getattr(self, name) < 1:
+                problems.append(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
+            problems.append("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
+        if self.dp:
+            if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
+                problems.append(f"target-epsilon must be positive and finite with dp = true, got {self.target_epsilon}")
+            if not 0 <= self.target_delta < 1:
+                problems.append(f"target-delta must be in [0, 1) (0 = automatic), got {self.target_delta}")
+        if not 0 <= self.trim_beta < 0.5:
+            problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
+        if problems:
+            raise ValueError("invalid run config: " + "; ".join(problems))
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, object]) -> "RunConfig":
+        """Parse kebab-case keys (a Flower run config or a message's ConfigRecord); unknown keys are refused,
+        keys of other apps' namespaces (containing '.') and Flower's own ('server-round') are ignored."""
+        known = {_key(f.name): f for f in fields(cls)}
+        unknown = sorted(k for k in values if k not in known and "." not in k and k != "server-round")
+        if unknown:
+            raise ValueError(f"unknown run config keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        kwargs = {}
+        for key, value in values.items():
+            if key in known:
+                kwargs[known[key].name] = _coerce(known[key], value)
+        return cls(**kwargs)
+
+    def to_flat(self) -> dict[str, object]:
+        return {_key(f.name): getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def run_path(self):
+        from pathlib import Path
+
+        return Path(self.run_dir).expanduser()
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def model_config(self, *, local_items: int = 0) -> ProfileConfig:
+        return ProfileConfig(max_len=self.max_len, d_model=self.d_model, n_heads=self.n_heads,
+                             n_layers=self.n_layers, profile_dim=self.profile_dim, dropout=self.dropout,
+                             item_buckets=self.item_buckets, local_items=local_items if self.local_table else 0,
+                             frozen_item_ids=self.frozen_item_ids)
+
+    def train_config(self, *, epochs: int | None = None, show_progress: bool = False) -> TrainConfig:
+        return TrainConfig(epochs=epochs or self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+                           negatives=self.negatives, seed=self.seed, eval_every=0, keep_best=False,
+                           show_progress=show_progress)
+
+    def privacy_config(self, *, num_users: int, epsilon_cap: float | None = None) -> PrivacyConfig | None:
+        """The merchant's DP settings for the whole run; `epsilon_cap` is the merchant's own ceiling."""
+        if not self.dp:
+            return None
+        from shared_model.privacy import delta_for
+
+        epsilon = min(self.target_epsilon, epsilon_cap) if epsilon_cap else self.target_epsilon
+        return PrivacyConfig(target_epsilon=epsilon, target_delta=self.target_delta or delta_for(num_users),
+                             max_grad_norm=self.max_grad_norm, planned_epochs=self.num_rounds * self.local_epochs)
+
+
+def _key(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(field: dataclasses.Field, value: object) -> object:
+    kind = field.type if isinstance(field.type, type) else {"int": int, "float": float, "bool": bool, "str": str}[field.type]
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{_key(field.name)} must be true or false, got {value!r}")
+            return value.lower() == "true"
+        return bool(value)
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{_key(field.name)} must be an integer, got {value}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_key(field.name)} must be {kind.__name__}, got {value!r}") from None

@@ -1,0 +1,80 @@
+"""A readable report of a simulation: report.md with metric-vs-round and epsilon-vs-round plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_report(metrics: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = metrics["history"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("ndcg@10", "NDCG@10 (test)"), ("hr@10", "HR@10 (test)")):
+        points = [(row["round"], row[key]) for row in history if key in row]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=label)
+    if metrics.get("centralized"):
+        ax.axhline(metrics["centralized"]["ndcg@10"], linestyle="--", color="grey", label="centralized NDCG@10")
+    ax.set_xlabel("round")
+    ax.set_ylabel("metric")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "metrics.png", dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    merchants = sorted({name for row in history for name in row.get("epsilon", {})})
+    for name in merchants:
+        points = [(row["round"], row["epsilon"][name]) for row in history if name in row.get("epsilon", {})]
+        ax.plot(*zip(*points), marker=".", label=name)
+    if metrics.get("target_epsilon"):
+        ax.axhline(metrics["target_epsilon"], linestyle="--", color="red", label="target")
+    ax.set_xlabel("round")
+    ax.set_ylabel("epsilon spent")
+    if merchants and len(merchants) <= 10:
+        ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "epsilon.png", dpi=120)
+    plt.close(fig)
+
+    lines = [
+        "# fedprofile simulation report",
+        "",
+        f"- merchants: {metrics['merchants']}, rounds completed: {metrics['rounds']}, "
+        f"strategy: {metrics['run_config']['strategy']}, device: {metrics['device']}",
+        "- privacy: " + (f"user-level DP-SGD, target epsilon {metrics['target_epsilon']} per merchant"
+                           if metrics["dp"] else "off (no DP)"),
+        f"- final test HR@10 {_fmt(metrics['hr@10'])}, NDCG@10 {_fmt(metrics['ndcg@10'])}, MRR {_fmt(metrics['mrr'])}",
+        f"- wall time {metrics['seconds']:.1f} s; published model: `{metrics['model']}`",
+        "",
+    ]
+    if metrics.get("centralized"):
+        c = metrics["centralized"]
+        ratio = metrics["ndcg@10"] / c["ndcg@10"] if c["ndcg@10"] and metrics["ndcg@10"] is not None else float("nan")
+        lines += [f"Centralized baseline ({c['epochs']} epochs on the union of the merchants' users"
+                  + (f", epsilon {c['epsilon']:.2f}" if metrics["dp"] else "") + f"): HR@10 {_fmt(c['hr@10'])}, "
+                  f"NDCG@10 {_fmt(c['ndcg@10'])}; federated / centralized NDCG@10 = {ratio:.3f}", ""]
+    lines += ["![metrics](metrics.png)", "", "![epsilon](epsilon.png)", "", "## Rounds", "",
+              "| round | merchants trained | refused | rejected | loss | HR@10 | NDCG@10 | max epsilon | seconds |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row in history:
+        eps = max(row.get("epsilon", {}).values(), default=0.0)
+        lines.append(f"| {row['round']} | {len(row['merchants-trained'])} | {len(row['refused'])} | {len(row['rejected'])} "
+                     f"| {_fmt(row.get('train-loss'))} | {_fmt(row.get('hr@10'))} | {_fmt(row.get('ndcg@10'))} "
+                     f"| {eps:.3f} | {row['seconds']:.1f} |")
+    lines += ["", "## Epsilon per merchant (final)", "", "| merchant | epsilon | delta |", "|---|---|---|"]
+    for name, eps in sorted(metrics["epsilon"].items()):
+        lines.append(f"| {name} | {eps:.4f} | {metrics['delta'].get(name, 0):.2g} |")
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"

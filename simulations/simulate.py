@@ -1,0 +1,124 @@
+"""One federated simulation on Flower's simulation engine, an optional centralized baseline, and its outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from shared_model.run_config import RunConfig
+
+log = logging.getLogger("fedprofile.simulation")
+
+
+def backend_config(num_merchants: int, *, cpus_per_merchant: int | None = None, gpu_fraction: float | None = None) -> dict:
+    """Ray resources per simulated merchant: CPU cores, and a share of the GPU when CUDA is present."""
+    cpus = cpus_per_merchant or max(1, min(os.cpu_count() or 1, 2))
+    resources = {"num_cpus": cpus, "num_gpus": 0.0}
+    if torch.cuda.is_available():
+        resources["num_gpus"] = gpu_fraction if gpu_fraction else max(0.1, 1.0 / min(num_merchants, 4))
+    return {"client_resources": resources, "init_args": {"logging_level": "ERROR", "log_to_driver": True}}
+
+
+def run_simulation(run: RunConfig, num_merchants: int, *, on_round=None, cpus_per_merchant: int | None = None,
+                   gpu_fraction: float | None = None):
+    """Run the federation with `num_merchants` simulated SuperNodes; returns the coordinator's FederationResult."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation as flower_run_simulation
+
+    from client.client_app import app as client_app
+    from server.coordinator import run_federation
+
+    outcome = {}
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid, context) -> None:  # the same round loop as server.server_app, with this run's settings
+        outcome["result"] = run_federation(grid, run, on_round=on_round)
+
+    flower_run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_merchants,
+                          backend_config=backend_config(num_merchants, cpus_per_merchant=cpus_per_merchant,
+                                                        gpu_fraction=gpu_fraction))
+    if "result" not in outcome:
+        raise RuntimeError("the simulation ended without a result; see the Flower log above")
+    return outcome["result"]
+
+
+def centralized_baseline(run: RunConfig, num_merchants: int) -> dict:
+    """One model trained on the union of the merchants' customers with the federation's epoch budget
+    (rounds x local epochs) and the same privacy setting, evaluated like the federation: on each merchant's
+    own test users and catalogue, weighted by test users."""
+    from shared_model.federated import local_evaluate
+    from shared_model.model import ProfileTransformer
+    from shared_model.privacy import PrivacyConfig, delta_for
+    from shared_model.training import pick_device, train
+    from simulations.datasets import simulated_merchants, union
+
+    data = union(run, num_merchants)
+    central = run.replace(local_table=False)
+    torch.manual_seed(run.seed)
+    model = ProfileTransformer(central.model_config(), data.catalogue.descriptors)
+    epochs = run.num_rounds * run.local_epochs
+    privacy = None
+    if run.dp:
+        privacy = PrivacyConfig(target_epsilon=run.target_epsilon,
+                                target_delta=run.target_delta or delta_for(len(data.train)),
+                                max_grad_norm=run.max_grad_norm)
+    device = pick_device()
+    started = time.perf_counter()
+    result = train(model, data, central.train_config(epochs=epochs), privacy=privacy, device=device, validate=False)
+    seconds = time.perf_counter() - started
+    per_merchant, total = {}, 0
+    for merchant in simulated_merchants(run, num_merchants):
+        model.set_catalogue(merchant.sequences.catalogue.descriptors)
+        per_merchant[merchant.name] = local_evaluate(model, merchant.sequences, device=device)
+        total += per_merchant[merchant.name]["users"]
+    metrics = {key: sum(m[key] * m["users"] for m in per_merchant.values()) / max(total, 1)
+               for key in ("hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10")}
+    return {**metrics, "epochs": epochs, "epsilon": result.epsilon, "delta": result.delta,
+            "train_seconds": seconds, "users": len(data.train), "merchant_metrics": per_merchant}
+
+
+def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized: bool = False, on_round=None,
+             cpus_per_merchant: int | None = None, gpu_fraction: float | None = None) -> dict:
+    """Run a simulation into `out`: metrics.json (history, final HR@10/NDCG@10, epsilon per merchant, and the
+    centralized baseline when asked) and report.md with its plots."""
+    from simulations.report import write_report
+
+    out = Path(out)
+    if not run.resume:  # a fresh simulation replaces the folder's earlier one (it is scratch output)
+        for name in ("checkpoints", "models", "merchants", "archive"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    run = run.replace(run_dir=str(out))
+    started = time.perf_counter()
+    result = run_simulation(run, num_merchants, on_round=on_round, cpus_per_merchant=cpus_per_merchant,
+                            gpu_fraction=gpu_fraction)
+    metrics = {
+        "merchants": num_merchants,
+        "rounds": result.rounds_completed,
+        "hr@10": result.final.get("hr@10"),
+        "ndcg@10": result.final.get("ndcg@10"),
+        "mrr": result.final.get("mrr"),
+        "valid": {k[len("valid-"):]: v for k, v in result.final.items() if k.startswith("valid-")},
+        "epsilon": result.epsilon,
+        "delta": result.delta,
+        "dp": run.dp,
+        "target_epsilon": run.target_epsilon if run.dp else None,
+        "seconds": time.perf_counter() - started,
+        "model": result.model_dir,
+        "run_id": result.run_id,
+        "run_config": run.to_flat(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "history": result.history,
+    }
+    if centralized:
+        metrics["centralized"] = centralized_baseline(run, num_merchants)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    write_report(metrics, out)
+    return metrics

@@ -1,0 +1,139 @@
+"""The round loop with real ClientApps in process: what leaves a merchant, screening, quorum, privacy, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array
+
+from client.client_app import app as client_app
+from server.coordinator import run_federation
+from server.store import RunStore
+from shared_model.model import LOCAL_PARAMETER_PREFIXES, is_shared
+from shared_model.privacy import PrivacyLedger
+from tests.conftest import tiny_run
+from tests.fake_grid import InProcessGrid
+
+
+def test_only_shared_parameters_leave_a_merchant(tmp_path):
+    run = tiny_run(tmp_path, num_rounds=1, local_table=True, fraction_evaluate=0.0)
+    seen = []
+
+    def spy(node, reply):
+        seen.append(reply)
+        return reply
+
+    result = run_federation(InProcessGrid(client_app, 2, tamper=spy), run)
+    assert result.rounds_completed == 1
+    for reply in seen:
+        names = set(next(iter(reply.content.array_records.values())).keys())
+        assert names and all(is_shared(n) for n in names)
+        assert not any(n.startswith(LOCAL_PARAMETER_PREFIXES) for n in names)
+        assert set(reply.content.metric_records["metrics"]) >= {"num-examples", "train-loss", "epsilon", "delta"}
+    # the local residual tables exist, and stayed on the merchants' disks
+    local = torch.load(next((tmp_path / "run" / "merchants").glob("*/merchant-0/local-weights.pt")), weights_only=True)
+    assert local and all(n.startswith(LOCAL_PARAMETER_PREFIXES) for n in local)
+
+
+def _poison(node_to_break, value=float("nan")):
+    def tamper(node, reply):
+        if node == node_to_break and reply.metadata.message_type == "train":
+            arrays = next(iter(reply.content.array_records.values()))
+            name = next(iter(arrays.keys()))
+            broken = arrays[name].numpy().copy()
+            broken.flat[0] = value
+            arrays[name] = Array(broken)
+        return reply
+
+    return tamper
+
+
+def test_a_nan_update_is_rejected_and_never_averaged(tmp_path):
+    run = tiny_run(tmp_path, num_rounds=1, min_replies=1, dp=False)
+    result = run_federation(InProcessGrid(client_app, 2, tamper=_poison(2)), run)
+    row = result.history[0]
+    assert row["aggregated"] and row["merchants-trained"] == ["merchant-0"]
+    assert "NaN or infinite" in row["rejected"]["merchant-1"]
+    checkpoint = RunStore(run.run_path).latest()
+    assert all(np.isfinite(v).all() for v in checkpoint.arrays.values())
+
+
+def test_a_round_below_quorum_is_not_aggregated(tmp_path):
+    run = tiny_run(tmp_path, num_rounds=1, min_replies=2, dp=False)
+    drop_one = lambda node, reply: None if node == 2 and reply.metadata.message_type == "train" else reply  # noqa: E731
+    result = run_federation(InProcessGrid(client_app, 2, tamper=drop_one), run)
+    assert result.history[0]["aggregated"] is False
+    from shared_model.federated import initial_shared_state
+
+    initial = initial_shared_state(run.model_config(), seed=run.seed)
+    published = RunStore(run.run_path).latest().arrays
+    assert all(np.array_equal(published[k], v.numpy()) for k, v in initial.items())
+
+
+def test_epsilon_accumulates_over_rounds_and_never_passes_the_target(tmp_path):
+    run = tiny_run(tmp_path, num_rounds=2, target_epsilon=4.0, fraction_evaluate=0.0)
+    result = run_federation(InProcessGrid(client_app, 2), run)
+    first, second = (row["epsilon"] for row in result.history)
+    for merchant in ("merchant-0", "merchant-1"):
+        assert 0 < first[merchant] < second[merchant] <= 4.0 * (1 + 1e-3)
+        assert second[merchant] == pytest.approx(4.0, rel=0.02)  # the noise was planned to land on the target
+    # a third round (the run extended past its plan) would pass the target: every merchant refuses it
+    extended = run.replace(num_rounds=3, resume=True)
+    result = run_federation(InProcessGrid(client_app, 2), extended)
+    third = result.history[-1]
+    assert third["round"] == 3 and third["aggregated"] is False
+    assert set(third["refused"]) == {"merchant-0", "merchant-1"}
+    assert "would spend epsilon" in third["refused"]["merchant-0"]
+    assert all(eps <= 4.0 * (1 + 1e-3) for eps in result.epsilon.values())
+    assert result.epsilon == second
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def test_a_restarted_server_resumes_and_no_merchant_pays_twice_for_a_round(tmp_path):
+    run = tiny_run(tmp_path, num_rounds=2)
+
+    trained = []
+
+    def crash_after_training_round_2(node, reply):
+        if reply.metadata.message_type == "train":
+            trained.append(node)
+        elif len(trained) == 4:  # both merchants trained round 2; the coordinator dies before its checkpoint
+            raise _Crash("coordinator killed between training and checkpoint")
+        return reply
+
+    with pytest.raises(_Crash):
+        run_federation(InProcessGrid(client_app, 2, tamper=crash_after_training_round_2), run)
+    store = RunStore(run.run_path)
+    assert store.latest().round == 1
+    run_id = store.latest().state["run_id"]
+    ledgers = {p.parent.name: PrivacyLedger.from_state_dict(json.loads(p.read_text())["ledger"])
+               for p in (run.run_path / "merchants" / run_id).glob("*/privacy-ledger.json")}
+    steps_after_two_rounds = {name: ledger.steps_taken() for name, ledger in ledgers.items()}
+
+    # restart: fresh processes (new grid, empty node state); round 2 is sent again
+    result = run_federation(InProcessGrid(client_app, 2), run.replace(resume=True))
+    assert result.resumed_from == 1 and result.rounds_completed == 2 and result.run_id == run_id
+    assert [row["round"] for row in result.history] == [1, 2]
+    for name, ledger in ledgers.items():
+        again = PrivacyLedger.from_state_dict(
+            json.loads((run.run_path / "merchants" / run_id / name / "privacy-ledger.json").read_text())["ledger"])
+        assert again.steps_taken() == steps_after_two_rounds[name]  # the replayed round spent nothing
+        assert result.epsilon[name] == pytest.approx(again.epsilon())
+    assert json.loads((store.latest_model() / "manifest.json").read_text())["round"] == 2
+
+
+@pytest.mark.parametrize("strategy", ["fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum"])
+def test_every_strategy_aggregates(tmp_path, strategy):
+    run = tiny_run(tmp_path, num_rounds=1, dp=False, strategy=strategy, fraction_evaluate=0.0, min_replies=2)
+    result = run_federation(InProcessGrid(client_app, 3), run)
+    assert result.history[0]["aggregated"]
+    checkpoint = RunStore(run.run_path).latest()
+    assert all(np.isfinite(v).all() for v in checkpoint.arrays.values())
+    if strategy == "fedadam":  # the server optimiser's moments are checkpointed for a resume
+        assert any(k.startswith("m_t/") for k in checkpoint.strategy_state)

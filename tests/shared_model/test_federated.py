@@ -1,0 +1,43 @@
+"""A merchant's round in plain PyTorch: weights in and out, FedProx's pull, shape checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shared_model.features import build_sequences
+from shared_model.federated import initial_shared_state, load_shared_state, local_round
+from shared_model.model import ProfileTransformer
+from shared_model.run_config import RunConfig
+
+RUN = RunConfig(dp=False, max_len=20, d_model=16, profile_dim=16, n_heads=1, n_layers=1, item_buckets=512,
+                batch_size=32, negatives=32, lr=1e-2, local_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def merchant_data(small_log):
+    return build_sequences(small_log.events, small_log.users, RUN.model_config().hash_spec, max_len=20)
+
+
+def _distance_moved(data, mu):
+    shared = initial_shared_state(RUN.model_config())
+    model = ProfileTransformer(RUN.model_config(), data.catalogue.descriptors)
+    load_shared_state(model, shared)
+    update = local_round(model, data, RUN, ledger_state=None, proximal_mu=mu, device=torch.device("cpu"))
+    return sum(float((update.shared_state[k] - v).pow(2).sum()) for k, v in shared.items()) ** 0.5
+
+
+def test_fedprox_keeps_local_weights_closer_to_the_global_model(merchant_data):
+    free, pulled = _distance_moved(merchant_data, 0.0), _distance_moved(merchant_data, 50.0)
+    assert pulled < 0.7 * free
+
+
+def test_global_weights_of_another_model_config_are_refused(merchant_data):
+    model = ProfileTransformer(RUN.model_config(), merchant_data.catalogue.descriptors)
+    other = initial_shared_state(RUN.replace(d_model=32).model_config())
+    with pytest.raises(ValueError, match="wrong shapes"):
+        load_shared_state(model, other)
+    partial = dict(initial_shared_state(RUN.model_config()))
+    partial.pop(next(iter(partial)))
+    with pytest.raises(ValueError, match="missing"):
+        load_shared_state(model, partial)

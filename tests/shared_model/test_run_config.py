@@ -1,0 +1,52 @@
+"""The run config: one declaration in pyproject, parsed into RunConfig, unsafe or unknown settings refused."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from shared_model.run_config import RunConfig
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def test_pyproject_declares_exactly_the_run_config():
+    declared = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    assert declared == RunConfig().to_flat()
+    assert RunConfig.from_flat(declared) == RunConfig()
+
+
+def test_flower_components_point_at_the_apps():
+    components = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["components"]
+    assert components == {"serverapp": "server.server_app:app", "clientapp": "client.client_app:app"}
+
+
+def test_parses_strings_from_the_command_line():
+    run = RunConfig.from_flat({"num-rounds": "4", "dp": "false", "lr": "3e-3", "strategy": "fedprox"})
+    assert (run.num_rounds, run.dp, run.lr, run.strategy) == (4, False, 3e-3, "fedprox")
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"num-round": 3}, "unknown run config keys: num-round"),
+        ({"strategy": "fedsgd"}, "strategy 'fedsgd' is not one of"),
+        ({"target-epsilon": 0}, "target-epsilon must be positive"),
+        ({"num-rounds": 0}, "num-rounds must be at least 1"),
+        ({"dp": "maybe"}, "dp must be true or false"),
+        ({"batch-size": 2.5}, "batch-size must be an integer"),
+    ],
+)
+def test_refuses_bad_settings_with_the_key_named(values, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_flat(values)
+
+
+def test_privacy_plan_covers_every_round_and_honours_the_merchant_cap():
+    run = RunConfig(num_rounds=5, local_epochs=2, target_epsilon=8.0)
+    privacy = run.privacy_config(num_users=1000, epsilon_cap=3.0)
+    assert privacy.planned_epochs == 10 and privacy.target_epsilon == 3.0
+    assert privacy.target_delta == pytest.approx(1e-4 / 10)  # min(1e-5, 1/(10 x 1000))
+    assert RunConfig(dp=False).privacy_config(num_users=10) is None
