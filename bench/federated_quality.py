@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared/data/amazon-beauty"
-# 4 rounds x 5 local epochs = 20 epochs, the centralized baseline's budget
+# 10 rounds x 2 local epochs = 20 epochs, the centralized baseline's budget
 BEAUTY_ARGS = ["--data", str(BEAUTY), "--format", "amazon", "--merchants", "8", "--partitioning", "iid",
-               "--rounds", "4", "--local-epochs", "5", "--set", "batch-size=128", "--set", "negatives=1024",
+               "--rounds", "10", "--local-epochs", "2", "--set", "batch-size=128", "--set", "negatives=1024",
                "--set", "lr=1e-3", "--set", "dropout=0.3", "--set", "n-heads=1"]
 BEAUTY_DP = ["--dp", "--epsilon", "8", "--delta", "1e-5", "--set", "batch-size=256", "--set", "lr=3e-3",
              "--set", "dropout=0.2"]
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--dp", action="store_true", help="DP-SGD at epsilon 8 per merchant")
     parser.add_argument("--synthetic", action="store_true", help="the built-in synthetic merchants instead of Beauty")
     parser.add_argument("--no-baseline", action="store_true", help="skip the centralized baseline")
+    parser.add_argument("--report-only", action="store_true", help="print the figures of an earlier run in --out")
     parser.add_argument("extra", nargs="*", help="further `fedprofile simulate` options (after --)")
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]
@@ -44,7 +45,8 @@ def main() -> None:
     cmd = [sys.executable, "-m", "fedprofile", "simulate", "--out", args.out, *base,
            *([] if args.no_baseline else ["--centralized-baseline"]), *args.extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
-    subprocess.run(cmd, check=True, env=env)
+    if not args.report_only:
+        subprocess.run(cmd, check=True, env=env)
     m = json.loads((Path(args.out) / "metrics.json").read_text())
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, device {m['device']}")
     print(f"federated ({m['merchants']} merchants, {m['rounds']} rounds): test NDCG@10 {m['ndcg@10']:.4f} "
@@ -53,17 +55,22 @@ def main() -> None:
         c = m["centralized"]
         print(f"centralized ({c['epochs']} epochs): test NDCG@10 {c['ndcg@10']:.4f} HR@10 {c['hr@10']:.4f} "
               f"({c['train_seconds']:.0f} s training); federated / centralized NDCG@10 = {m['ndcg@10'] / c['ndcg@10']:.3f}")
-    if m["epsilon"]:
+    if m["dp"]:
         eps = m["epsilon"].values()
         print(f"epsilon per merchant: min {min(eps):.3f} max {max(eps):.3f} (target {m['target_epsilon']})")
-    print("round  NDCG@10  seconds  local-training(sum)  rest")
+    print("round  NDCG@10  seconds  train-phase  local-training(sum)  evaluate-phase  overhead(share)")
+    shares = []
     for row in m["history"]:
         local = sum(row["local-train-seconds"].values())
-        print(f"{row['round']:5d}  {row.get('ndcg@10', float('nan')):.4f}  {row['seconds']:7.1f}  {local:19.1f}  "
-              f"{row['seconds'] - local:5.1f}")
-    print("merchants train one after another here (one Ray actor: 2 cores, 2 per merchant), so the rest is the "
-          "overhead of a round.")
-    print("repeat: python " + " ".join(sys.argv))
+        train, evaluate = row["train-phase-seconds"], row.get("evaluate-phase-seconds", 0.0)
+        overhead = row["seconds"] - local - evaluate  # messaging, (de)serialisation, screening, aggregation, checkpoint
+        shares.append(overhead / row["seconds"])
+        print(f"{row['round']:5d}  {row.get('ndcg@10', float('nan')):.4f}  {row['seconds']:7.1f}  {train:11.1f}  "
+              f"{local:19.1f}  {evaluate:14.1f}  {overhead:6.1f} ({overhead / row['seconds']:.0%})")
+    later = shares[1:] or shares
+    print(f"Flower and bookkeeping overhead, rounds 2+: {sum(later) / len(later):.0%} of a round (round 1 also starts "
+          "Ray and loads the data). Merchants train one after another here (one Ray actor of 2 cores).")
+    print("repeat: python " + " ".join(a for a in sys.argv if a != "--report-only"))
 
 
 if __name__ == "__main__":

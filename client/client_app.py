@@ -33,7 +33,7 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(run, merchant, state, msg.content["arrays"])
     update = local_round(model, merchant.sequences, run, ledger_state=state.ledger,
                          epsilon_cap=_float(context.node_config.get("max-epsilon")),
-                         proximal_mu=float(msg.content["config"].get("proximal-mu", 0.0)), device=pick_device())
+                         proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0, device=pick_device())
     metrics = {
         "num-examples": update.num_examples,
         "train-loss": update.loss if math.isfinite(update.loss) else 0.0,
@@ -64,7 +64,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _settings(msg: Message) -> tuple[RunConfig, int, str]:
     config = msg.content["config"]
-    values = {k: v for k, v in config.items() if k not in ("run-id", "proximal-mu")}
+    values = {k: v for k, v in config.items() if k != "run-id"}
     return RunConfig.from_flat(values), int(config["server-round"]), str(config.get("run-id", ""))
 
 

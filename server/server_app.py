@@ -24,7 +24,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def log_round(row: dict) -> None:
     """One line per round: merchants, loss, metrics, privacy spent."""
-    eps = ", ".join(f"{k} {v:.2f}" for k, v in sorted(row.get("epsilon", {}).items()))
+    eps = ", ".join(f"{k} {v:.2f}" for k, v in sorted(row.get("epsilon", {}).items()) if v > 0)
     loss = row.get("train-loss")
     print(
         f"round {row['round']}: {len(row['merchants-trained'])} merchants trained"

@@ -16,6 +16,14 @@ from shared_model.run_config import RunConfig
 log = logging.getLogger("fedprofile.simulation")
 
 
+class _HideRunSimulationDeprecation(logging.Filter):
+    """fedprofile calls flwr.simulation.run_simulation on purpose (flwr is pinned); say it once in the docs,
+    not twice on every run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
 def backend_config(num_merchants: int, *, cpus_per_merchant: int | None = None, gpu_fraction: float | None = None) -> dict:
     """Ray resources per simulated merchant: CPU cores, and a share of the GPU when CUDA is present."""
     cpus = cpus_per_merchant or max(1, min(os.cpu_count() or 1, 2))
@@ -34,6 +42,9 @@ def run_simulation(run: RunConfig, num_merchants: int, *, on_round=None, cpus_pe
     from client.client_app import app as client_app
     from server.coordinator import run_federation
 
+    flower_log = logging.getLogger("flwr")
+    if not any(isinstance(f, _HideRunSimulationDeprecation) for f in flower_log.filters):
+        flower_log.addFilter(_HideRunSimulationDeprecation())
     outcome = {}
     server_app = ServerApp()
 

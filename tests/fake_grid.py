@@ -13,12 +13,13 @@ class InProcessGrid(Grid):
     """Nodes 1..n each run `client_app` with node config {partition-id, num-partitions} and their own state;
     `tamper(node_id, reply)` may change or drop (return None) a node's reply, standing in for a faulty merchant."""
 
-    def __init__(self, client_app, num_nodes: int, *, tamper: Callable[[int, Message], Message | None] | None = None):
+    def __init__(self, client_app, num_nodes: int, *, tamper: Callable[[int, Message], Message | None] | None = None,
+                 node_configs: list[dict] | None = None):
         self.client_app = client_app
+        configs = node_configs or [{"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)]
         self.contexts = {
-            node: Context(run_id=1, node_id=node, node_config={"partition-id": node - 1, "num-partitions": num_nodes},
-                          state=RecordDict(), run_config={})
-            for node in range(1, num_nodes + 1)
+            node: Context(run_id=1, node_id=node, node_config=config, state=RecordDict(), run_config={})
+            for node, config in enumerate(configs, start=1)
         }
         self.tamper = tamper
         # a real ServerApp process has these set by Flower; messages need them

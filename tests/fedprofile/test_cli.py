@@ -78,3 +78,18 @@ def test_every_command_and_option_has_help():
         for param in command.params:
             if isinstance(param, click.Option) and param.name != "help":
                 assert param.help, f"option {param.opts} of {' '.join(path)} has no help"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "lr"], "--set needs key=value"),
+        (["--set", "learning-rate=1"], "unknown run config keys: learning-rate"),
+        (["--format", "amazon"], "needs --data PATH"),
+        (["--strategy", "fedsgd"], "strategy 'fedsgd' is not one of"),
+    ],
+)
+def test_simulate_refuses_bad_settings_before_starting(tmp_path, args, message):
+    result = runner.invoke(app, ["simulate", "--out", str(tmp_path / "sim"), *args])
+    assert result.exit_code == 2
+    assert message in result.output

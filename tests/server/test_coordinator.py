@@ -137,3 +137,20 @@ def test_every_strategy_aggregates(tmp_path, strategy):
     assert all(np.isfinite(v).all() for v in checkpoint.arrays.values())
     if strategy == "fedadam":  # the server optimiser's moments are checkpointed for a resume
         assert any(k.startswith("m_t/") for k in checkpoint.strategy_state)
+
+
+@pytest.mark.parametrize("strategy, expected_mu", [("fedavg", 0.0), ("fedprox", 0.5)])
+def test_only_fedprox_adds_the_proximal_term(tmp_path, monkeypatch, strategy, expected_mu):
+    import client.client_app as module
+
+    seen = []
+    real = module.local_round
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["proximal_mu"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "local_round", spy)
+    run = tiny_run(tmp_path, num_rounds=1, dp=False, strategy=strategy, proximal_mu=0.5, fraction_evaluate=0.0)
+    run_federation(InProcessGrid(client_app, 2), run)
+    assert seen == [expected_mu, expected_mu]
