@@ -10,6 +10,7 @@ def write_report(metrics: dict, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     history = metrics["history"]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -20,6 +21,7 @@ def write_report(metrics: dict, out: Path) -> Path:
     if metrics.get("centralized"):
         ax.axhline(metrics["centralized"]["ndcg@10"], linestyle="--", color="grey", label="centralized NDCG@10")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("metric")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -35,6 +37,7 @@ def write_report(metrics: dict, out: Path) -> Path:
     if metrics.get("target_epsilon"):
         ax.axhline(metrics["target_epsilon"], linestyle="--", color="red", label="target")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("epsilon spent")
     if merchants and len(merchants) <= 10:
         ax.legend(fontsize=7)

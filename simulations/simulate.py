@@ -42,6 +42,8 @@ def run_simulation(run: RunConfig, num_merchants: int, *, on_round=None, cpus_pe
     from client.client_app import app as client_app
     from server.coordinator import run_federation
 
+    # Ray's future default (do not touch CUDA_VISIBLE_DEVICES for actors without a GPU share); silences its warning
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flower_log = logging.getLogger("flwr")
     if not any(isinstance(f, _HideRunSimulationDeprecation) for f in flower_log.filters):
         flower_log.addFilter(_HideRunSimulationDeprecation())
