@@ -31,3 +31,24 @@ def test_a_bad_variant_is_named(tmp_path):
     bad.write_text('[[variant]]\nname = "oops"\nstrategy = "fedsgd"\n')
     with pytest.raises(ValueError, match="variant 'oops'.*fedsgd"):
         load_scenario(bad)
+
+
+@pytest.mark.slow
+def test_a_scenario_runs_every_variant_and_summarises(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text(
+        'name = "tiny"\nmerchants = 2\n[base]\nnum-rounds = 1\nlocal-epochs = 1\nsynthetic-users = 60\nmax-len = 20\n'
+        'd-model = 16\nprofile-dim = 16\nitem-buckets = 1024\nn-layers = 1\nbatch-size = 32\nnegatives = 32\n'
+        '[[variant]]\nname = "no-dp"\ndp = false\n[[variant]]\nname = "dp-eps4"\ntarget-epsilon = 4.0\n')
+    done = subprocess.run([sys.executable, "-m", "fedprofile", "scenario", str(scenario), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rows = {row["variant"]: row for row in summary["variants"]}
+    assert set(rows) == {"no-dp", "dp-eps4"}
+    assert rows["no-dp"]["max_epsilon"] == 0.0 and 0 < rows["dp-eps4"]["max_epsilon"] <= 4.0 * 1.001
+    assert (tmp_path / "out" / "dp-eps4" / "report.md").exists() and (tmp_path / "out" / "summary.md").exists()
