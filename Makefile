@@ -19,7 +19,7 @@ $(BIN)/fedprofile: pyproject.toml
 install: $(BIN)/fedprofile
 
 run: install
-	$(BIN)/fedprofile simulate --merchants 4 --centralized-baseline --out runs/simulate-demo
+	$(BIN)/fedprofile simulate --merchants 4 --out runs/simulate-demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -25,8 +25,7 @@ BEAUTY_ARGS = ["--data", str(BEAUTY), "--format", "amazon", "--merchants", "8", 
                "--set", "lr=1e-3", "--set", "dropout=0.3", "--set", "n-heads=1"]
 BEAUTY_DP = ["--dp", "--epsilon", "8", "--delta", "1e-5", "--set", "batch-size=256", "--set", "lr=3e-3",
              "--set", "dropout=0.2"]
-SYNTHETIC_ARGS = ["--merchants", "4", "--rounds", "5", "--local-epochs", "2", "--set", "batch-size=64",
-                  "--set", "lr=3e-3"]
+SYNTHETIC_ARGS = ["--merchants", "4"]  # the run-config defaults: 5 rounds x 4 local epochs, batch 128, lr 3e-3
 
 
 def main() -> None:

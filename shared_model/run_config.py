@@ -32,9 +32,9 @@ class RunConfig:
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut from each end
     krum_byzantine: int = 0  # krum: merchants assumed malicious
     # local training on each merchant
-    local_epochs: int = 2
+    local_epochs: int = 4
     lr: float = 3e-3
-    batch_size: int = 64
+    batch_size: int = 128
     negatives: int = 256
     # user-level DP-SGD, per merchant, over the whole run
     dp: bool = True
