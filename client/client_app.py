@@ -10,8 +10,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.state import MerchantState
-from shared_model.federated import load_local_state, load_shared_state, local_evaluate, local_round
-from shared_model.model import ProfileTransformer
+from shared_model.checkpoint import model_for_catalogue
+from shared_model.federated import local_evaluate, local_round
 from shared_model.run_config import RunConfig
 from shared_model.training import pick_device
 
@@ -106,12 +106,10 @@ def _save_state(context: Context, state: MerchantState) -> None:
         context.state[STATE_LOCAL] = ArrayRecord(state.local)
 
 
-def _model(run: RunConfig, merchant, state: MerchantState, arrays: ArrayRecord) -> ProfileTransformer:
+def _model(run: RunConfig, merchant, state: MerchantState, arrays: ArrayRecord):
     catalogue = merchant.sequences.catalogue
-    model = ProfileTransformer(run.model_config(local_items=catalogue.num_items + 1), catalogue.descriptors)
-    load_shared_state(model, arrays.to_torch_state_dict())
-    load_local_state(model, state.local)
-    return model
+    return model_for_catalogue(run.model_config(local_items=catalogue.num_items + 1), arrays.to_torch_state_dict(),
+                               catalogue, state.local)
 
 
 def _train_reply(msg: Message, name: str, shared_state, metrics: dict, *, refused: str | None) -> Message:

@@ -185,9 +185,6 @@ def train(
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'model.pt'}")
 
 
-if __name__ == "__main__":
-    app()
-
 
 @app.command()
 def simulate(
@@ -273,3 +270,7 @@ def scenario(
         _fail(str(exc))
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"wrote {out / 'summary.md'} ({len(summary['variants'])} variants)")
+
+
+if __name__ == "__main__":
+    app()

@@ -91,12 +91,6 @@ def model_for_catalogue(config: ProfileConfig, shared_state: dict, catalogue: Ca
     if config.local_items and config.local_items != catalogue.num_items + 1:
         config = ProfileConfig(**{**config.to_dict(), "local_items": catalogue.num_items + 1})
     model = ProfileTransformer(config, catalogue.descriptors)
-    missing = set(model.shared_state()) - set(shared_state)
-    if missing:
-        raise ValueError(f"the global model lacks {sorted(missing)[:5]}; it was built with another model config")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in {**shared_state, **(local_state or {})}.items():
-            if name in params:
-                params[name].copy_(torch.as_tensor(value))
+    model.load_shared_state(shared_state)
+    model.load_local_state(local_state or {})
     return model

@@ -44,7 +44,7 @@ def evaluate(
     ranks = []
     for start in range(0, n, batch_size):
         part = slice(start, start + batch_size)
-        profiles = last_profiles(model, _slice(sequences, part), device=device, batch_size=batch_size).to(device)
+        profiles = last_profiles(model, sequences.select(np.arange(n)[part]), device=device, batch_size=batch_size).to(device)
         scores = profiles @ items.T  # (b, N+1)
         targets = sequences.target_items[part].to(device)
         rows = torch.arange(len(targets), device=device)
@@ -65,13 +65,3 @@ def evaluate(
     metrics["mrr"] = float((1.0 / (rank + 1)).mean())
     metrics["users"] = n
     return metrics
-
-
-def _slice(seq: SequenceSet, part: slice) -> SequenceSet:
-    return SequenceSet(
-        events={k: v[part] for k, v in seq.events.items()},
-        genders=seq.genders[part],
-        ages=seq.ages[part],
-        lengths=seq.lengths[part],
-        user_ids=seq.user_ids[part],
-    )

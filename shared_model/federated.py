@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from shared_model.evaluation import evaluate
@@ -22,34 +20,6 @@ def initial_shared_state(config: ProfileConfig, *, seed: int = 0) -> dict[str, t
     torch.manual_seed(seed)
     model = ProfileTransformer(config, torch.zeros(1, len(ITEM_FIELDS) + TITLE_TOKENS, dtype=torch.long))
     return {name: tensor.clone() for name, tensor in model.shared_state().items()}
-
-
-def check_shared_state(model: ProfileTransformer, shared: Mapping[str, object]) -> None:
-    """Refuse global weights that do not fit this model: missing, extra or wrongly shaped arrays."""
-    expected = {name: tuple(t.shape) for name, t in model.shared_state().items()}
-    got = {name: tuple(np.shape(value)) for name, value in shared.items()}
-    if set(got) != set(expected):
-        missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
-        raise ValueError(f"global weights do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
-    wrong = [f"{n} {got[n]} != {expected[n]}" for n in expected if got[n] != expected[n]]
-    if wrong:
-        raise ValueError("global weights have the wrong shapes (is the model config the same?): " + "; ".join(wrong[:5]))
-
-
-def load_shared_state(model: ProfileTransformer, shared: Mapping[str, torch.Tensor]) -> None:
-    check_shared_state(model, shared)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in shared.items():
-            params[name].copy_(torch.as_tensor(value, dtype=params[name].dtype))
-
-
-def load_local_state(model: ProfileTransformer, local: Mapping[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in local.items():
-            if name in params and tuple(params[name].shape) == tuple(value.shape):
-                params[name].copy_(value)
 
 
 @dataclass

@@ -257,3 +257,26 @@ class ProfileTransformer(nn.Module):
 
     def local_state(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if not is_shared(n)}
+
+    def load_shared_state(self, shared) -> None:
+        """Copy in global shared weights; refuse any that do not fit: missing, extra or wrongly shaped."""
+        expected = {name: tuple(t.shape) for name, t in self.shared_state().items()}
+        got = {name: tuple(value.shape) for name, value in shared.items()}
+        if set(got) != set(expected):
+            missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
+            raise ValueError(f"global weights do not match the model: missing {missing[:5]}, unexpected {extra[:5]}")
+        wrong = [f"{n} {got[n]} != {expected[n]}" for n in expected if got[n] != expected[n]]
+        if wrong:
+            raise ValueError("global weights have the wrong shapes (is the model config the same?): " + "; ".join(wrong[:5]))
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in shared.items():
+                params[name].copy_(torch.as_tensor(value, dtype=params[name].dtype))
+
+    def load_local_state(self, local) -> None:
+        """Copy in this merchant's own weights where names and shapes still match (a grown catalogue starts anew)."""
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, value in local.items():
+                if name in params and tuple(params[name].shape) == tuple(value.shape):
+                    params[name].copy_(value)

@@ -6,9 +6,10 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from shared_model.model import ProfileConfig
-from shared_model.privacy import PrivacyConfig
+from shared_model.privacy import PrivacyConfig, delta_for
 from shared_model.training import TrainConfig
 
 STRATEGIES = ("fedavg", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
@@ -101,9 +102,7 @@ class RunConfig:
         return {_key(f.name): getattr(self, f.name) for f in fields(self)}
 
     @property
-    def run_path(self):
-        from pathlib import Path
-
+    def run_path(self) -> Path:
         return Path(self.run_dir).expanduser()
 
     def replace(self, **changes) -> "RunConfig":
@@ -124,8 +123,6 @@ class RunConfig:
         """The merchant's DP settings for the whole run; `epsilon_cap` is the merchant's own ceiling."""
         if not self.dp:
             return None
-        from shared_model.privacy import delta_for
-
         epsilon = min(self.target_epsilon, epsilon_cap) if epsilon_cap else self.target_epsilon
         return PrivacyConfig(target_epsilon=epsilon, target_delta=self.target_delta or delta_for(num_users),
                              max_grad_norm=self.max_grad_norm, planned_epochs=self.num_rounds * self.local_epochs)

@@ -68,7 +68,6 @@ def centralized_baseline(run: RunConfig, num_merchants: int) -> dict:
     own test users and catalogue, weighted by test users."""
     from shared_model.federated import local_evaluate
     from shared_model.model import ProfileTransformer
-    from shared_model.privacy import PrivacyConfig, delta_for
     from shared_model.training import pick_device, train
     from simulations.datasets import simulated_merchants, union
 
@@ -77,11 +76,7 @@ def centralized_baseline(run: RunConfig, num_merchants: int) -> dict:
     torch.manual_seed(run.seed)
     model = ProfileTransformer(central.model_config(), data.catalogue.descriptors)
     epochs = run.num_rounds * run.local_epochs
-    privacy = None
-    if run.dp:
-        privacy = PrivacyConfig(target_epsilon=run.target_epsilon,
-                                target_delta=run.target_delta or delta_for(len(data.train)),
-                                max_grad_norm=run.max_grad_norm)
+    privacy = run.privacy_config(num_users=len(data.train))  # planned over the same rounds x local epochs
     device = pick_device()
     started = time.perf_counter()
     result = train(model, data, central.train_config(epochs=epochs), privacy=privacy, device=device, validate=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shared_model.features import build_sequences
-from shared_model.federated import initial_shared_state, load_shared_state, local_round
+from shared_model.federated import initial_shared_state, local_round
 from shared_model.model import ProfileTransformer
 from shared_model.run_config import RunConfig
 
@@ -22,7 +22,7 @@ def merchant_data(small_log):
 def _distance_moved(data, mu):
     shared = initial_shared_state(RUN.model_config())
     model = ProfileTransformer(RUN.model_config(), data.catalogue.descriptors)
-    load_shared_state(model, shared)
+    model.load_shared_state(shared)
     update = local_round(model, data, RUN, ledger_state=None, proximal_mu=mu, device=torch.device("cpu"))
     return sum(float((update.shared_state[k] - v).pow(2).sum()) for k, v in shared.items()) ** 0.5
 
@@ -36,8 +36,8 @@ def test_global_weights_of_another_model_config_are_refused(merchant_data):
     model = ProfileTransformer(RUN.model_config(), merchant_data.catalogue.descriptors)
     other = initial_shared_state(RUN.replace(d_model=32).model_config())
     with pytest.raises(ValueError, match="wrong shapes"):
-        load_shared_state(model, other)
+        model.load_shared_state(other)
     partial = dict(initial_shared_state(RUN.model_config()))
     partial.pop(next(iter(partial)))
     with pytest.raises(ValueError, match="missing"):
-        load_shared_state(model, partial)
+        model.load_shared_state(partial)
