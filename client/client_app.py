@@ -9,7 +9,7 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.state import MerchantState
+from client.state import MerchantState, keep_global_model
 from shared_model.checkpoint import model_for_catalogue
 from shared_model.federated import local_evaluate, local_round
 from shared_model.run_config import RunConfig
@@ -51,10 +51,12 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    run, _, run_id = _settings(msg)
+    run, server_round, run_id = _settings(msg)
     merchant = _merchant(context, run)
     state = _load_state(context, run, run_id, merchant.name)
     model = _model(run, merchant, state, msg.content["arrays"])
+    if "state-dir" in context.node_config:  # deployment: the merchant's own service serves this version next
+        keep_global_model(Path(str(context.node_config["state-dir"])), model, server_round, run_id)
     metrics = local_evaluate(model, merchant.sequences, device=pick_device())
     users = int(metrics.pop("users"))
     record = RecordDict({"metrics": MetricRecord({"num-examples": users, **metrics}),

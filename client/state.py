@@ -78,3 +78,23 @@ def _atomic_torch_save(path: Path, obj) -> None:
     os.close(fd)
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+MODELS = "models"
+
+
+def keep_global_model(folder: Path, model, server_round: int, run_id: str, *, keep: int = 3) -> Path:
+    """Save the global model a round's evaluate message brought (shared weights) as `models/vNNNN` with a
+    LATEST pointer, where the merchant's on-site service picks it up; the local weights stay in the state folder."""
+    import shutil
+
+    from shared_model.checkpoint import save_global_model
+
+    models = Path(folder) / MODELS
+    target = models / f"v{server_round:04d}"
+    save_global_model(target, model.config, model.shared_state(),
+                      {"version": server_round, "round": server_round, "run_id": run_id, "received_by": "merchant"})
+    _atomic_write(models / "LATEST", target.name.encode())
+    for old in sorted(p for p in models.glob("v*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target

@@ -14,6 +14,14 @@ app = typer.Typer(help="fedprofile: federated, privacy-preserving user profiling
 data_app = typer.Typer(help="Inspect, validate and generate event data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+def _register_onsite() -> None:
+    from fedprofile import onsite_cli
+
+    app.add_typer(onsite_cli.merchant_app, name="merchant")
+    for command in (onsite_cli.profile, onsite_cli.recommend, onsite_cli.segments, onsite_cli.audience, onsite_cli.risk):
+        app.command()(command)
+
 FORMAT_HELP = "Data format: events (generic CSV/Parquet), taobao, amazon, movielens, jdata, synthetic."
 Fmt = Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP, envvar="FEDPROFILE_FORMAT")]
 Columns = Annotated[
@@ -205,6 +213,8 @@ def simulate(
     local_epochs: Annotated[Optional[int], typer.Option(help="Local epochs per round.")] = None,
     centralized_baseline: Annotated[bool, typer.Option(
         help="Also train one model on the union of the merchants' data with the same epoch budget.")] = False,
+    centralized_batch_size: Annotated[Optional[int], typer.Option(
+        help="Batch size of the centralized baseline (default: the merchants' batch-size).", min=1)] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Any run-config key, e.g. --set lr=3e-3 --set batch-size=256 (see pyproject.toml).")] = None,
@@ -240,7 +250,7 @@ def simulate(
     typer.echo(f"simulating {merchants} merchants, {run.num_rounds} rounds, {run.strategy}, "
                + (f"DP epsilon {run.target_epsilon} per merchant" if run.dp else "no DP") + f", data {run.data}")
     metrics = run_sim(run, merchants, out, centralized=centralized_baseline, on_round=log_round,
-                      cpus_per_merchant=cpus_per_merchant)
+                      cpus_per_merchant=cpus_per_merchant, centralized_batch_size=centralized_batch_size)
     line = f"final: HR@10 {metrics['hr@10']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}"
     if "centralized" in metrics:
         c = metrics["centralized"]
@@ -271,6 +281,8 @@ def scenario(
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"wrote {out / 'summary.md'} ({len(summary['variants'])} variants)")
 
+
+_register_onsite()
 
 if __name__ == "__main__":
     app()

@@ -94,3 +94,59 @@ def model_for_catalogue(config: ProfileConfig, shared_state: dict, catalogue: Ca
     model.load_shared_state(shared_state)
     model.load_local_state(local_state or {})
     return model
+
+
+def resolve_model_folder(path: str | Path) -> Path:
+    """A run folder (models/LATEST), a models folder (LATEST) or a model folder itself -> the model folder."""
+    path = Path(path)
+    for pointer in (path / "models" / "LATEST", path / "LATEST"):
+        if pointer.is_file():
+            return pointer.parent / pointer.read_text().strip()
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model folder")
+    return path
+
+
+def load_for_serving(path: str | Path, catalogue: Catalogue, *, local_state: dict | None = None,
+                     device: torch.device | str = "cpu") -> tuple[ProfileTransformer, str, dict]:
+    """A merchant's runnable model over its own catalogue from a published global model (`models/vNNNN`, a
+    run folder, or a models folder with LATEST) or from a `fedprofile train` folder; returns the model, its
+    version label and the manifest."""
+    import hashlib
+    import json
+
+    folder = resolve_model_folder(path)
+    file = folder / GLOBAL_MODEL_FILE if folder.is_dir() else folder
+    if not file.exists():
+        raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE}; give a published model version, a run folder "
+                                "or a `fedprofile train` output folder")
+    blob = torch.load(file, map_location="cpu", weights_only=False)
+    if "shared_state" in blob:  # a published global model
+        config, shared, manifest = load_global_model(file.parent)
+        model = model_for_catalogue(config, shared, catalogue, local_state)
+        version = f"v{int(manifest['version']):04d}" if "version" in manifest else file.parent.name
+        if manifest.get("run_id"):  # versions restart with each run: the run id keeps labels unique
+            version += f"@{manifest['run_id']}"
+    else:  # a centrally trained model: keep its weights, score this merchant's catalogue
+        config = ProfileConfig(**blob["config"])
+        same_items = list(blob["catalogue"]["item_ids"]) == catalogue.item_ids.tolist()
+        if config.local_items and not same_items:  # residuals belong to the items it was trained on
+            config = ProfileConfig(**{**config.to_dict(), "local_items": 0})
+        model = ProfileTransformer(config, catalogue.descriptors)
+        state = {k: v for k, v in blob["state_dict"].items() if config.local_items or ".local." not in k}
+        model.load_state_dict(state)
+        manifest = {"metadata": blob.get("metadata", {})}
+        digest = hashlib.sha256(json.dumps(blob["config"], sort_keys=True).encode() + str(file.stat().st_mtime_ns).encode())
+        version = f"train-{digest.hexdigest()[:8]}"
+    model.eval()
+    return model.to(device), version, manifest
+
+
+def read_model_config(path: str | Path) -> ProfileConfig:
+    """The model config of anything `load_for_serving` accepts (to build the catalogue with its hash spec)."""
+    folder = resolve_model_folder(path)
+    file = folder / GLOBAL_MODEL_FILE if folder.is_dir() else folder
+    if not file.exists():
+        raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE}; give a published model version, a run folder "
+                                "or a `fedprofile train` output folder")
+    return ProfileConfig(**torch.load(file, map_location="cpu", weights_only=False)["config"])

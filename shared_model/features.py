@@ -302,3 +302,28 @@ def _heldout_set(columns, starts, target_index, user_ids, genders, ages, max_len
         target_items=torch.from_numpy(items[target_index] if len(items) else np.zeros(0, dtype=np.int64)),
         history=history,
     )
+
+
+def latest_windows(events: pd.DataFrame, users: pd.DataFrame, catalogue: Catalogue, spec: HashSpec, *,
+                   max_len: int = 50) -> SequenceSet:
+    """Each user's newest `max_len` events as model input (serving: nothing held out), users in order of
+    first appearance in `events` (sorted by user then time); events of items outside the catalogue keep
+    their time and behaviour with item index 0."""
+    feats = event_features(events, catalogue, spec)
+    ids = feats["user_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(feats) else np.zeros(0, dtype=np.int64)
+    ends = np.r_[starts[1:], len(feats)].astype(np.int64)
+    user_ids = ids[starts] if len(feats) else np.array([], dtype=object)
+    attrs = users.drop_duplicates("user_id").set_index("user_id").reindex(user_ids) if len(users) else None
+    genders = (np.array(attrs["gender"].map({"F": 1, "M": 2}).fillna(0), dtype=np.int64) if attrs is not None
+               else np.zeros(len(user_ids), dtype=np.int64))
+    ages = age_band(attrs["age"].to_numpy()) if attrs is not None else np.zeros(len(user_ids), dtype=np.int64)
+    columns = {name: feats[name].to_numpy() for name in EVENT_FIELDS}
+    window, lengths = _window(columns, starts, ends, max_len)
+    return SequenceSet(
+        events={name: torch.from_numpy(np.ascontiguousarray(window[name])) for name in EVENT_FIELDS},
+        genders=torch.from_numpy(genders),
+        ages=torch.from_numpy(ages),
+        lengths=torch.from_numpy(lengths),
+        user_ids=user_ids,
+    )

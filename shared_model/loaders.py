@@ -562,3 +562,33 @@ def parse_column_map(spec: str | None) -> dict[str, str]:
             raise ValueError(f"unknown schema field {name!r} in column mapping; fields are {', '.join(EVENT_COLUMNS)}")
         mapping[name] = column
     return mapping
+
+
+def validate_records(records: list[dict], *, source: str = "stream", first_row: int = 1):
+    """Check events that arrive one by one (e.g. over the merchant service) with the same rules as file rows.
+
+    Returns (accepted events in schema columns, quarantined rows with reasons, summary); every record is in
+    exactly one of the two, so received = accepted + quarantined."""
+    frame = pd.DataFrame([{c: "" if r.get(c) is None else str(r.get(c)) for c in EVENT_COLUMNS} for r in records],
+                         columns=list(EVENT_COLUMNS))
+    frame["row"] = np.arange(first_row, first_row + len(frame))
+    summary = FileSummary(source)
+    summary.rows_read = len(frame)
+    quarantine = Quarantine(None)
+    check = RowChecker(frame, file=source, raw_columns=list(EVENT_COLUMNS))
+    accepted = _canonical(
+        check,
+        file_index=0,
+        user_id=check.identifier("user_id"),
+        item_id=check.identifier("item_id"),
+        category_id=check.identifier("category_id"),
+        behavior=check.mapped("behavior", BEHAVIOR_ALIASES, what="behaviour"),
+        timestamp=check.timestamp("timestamp"),
+        price=check.optional_float("price"),
+        brand=frame["brand"].fillna("").astype(str).str.strip().to_numpy(dtype=object),
+        quarantine=quarantine,
+        summary=summary,
+    )
+    summary.rows_accepted = len(accepted)
+    accepted = accepted[list(EVENT_COLUMNS)].astype({"behavior": "int8", "timestamp": "int64", "price": "float64"})
+    return accepted.reset_index(drop=True), quarantine.records(), summary

@@ -163,9 +163,11 @@ def _user_events(user_id, theta, traits, peak, by_cat, pop, item_ids, item_cat, 
         beh.append(np.full(hit.sum(), kind))
         if kind == Behavior.PURCHASE:
             rev = rng.random(hit.sum()) < cfg.buy_to_review
-            it.append(item[hit][rev])
-            ts.append(t[hit][rev] + rng.integers(86_400, 3 * 86_400, rev.sum()))
-            beh.append(np.full(rev.sum(), Behavior.REVIEW))
+            when = t[hit][rev] + rng.integers(86_400, 3 * 86_400, rev.sum())
+            logged = when < cfg.start_timestamp + period  # a review after the export is not in the log
+            it.append(item[hit][rev][logged])
+            ts.append(when[logged])
+            beh.append(np.full(int(logged.sum()), Behavior.REVIEW))
     return _frame(user_id, np.concatenate(it), np.concatenate(beh), np.concatenate(ts), item_ids, item_cat, item_price,
                   cfg)
 

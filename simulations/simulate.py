@@ -62,17 +62,18 @@ def run_simulation(run: RunConfig, num_merchants: int, *, on_round=None, cpus_pe
     return outcome["result"]
 
 
-def centralized_baseline(run: RunConfig, num_merchants: int) -> dict:
+def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int | None = None) -> dict:
     """One model trained on the union of the merchants' customers with the federation's epoch budget
     (rounds x local epochs) and the same privacy setting, evaluated like the federation: on each merchant's
-    own test users and catalogue, weighted by test users."""
+    own test users and catalogue, weighted by test users. `batch_size` (default: the merchants') lets the
+    baseline keep its own best batch when merchants train on smaller local batches."""
     from shared_model.federated import local_evaluate
     from shared_model.model import ProfileTransformer
     from shared_model.training import pick_device, train
     from simulations.datasets import simulated_merchants, union
 
     data = union(run, num_merchants)
-    central = run.replace(local_table=False)
+    central = run.replace(local_table=False, batch_size=batch_size or run.batch_size)
     torch.manual_seed(run.seed)
     model = ProfileTransformer(central.model_config(), data.catalogue.descriptors)
     epochs = run.num_rounds * run.local_epochs
@@ -88,12 +89,13 @@ def centralized_baseline(run: RunConfig, num_merchants: int) -> dict:
         total += per_merchant[merchant.name]["users"]
     metrics = {key: sum(m[key] * m["users"] for m in per_merchant.values()) / max(total, 1)
                for key in ("hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10")}
-    return {**metrics, "epochs": epochs, "epsilon": result.epsilon, "delta": result.delta,
+    return {**metrics, "epochs": epochs, "batch_size": central.batch_size, "epsilon": result.epsilon, "delta": result.delta,
             "train_seconds": seconds, "users": len(data.train), "merchant_metrics": per_merchant}
 
 
 def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized: bool = False, on_round=None,
-             cpus_per_merchant: int | None = None, gpu_fraction: float | None = None) -> dict:
+             cpus_per_merchant: int | None = None, gpu_fraction: float | None = None,
+             centralized_batch_size: int | None = None) -> dict:
     """Run a simulation into `out`: metrics.json (history, final HR@10/NDCG@10, epsilon per merchant, and the
     centralized baseline when asked) and report.md with its plots."""
     from simulations.report import write_report
@@ -126,7 +128,7 @@ def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized
         "history": result.history,
     }
     if centralized:
-        metrics["centralized"] = centralized_baseline(run, num_merchants)
+        metrics["centralized"] = centralized_baseline(run, num_merchants, batch_size=centralized_batch_size)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     write_report(metrics, out)
     return metrics

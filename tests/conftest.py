@@ -38,3 +38,47 @@ def tiny_run(tmp_path, **changes):
                 n_heads=1, n_layers=1, item_buckets=1024, batch_size=32, negatives=32, lr=3e-3,
                 run_dir=str(tmp_path / "run"))
     return RunConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="session")
+def onsite(tmp_path_factory):
+    """One synthetic shop of 300 customers on disk with planted truth, and a small model trained on it,
+    published twice (v0001, then v0002 after more training) like the federation publishes global models."""
+    import torch
+
+    from shared_model.checkpoint import save_global_model
+    from shared_model.features import build_sequences
+    from shared_model.loaders import load_events
+    from shared_model.model import ProfileConfig, ProfileTransformer
+    from shared_model.synthetic import SyntheticConfig, generate, write
+    from shared_model.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("onsite")
+    write(generate(SyntheticConfig(merchants=1, users_per_merchant=300, items_per_merchant=600, seed=3)), root / "data")
+    data = root / "data" / "merchant-0"
+    log = load_events(data, "synthetic")
+    config = ProfileConfig(max_len=30, d_model=32, profile_dim=32, n_heads=1, n_layers=1, item_buckets=2048)
+    sequences = build_sequences(log.events, log.users, config.hash_spec, max_len=config.max_len)
+    torch.manual_seed(0)
+    model = ProfileTransformer(config, sequences.catalogue.descriptors)
+    versions = {}
+    for version in (1, 2):
+        train(model, sequences, TrainConfig(epochs=2, batch_size=64, negatives=64, show_progress=False, eval_every=0),
+              device=torch.device("cpu"))
+        versions[version] = {k: v.clone() for k, v in model.shared_state().items()}
+    models = root / "models"
+
+    def publish(version: int, folder: Path = models) -> Path:
+        out = save_global_model(folder / f"v{version:04d}", config, versions[version],
+                                {"version": version, "run_id": "test-run"})
+        (folder / "LATEST").write_text(out.name)
+        return out
+
+    class Onsite:
+        pass
+
+    onsite = Onsite()
+    onsite.data, onsite.log, onsite.models, onsite.publish, onsite.config = data, log, models, publish, config
+    onsite.truth = log.truth["users"]
+    publish(1)
+    return onsite

@@ -1,0 +1,109 @@
+"""The merchant daemon: a Flower SuperNode (training with the federation) beside the on-site gRPC service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from client.onsite import OnsiteEngine
+from client.service import serve
+from client.state import MODELS
+from client.store import SQLiteStore
+from shared_model.loaders import load_events
+
+log = logging.getLogger("fedprofile.daemon")
+
+
+def supernode_command(*, superlink: str, node_config: dict, root_certificates: Path | None, auth_key: Path | None,
+                      clientapp_port: int) -> list[str]:
+    """The `flower-supernode` command line for this merchant (TLS unless no root certificates are given)."""
+    exe = Path(sys.executable).with_name("flower-supernode")
+    binary = str(exe) if exe.exists() else (shutil.which("flower-supernode") or "flower-supernode")
+    config = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items() if v is not None)
+    cmd = [binary, "--superlink", superlink, "--node-config", config, "--port", str(clientapp_port)]
+    cmd += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
+    if auth_key:
+        cmd += ["--auth-supernode-private-key", str(auth_key)]
+    return cmd
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class MerchantDaemon:
+    """Starts the on-site service first (it serves the newest model on disk, or waits for the first one), then
+    keeps a SuperNode running: if it exits, it is started again with exponential backoff, while the
+    on-site service carries on answering."""
+
+    def __init__(self, *, data: str, fmt: str, superlink: str, state_dir: Path, root_certificates: Path | None = None,
+                 auth_key: Path | None = None, name: str | None = None, max_epsilon: float | None = None,
+                 grpc_port: int = 50051, host: str = "127.0.0.1", clientapp_port: int = 9094,
+                 store: Path = Path("merchant.sqlite"), model: str | None = None, watch_interval: float = 1.0,
+                 max_backoff: float = 60.0):
+        self.data, self.fmt, self.superlink = str(Path(data).resolve()), fmt, superlink
+        self.state_dir = Path(state_dir).resolve()
+        self.root_certificates, self.auth_key = root_certificates, auth_key
+        self.name = name or Path(data).stem
+        self.max_epsilon = max_epsilon
+        self.grpc_port, self.host, self.clientapp_port = grpc_port, host, clientapp_port
+        self.store_path, self.model = Path(store), model
+        self.watch_interval, self.max_backoff = watch_interval, max_backoff
+        self.port: int | None = None
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log_ = load_events(self.data, self.fmt, quarantine_path=self.state_dir / "quarantine.csv")
+        self.store = SQLiteStore(self.store_path)
+        self.engine = OnsiteEngine.from_log(self.store, log_)
+        models = self.state_dir / MODELS
+        initial = models if (models / "LATEST").exists() else self.model
+        if initial:
+            self.engine.load_model(initial)
+        self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port)
+        self.engine.watch(models, interval=self.watch_interval, stop=self._stop)
+        self._supervisor = threading.Thread(target=self._supervise, name="supernode", daemon=True)
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        delay = 1.0
+        cmd = supernode_command(
+            superlink=self.superlink, root_certificates=self.root_certificates, auth_key=self.auth_key,
+            clientapp_port=self.clientapp_port,
+            node_config={"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
+                         "merchant-name": self.name, "max-epsilon": self.max_epsilon})
+        logs = open(self.state_dir / "supernode.log", "ab")
+        while not self._stop.is_set():
+            log.info("starting SuperNode: %s", " ".join(cmd))
+            self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env={**os.environ})
+            code = self._process.wait()
+            if self._stop.is_set():
+                break
+            self.restarts += 1
+            log.warning("SuperNode exited with %s; starting it again in %.0fs (on-site service keeps serving)", code, delay)
+            if self._stop.wait(delay):
+                break
+            delay = min(delay * 2, self.max_backoff)
+        logs.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        self.server.stop(grace=2).wait()
+        self.store.close()
+

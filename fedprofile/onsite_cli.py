@@ -1,0 +1,266 @@
+"""`fedprofile merchant ...` (the daemon and the on-site service) and the profile commands for people."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+merchant_app = typer.Typer(help="Run a merchant: the federation SuperNode and the on-site gRPC service.",
+                           no_args_is_help=True)
+
+FORMAT_HELP = "Data format: events (generic CSV/Parquet), taobao, amazon, movielens, jdata, synthetic."
+Model = Annotated[str, typer.Option(help="A published model version folder, a run or models folder (its LATEST), "
+                                         "or a `fedprofile train` output folder.", envvar="FEDPROFILE_MODEL")]
+Data = Annotated[str, typer.Option(help="The merchant's event data (file or folder).", envvar="FEDPROFILE_DATA")]
+Fmt = Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP, envvar="FEDPROFILE_FORMAT")]
+Store = Annotated[Optional[Path], typer.Option(help="SQLite store of events and profiles (default: a temporary one).",
+                                               envvar="FEDPROFILE_STORE")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet: bool = True):
+    """An on-site engine over the merchant's data with `model` loaded (when given)."""
+    from client.onsite import OnsiteEngine
+    from client.store import SQLiteStore
+    from shared_model.loaders import load_events
+    from shared_model.validation import DataFileError
+
+    with tempfile.TemporaryDirectory(prefix="fedprofile-store-") as tmp:
+        path = store or Path(tmp) / "store.sqlite"
+        quarantine = Path(tmp) / "quarantine.csv" if store is None else path.with_suffix(".quarantine.csv")
+        try:
+            log = load_events(data, fmt, quarantine_path=quarantine)
+        except (DataFileError, ValueError) as exc:
+            _fail(str(exc))
+        if not quiet:
+            s = log.summary
+            typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
+                       f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined -> {s.quarantine_path})", err=True)
+        sqlite = SQLiteStore(path)
+        try:
+            engine = OnsiteEngine.from_log(sqlite, log)
+            if model is not None:
+                try:
+                    engine.load_model(model)
+                except (FileNotFoundError, ValueError) as exc:
+                    _fail(str(exc))
+            yield engine
+        finally:
+            sqlite.close()
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def profile(
+    model: Model, data: Data, fmt: Fmt,
+    user: Annotated[str, typer.Option(help="The customer's user id.")],
+    vector: Annotated[bool, typer.Option(help="Include the profile vector.")] = False,
+    store: Store = None,
+) -> None:
+    """Print one customer's profile as JSON: interests, price level, habits, propensity, value, risk."""
+    from client.onsite import UnknownUser
+
+    with _engine(model, data, fmt, store) as engine:
+        try:
+            record, version = engine.profile(user)
+        except UnknownUser as exc:
+            _fail(exc.args[0])
+    if not vector:
+        record.pop("vector", None)
+    _echo_json({**record, "model_version": version})
+
+
+def recommend(
+    model: Model, data: Data, fmt: Fmt,
+    user: Annotated[str, typer.Option(help="The customer's user id.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="How many items.", min=1, max=1000)] = 10,
+    category: Annotated[Optional[str], typer.Option(help="Only items of this category.")] = None,
+    min_price: Annotated[Optional[float], typer.Option(help="Lowest price.")] = None,
+    max_price: Annotated[Optional[float], typer.Option(help="Highest price.")] = None,
+    include_purchased: Annotated[bool, typer.Option(help="Also recommend items the customer bought.")] = False,
+    rerank: Annotated[Optional[str], typer.Option(help="Instead: re-rank these comma-separated item ids.")] = None,
+    store: Store = None,
+) -> None:
+    """Print top-k recommendations (or a re-ranked candidate list) for a customer as JSON, with reasons."""
+    from client.onsite import UnknownUser
+
+    with _engine(model, data, fmt, store) as engine:
+        try:
+            if rerank:
+                items, unknown, version = engine.rerank(user, [i.strip() for i in rerank.split(",") if i.strip()])
+            else:
+                unknown = []
+                items, version = engine.recommend(user, k=k, category=category, min_price=min_price,
+                                                  max_price=max_price, include_purchased=include_purchased)
+        except UnknownUser as exc:
+            _fail(exc.args[0])
+    _echo_json({"user_id": user, "model_version": version, "unknown_items": unknown,
+                "items": [{"item_id": s.item_id, "score": s.score, "category": s.category, "price": s.price,
+                           "reasons": list(s.reasons)} for s in items]})
+
+
+def segments(
+    model: Model, data: Data, fmt: Fmt,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a 2-D map of the profile space coloured by segment.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    store: Store = None,
+) -> None:
+    """Print the customer segments (size, top interests, value) and optionally plot the profile space."""
+    with _engine(model, data, fmt, store) as engine:
+        rows, version = engine.segments()
+        if plot is not None:
+            _plot_segments(engine, plot)
+    if as_json:
+        _echo_json({"model_version": version, "segments": rows})
+        return
+    typer.echo(f"model {version}")
+    typer.echo(f"{'seg':>3}  {'size':>6}  {'share':>6}  {'spend':>9}  {'buys':>5}  {'recency':>7}  {'propensity':>10}  name")
+    for r in rows:
+        typer.echo(f"{r['segment']:>3}  {r['size']:>6}  {r['share']:>6.1%}  {r['mean_monetary']:>9.2f}  "
+                   f"{r['mean_purchases']:>5.1f}  {r['mean_recency_days']:>7.1f}  {r.get('mean_propensity', 0):>10.3f}  {r['name']}")
+    if plot is not None:
+        typer.echo(f"wrote {plot}")
+
+
+def _plot_segments(engine, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.decomposition import PCA
+
+    serving = engine.current
+    users = list(serving.users.values())
+    vectors = np.stack([u.vector for u in users])
+    labels = np.array([u.segment for u in users])
+    xy = PCA(n_components=2, random_state=0).fit_transform(vectors)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for seg in serving.segments:
+        mask = labels == seg["segment"]
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=8, alpha=0.7, label=f"{seg['segment']}: {seg['name']} ({seg['size']})")
+    ax.set_xlabel("profile PC 1")
+    ax.set_ylabel("profile PC 2")
+    ax.set_title(f"Profile space by segment (model {serving.version})")
+    ax.legend(fontsize=7, loc="best")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def audience(
+    model: Model, data: Data, fmt: Fmt,
+    category: Annotated[str, typer.Option(help="The category the campaign sells.")],
+    n: Annotated[int, typer.Option("-n", help="Audience size.", min=1)] = 100,
+    store: Store = None,
+) -> None:
+    """Print the N customers most likely to buy in a category soon (JSON)."""
+    with _engine(model, data, fmt, store) as engine:
+        try:
+            users, version = engine.audience(category, n)
+        except KeyError as exc:
+            _fail(exc.args[0])
+    _echo_json({"category": category, "model_version": version,
+                "users": [{"user_id": u, "score": s} for u, s in users]})
+
+
+def risk(
+    model: Model, data: Data, fmt: Fmt,
+    top: Annotated[int, typer.Option(help="How many of the riskiest customers.", min=1)] = 20,
+    min_score: Annotated[float, typer.Option(help="Only scores at or above this.")] = 0.0,
+    user: Annotated[Optional[str], typer.Option(help="One customer instead.")] = None,
+    store: Store = None,
+) -> None:
+    """Print suspected click-farming bots and fake reviewers with their scores and reasons (JSON)."""
+    from client.onsite import UnknownUser
+
+    with _engine(model, data, fmt, store) as engine:
+        try:
+            entries, version = engine.risk(user_id=user, top=top, min_score=min_score)
+        except UnknownUser as exc:
+            _fail(exc.args[0])
+    _echo_json({"model_version": version, "users": entries})
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+@merchant_app.command("serve")
+def merchant_serve(
+    model: Model, data: Data, fmt: Fmt,
+    grpc_port: Annotated[int, typer.Option(help="Port of the on-site gRPC service.", envvar="FEDPROFILE_GRPC_PORT")] = 50051,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    store: Annotated[Path, typer.Option(help="SQLite store of events and profiles.", envvar="FEDPROFILE_STORE")] = Path("merchant.sqlite"),
+    watch: Annotated[float, typer.Option(help="Seconds between checks for a newer model version (0: never).")] = 5.0,
+) -> None:
+    """Run the on-site service alone on a published model (no federation), reloading newer versions."""
+    from client.service import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    with _engine(model, data, fmt, store, quiet=False) as engine:
+        server, port = serve(engine, host=host, port=grpc_port)
+        stop = threading.Event()
+        if watch > 0:
+            engine.watch(model, interval=watch, stop=stop)
+        typer.echo(f"serving model {engine.current.version} on {host}:{port} (store {store}); Ctrl-C stops", err=True)
+        _wait_for_signal()
+        stop.set()
+        server.health.enter_graceful_shutdown()
+        server.stop(grace=5).wait()
+
+
+@merchant_app.command("run")
+def merchant_run(
+    data: Data, fmt: Fmt,
+    superlink: Annotated[str, typer.Option(help="The federation's SuperLink Fleet API, HOST:PORT.",
+                                           envvar="FEDPROFILE_SUPERLINK")],
+    state_dir: Annotated[Path, typer.Option(help="The merchant's own folder: privacy ledger, local weights, "
+                                                 "received global models.", envvar="FEDPROFILE_STATE_DIR")],
+    root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate (PEM) of the SuperLink's TLS.")] = None,
+    insecure: Annotated[bool, typer.Option(help="No TLS (local experiments only).")] = False,
+    auth_key: Annotated[Optional[Path], typer.Option(help="The merchant's private key (`fedprofile merchant keys`).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Merchant name in the federation's logs.")] = None,
+    max_epsilon: Annotated[Optional[float], typer.Option(help="This merchant's own epsilon ceiling.")] = None,
+    grpc_port: Annotated[int, typer.Option(help="Port of the on-site gRPC service.", envvar="FEDPROFILE_GRPC_PORT")] = 50051,
+    host: Annotated[str, typer.Option(help="Interface the on-site service listens on.")] = "127.0.0.1",
+    clientapp_port: Annotated[int, typer.Option(help="Local port of the SuperNode's ClientApp API.")] = 9094,
+    store: Annotated[Path, typer.Option(help="SQLite store of events and profiles.", envvar="FEDPROFILE_STORE")] = Path("merchant.sqlite"),
+    model: Annotated[Optional[str], typer.Option(help="A model to serve until the federation sends one.")] = None,
+) -> None:
+    """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
+    service, which serves each global model version the federation sends as soon as it arrives."""
+    from client.daemon import MerchantDaemon
+
+    if insecure == (root_certificates is not None):
+        _fail("give either --root-certificates CA.pem (TLS) or --insecure")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    daemon = MerchantDaemon(data=data, fmt=fmt, superlink=superlink, state_dir=state_dir,
+                            root_certificates=root_certificates, auth_key=auth_key, name=name, max_epsilon=max_epsilon,
+                            grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model)
+    daemon.start()
+    typer.echo(f"merchant {daemon.name}: SuperNode -> {superlink}, on-site service on {host}:{daemon.port}", err=True)
+    try:
+        _wait_for_signal()
+    finally:
+        daemon.stop()

@@ -1,0 +1,102 @@
+"""Recommendations and search re-ranking from a profile vector over a merchant's own catalogue, with reasons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from shared_model.features import Catalogue
+
+
+@dataclass(frozen=True)
+class Scored:
+    item_id: str
+    score: float
+    category: str
+    price: float | None
+    reasons: tuple[str, ...] = ()
+
+
+class ItemIndex:
+    """The merchant's catalogue as the model scores it: one output vector per item, computed once per model."""
+
+    def __init__(self, model, catalogue: Catalogue, *, device: torch.device | str = "cpu",
+                 in_stock: np.ndarray | None = None):
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            vectors = model.item_vectors(torch.arange(catalogue.num_items + 1, device=device)).float().cpu().numpy()
+        model.train(was_training)
+        self.vectors = np.ascontiguousarray(vectors)  # (N+1, k); row 0 is padding
+        self.catalogue = catalogue
+        self.categories = catalogue.categories.astype(str)
+        self.prices = catalogue.prices.astype(np.float64)
+        self.in_stock = np.ones(len(vectors), dtype=bool) if in_stock is None else in_stock.astype(bool)
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        self._unit = self.vectors / np.maximum(norms, 1e-9)
+
+    def index_of(self, item_ids) -> np.ndarray:
+        return self.catalogue.index_of(item_ids)
+
+    def recommend(self, vector: np.ndarray, *, k: int = 10, exclude: np.ndarray | None = None,
+                  category: str | None = None, min_price: float | None = None, max_price: float | None = None,
+                  in_stock_only: bool = False) -> list[tuple[int, float]]:
+        """Top-k (item index, score) by dot product with the profile vector, after exclusions and filters."""
+        scores = self.vectors @ np.asarray(vector, dtype=np.float32)  # (N+1,)
+        allowed = np.ones(len(scores), dtype=bool)
+        allowed[0] = False
+        if exclude is not None and len(exclude):
+            allowed[np.asarray(exclude, dtype=np.int64)] = False
+        if category:
+            allowed &= self.categories == category
+        if min_price is not None:
+            allowed &= self.prices >= min_price
+        if max_price is not None:
+            allowed &= self.prices <= max_price
+        if in_stock_only:
+            allowed &= self.in_stock
+        candidates = np.flatnonzero(allowed)
+        if len(candidates) == 0:
+            return []
+        picked = candidates[np.argpartition(-scores[candidates], min(k, len(candidates)) - 1)[:k]] if len(candidates) > k else candidates
+        picked = picked[np.argsort(-scores[picked], kind="stable")]
+        return [(int(i), float(scores[i])) for i in picked]
+
+    def rerank(self, vector: np.ndarray, candidates: np.ndarray) -> list[tuple[int, float]]:
+        """The given item indices ordered by the profile (a stable sort: ties keep the search engine's order)."""
+        candidates = np.asarray(candidates, dtype=np.int64)
+        scores = self.vectors[candidates] @ np.asarray(vector, dtype=np.float32)
+        order = np.argsort(-scores, kind="stable")
+        return [(int(candidates[i]), float(scores[i])) for i in order]
+
+    def explain(self, item: int, *, recent: np.ndarray, interests: list[tuple[str, float]],
+                recent_names: dict[int, str] | None = None, max_reasons: int = 2) -> tuple[str, ...]:
+        """Why this item: the user's interests it matches, and the recent events it is most like (cosine of
+        the model's item vectors)."""
+        reasons = []
+        weights = dict(interests)
+        category = self.categories[item]
+        if category in weights:
+            rank = [c for c, _ in interests].index(category) + 1
+            reasons.append(f"interest #{rank}: category {category} ({weights[category]:.0%} of recent activity)")
+        recent = np.asarray([r for r in recent if 0 < r != item], dtype=np.int64)
+        if len(recent):
+            sims = self._unit[recent] @ self._unit[item]
+            best = np.argsort(-sims)[: max(max_reasons - len(reasons), 1)]
+            for b in best:
+                if sims[b] > 0.2:
+                    what = (recent_names or {}).get(int(recent[b]), "seen")
+                    reasons.append(f"like {self.catalogue.item_ids[recent[b]]} ({what} recently, similarity {sims[b]:.2f})")
+        return tuple(reasons[:max(max_reasons, 1)])
+
+    def scored(self, ranked: list[tuple[int, float]], *, recent: np.ndarray, interests: list[tuple[str, float]],
+               recent_names: dict[int, str] | None = None) -> list[Scored]:
+        out = []
+        for index, score in ranked:
+            price = self.prices[index]
+            out.append(Scored(str(self.catalogue.item_ids[index]), round(score, 6), str(self.categories[index]),
+                              None if np.isnan(price) else float(price),
+                              self.explain(index, recent=recent, interests=interests, recent_names=recent_names)))
+        return out
