@@ -14,7 +14,7 @@ from client.onsite import OnsiteEngine
 from client.service import serve
 from client.state import MODELS
 from client.store import SQLiteStore
-from shared_model.loaders import load_events
+from shared_model.loaders import load_catalogue, load_events
 
 log = logging.getLogger("fedprofile.daemon")
 
@@ -46,7 +46,8 @@ class MerchantDaemon:
     def __init__(self, *, data: str, fmt: str, superlink: str, state_dir: Path, root_certificates: Path | None = None,
                  auth_key: Path | None = None, name: str | None = None, max_epsilon: float | None = None,
                  grpc_port: int = 50051, host: str = "127.0.0.1", clientapp_port: int = 9094,
-                 store: Path = Path("merchant.sqlite"), model: str | None = None, watch_interval: float = 1.0,
+                 store: Path = Path("merchant.sqlite"), model: str | None = None, catalogue: Path | None = None,
+                 watch_interval: float = 1.0,
                  max_backoff: float = 60.0):
         self.data, self.fmt, self.superlink = str(Path(data).resolve()), fmt, superlink
         self.state_dir = Path(state_dir).resolve()
@@ -54,7 +55,7 @@ class MerchantDaemon:
         self.name = name or Path(data).stem
         self.max_epsilon = max_epsilon
         self.grpc_port, self.host, self.clientapp_port = grpc_port, host, clientapp_port
-        self.store_path, self.model = Path(store), model
+        self.store_path, self.model, self.catalogue = Path(store), model, catalogue
         self.watch_interval, self.max_backoff = watch_interval, max_backoff
         self.port: int | None = None
         self.restarts = 0
@@ -64,6 +65,8 @@ class MerchantDaemon:
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log_ = load_events(self.data, self.fmt, quarantine_path=self.state_dir / "quarantine.csv")
+        if self.catalogue is not None:
+            log_.items = load_catalogue(self.catalogue, quarantine_path=self.state_dir / "catalogue.quarantine.csv")
         self.store = SQLiteStore(self.store_path)
         self.engine = OnsiteEngine.from_log(self.store, log_)
         models = self.state_dir / MODELS

@@ -66,9 +66,10 @@ class OnsiteEngine:
     so requests in flight finish on the version they started with and none is dropped."""
 
     def __init__(self, store: ProfileStore, users: pd.DataFrame, *, titles: pd.Series | None = None,
-                 settings: ProfileSettings = ProfileSettings(), segments: int = 5, device: str | torch.device = "cpu"):
+                 items: pd.DataFrame | None = None, settings: ProfileSettings = ProfileSettings(), segments: int = 5, device: str | torch.device = "cpu"):
         self.store = store
         self.titles = titles
+        self.items = items  # the catalogue file: items no event mentions, stock
         self.user_attributes = users
         self.settings = settings
         self.k_segments = segments
@@ -88,7 +89,7 @@ class OnsiteEngine:
         include events ingested earlier)."""
         if store.count_events() == 0:
             store.add_events(log_.events)
-        return cls(store, log_.users, titles=log_.item_titles, **kwargs)
+        return cls(store, log_.users, titles=log_.item_titles, items=log_.items, **kwargs)
 
     def load_model(self, path: str | Path) -> str:
         """Load a model version, profile every user with it, then make it the one that serves."""
@@ -97,7 +98,7 @@ class OnsiteEngine:
             events = self.store.events()
             if len(events) == 0:
                 raise ValueError("no events to build profiles from; give the merchant's data")
-            catalogue = build_catalogue(events, read_model_config(path).hash_spec, self.titles)
+            catalogue = build_catalogue(events, read_model_config(path).hash_spec, self.titles, self.items)
             model, version, _ = load_for_serving(path, catalogue, device=self.device)
             if self.current is not None and self.current.version == version:
                 return version
@@ -110,7 +111,7 @@ class OnsiteEngine:
             segmenter, labels = fit_segments(batch.described, batch.outputs.vectors,
                                              k=min(self.k_segments, len(batch.user_ids)))
             summaries = summarize_segments(batch.described, labels, batch.outputs.propensity)
-            serving = ServingModel(version, model, catalogue, ItemIndex(model, catalogue, device=self.device),
+            serving = ServingModel(version, model, catalogue, ItemIndex(model, catalogue, device=self.device).batched(),
                                    batch.outputs.categories, segmenter, summaries)
             records = []
             histories = self._histories(events, catalogue)

@@ -21,6 +21,9 @@ Model = Annotated[str, typer.Option(help="A published model version folder, a ru
                                          "or a `fedprofile train` output folder.", envvar="FEDPROFILE_MODEL")]
 Data = Annotated[str, typer.Option(help="The merchant's event data (file or folder).", envvar="FEDPROFILE_DATA")]
 Fmt = Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP, envvar="FEDPROFILE_FORMAT")]
+CatalogueFile = Annotated[Optional[Path], typer.Option(
+    "--catalogue", help="Catalogue CSV (item_id, category_id, brand, price, title, in_stock): items no event "
+                        "mentions, and stock for --in-stock-only.", envvar="FEDPROFILE_CATALOGUE")]
 Store = Annotated[Optional[Path], typer.Option(help="SQLite store of events and profiles (default: a temporary one).",
                                                envvar="FEDPROFILE_STORE")]
 
@@ -31,7 +34,8 @@ def _fail(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet: bool = True):
+def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet: bool = True,
+            catalogue: Path | None = None):
     """An on-site engine over the merchant's data with `model` loaded (when given)."""
     from client.onsite import OnsiteEngine
     from client.store import SQLiteStore
@@ -43,6 +47,10 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
         quarantine = Path(tmp) / "quarantine.csv" if store is None else path.with_suffix(".quarantine.csv")
         try:
             log = load_events(data, fmt, quarantine_path=quarantine)
+            if catalogue is not None:
+                from shared_model.loaders import load_catalogue
+
+                log.items = load_catalogue(catalogue, quarantine_path=quarantine.with_name("catalogue.quarantine.csv"))
         except (DataFileError, ValueError) as exc:
             _fail(str(exc))
         if not quiet:
@@ -70,12 +78,13 @@ def profile(
     model: Model, data: Data, fmt: Fmt,
     user: Annotated[str, typer.Option(help="The customer's user id.")],
     vector: Annotated[bool, typer.Option(help="Include the profile vector.")] = False,
+    catalogue: CatalogueFile = None,
     store: Store = None,
 ) -> None:
     """Print one customer's profile as JSON: interests, price level, habits, propensity, value, risk."""
     from client.onsite import UnknownUser
 
-    with _engine(model, data, fmt, store) as engine:
+    with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
         try:
             record, version = engine.profile(user)
         except UnknownUser as exc:
@@ -93,20 +102,23 @@ def recommend(
     min_price: Annotated[Optional[float], typer.Option(help="Lowest price.")] = None,
     max_price: Annotated[Optional[float], typer.Option(help="Highest price.")] = None,
     include_purchased: Annotated[bool, typer.Option(help="Also recommend items the customer bought.")] = False,
+    in_stock_only: Annotated[bool, typer.Option(help="Only items in stock (needs --catalogue with in_stock).")] = False,
     rerank: Annotated[Optional[str], typer.Option(help="Instead: re-rank these comma-separated item ids.")] = None,
+    catalogue: CatalogueFile = None,
     store: Store = None,
 ) -> None:
     """Print top-k recommendations (or a re-ranked candidate list) for a customer as JSON, with reasons."""
     from client.onsite import UnknownUser
 
-    with _engine(model, data, fmt, store) as engine:
+    with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
         try:
             if rerank:
                 items, unknown, version = engine.rerank(user, [i.strip() for i in rerank.split(",") if i.strip()])
             else:
                 unknown = []
                 items, version = engine.recommend(user, k=k, category=category, min_price=min_price,
-                                                  max_price=max_price, include_purchased=include_purchased)
+                                                  max_price=max_price, include_purchased=include_purchased,
+                                                  in_stock_only=in_stock_only)
         except UnknownUser as exc:
             _fail(exc.args[0])
     _echo_json({"user_id": user, "model_version": version, "unknown_items": unknown,
@@ -118,10 +130,11 @@ def segments(
     model: Model, data: Data, fmt: Fmt,
     plot: Annotated[Optional[Path], typer.Option(help="Write a 2-D map of the profile space coloured by segment.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    catalogue: CatalogueFile = None,
     store: Store = None,
 ) -> None:
     """Print the customer segments (size, top interests, value) and optionally plot the profile space."""
-    with _engine(model, data, fmt, store) as engine:
+    with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
         rows, version = engine.segments()
         if plot is not None:
             _plot_segments(engine, plot)
@@ -168,10 +181,11 @@ def audience(
     model: Model, data: Data, fmt: Fmt,
     category: Annotated[str, typer.Option(help="The category the campaign sells.")],
     n: Annotated[int, typer.Option("-n", help="Audience size.", min=1)] = 100,
+    catalogue: CatalogueFile = None,
     store: Store = None,
 ) -> None:
     """Print the N customers most likely to buy in a category soon (JSON)."""
-    with _engine(model, data, fmt, store) as engine:
+    with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
         try:
             users, version = engine.audience(category, n)
         except KeyError as exc:
@@ -185,12 +199,13 @@ def risk(
     top: Annotated[int, typer.Option(help="How many of the riskiest customers.", min=1)] = 20,
     min_score: Annotated[float, typer.Option(help="Only scores at or above this.")] = 0.0,
     user: Annotated[Optional[str], typer.Option(help="One customer instead.")] = None,
+    catalogue: CatalogueFile = None,
     store: Store = None,
 ) -> None:
     """Print suspected click-farming bots and fake reviewers with their scores and reasons (JSON)."""
     from client.onsite import UnknownUser
 
-    with _engine(model, data, fmt, store) as engine:
+    with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
         try:
             entries, version = engine.risk(user_id=user, top=top, min_score=min_score)
         except UnknownUser as exc:
@@ -213,12 +228,13 @@ def merchant_serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     store: Annotated[Path, typer.Option(help="SQLite store of events and profiles.", envvar="FEDPROFILE_STORE")] = Path("merchant.sqlite"),
     watch: Annotated[float, typer.Option(help="Seconds between checks for a newer model version (0: never).")] = 5.0,
+    catalogue: CatalogueFile = None,
 ) -> None:
     """Run the on-site service alone on a published model (no federation), reloading newer versions."""
     from client.service import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    with _engine(model, data, fmt, store, quiet=False) as engine:
+    with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue) as engine:
         server, port = serve(engine, host=host, port=grpc_port)
         stop = threading.Event()
         if watch > 0:
@@ -247,6 +263,7 @@ def merchant_run(
     clientapp_port: Annotated[int, typer.Option(help="Local port of the SuperNode's ClientApp API.")] = 9094,
     store: Annotated[Path, typer.Option(help="SQLite store of events and profiles.", envvar="FEDPROFILE_STORE")] = Path("merchant.sqlite"),
     model: Annotated[Optional[str], typer.Option(help="A model to serve until the federation sends one.")] = None,
+    catalogue: CatalogueFile = None,
 ) -> None:
     """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
     service, which serves each global model version the federation sends as soon as it arrives."""
@@ -257,7 +274,8 @@ def merchant_run(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     daemon = MerchantDaemon(data=data, fmt=fmt, superlink=superlink, state_dir=state_dir,
                             root_certificates=root_certificates, auth_key=auth_key, name=name, max_epsilon=max_epsilon,
-                            grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model)
+                            grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model,
+                            catalogue=catalogue)
     daemon.start()
     typer.echo(f"merchant {daemon.name}: SuperNode -> {superlink}, on-site service on {host}:{daemon.port}", err=True)
     try:

@@ -78,6 +78,7 @@ class Catalogue:
     prices: np.ndarray  # (N+1,) float, NaN unknown
     descriptors: torch.Tensor  # (N+1, len(ITEM_FIELDS) + TITLE_TOKENS) long
     titles: np.ndarray | None = None  # (N+1,) text, "" unknown
+    in_stock: np.ndarray | None = None  # (N+1,) bool from the merchant's catalogue file (None: all in stock)
 
     @property
     def num_items(self) -> int:
@@ -104,11 +105,28 @@ def title_tokens(titles: np.ndarray, spec: HashSpec) -> np.ndarray:
     return out
 
 
-def build_catalogue(events: pd.DataFrame, spec: HashSpec, titles: pd.Series | None = None) -> Catalogue:
-    """One row per item with its latest category, brand, known price, and title words where known."""
+def build_catalogue(events: pd.DataFrame, spec: HashSpec, titles: pd.Series | None = None,
+                    items: pd.DataFrame | None = None) -> Catalogue:
+    """One row per item with its latest category, brand, known price, and title words where known. `items`
+    (a catalogue file, see loaders.load_catalogue) adds items no event mentions and overrides what events say."""
     last = events.groupby("item_id", sort=True).agg(
         category_id=("category_id", "last"), brand=("brand", "last"), price=("price", "last")
     )
+    stock = None
+    if items is not None and len(items):
+        listed = items.drop_duplicates("item_id", keep="last").set_index("item_id")
+        merged = last.reindex(last.index.union(listed.index))
+        for column in ("category_id", "brand", "price"):
+            given = listed[column].replace("", np.nan) if column != "price" else listed[column]
+            merged.loc[given.dropna().index, column] = given.dropna()
+        merged["category_id"] = merged["category_id"].fillna("").astype(str)
+        merged["brand"] = merged["brand"].fillna("").astype(str)
+        merged["price"] = merged["price"].astype(np.float64)
+        last = merged.sort_index()
+        if "title" in listed.columns:
+            named = listed["title"][listed["title"].fillna("") != ""]
+            titles = named if titles is None else pd.concat([titles[~titles.index.isin(named.index)], named])
+        stock = listed["in_stock"].reindex(last.index).fillna(True).to_numpy(dtype=bool) if "in_stock" in listed else None
     item_ids = np.concatenate([[""], last.index.to_numpy(dtype=object)])
     categories = np.concatenate([[""], last["category_id"].to_numpy(dtype=object)])
     brands = np.concatenate([[""], last["brand"].to_numpy(dtype=object)])
@@ -126,7 +144,8 @@ def build_catalogue(events: pd.DataFrame, spec: HashSpec, titles: pd.Series | No
     title_text = titles.reindex(item_ids).fillna("").to_numpy(dtype=object) if titles is not None else np.full(len(item_ids), "", dtype=object)
     desc = np.concatenate([desc, title_tokens(title_text, spec)], axis=1)
     desc[0] = 0
-    return Catalogue(item_ids, categories, brands, prices, torch.from_numpy(desc), title_text)
+    in_stock = None if stock is None else np.concatenate([[False], stock])
+    return Catalogue(item_ids, categories, brands, prices, torch.from_numpy(desc), title_text, in_stock)
 
 
 def category_bucket(categories, spec: HashSpec) -> np.ndarray:

@@ -41,6 +41,7 @@ class EventLog:
     source: str
     truth: dict | None = field(default=None, repr=False)
     item_titles: pd.Series | None = field(default=None, repr=False)  # item_id -> title (public catalogue text)
+    items: pd.DataFrame | None = field(default=None, repr=False)  # the merchant's catalogue (load_catalogue)
 
     @property
     def num_users(self) -> int:
@@ -592,3 +593,39 @@ def validate_records(records: list[dict], *, source: str = "stream", first_row: 
     summary.rows_accepted = len(accepted)
     accepted = accepted[list(EVENT_COLUMNS)].astype({"behavior": "int8", "timestamp": "int64", "price": "float64"})
     return accepted.reset_index(drop=True), quarantine.records(), summary
+
+
+CATALOGUE_COLUMNS = ("item_id", "category_id", "brand", "price", "title", "in_stock")
+_STOCK = {"1": True, "true": True, "yes": True, "y": True, "0": False, "false": False, "no": False, "n": False}
+
+
+def load_catalogue(path: str | Path, *, quarantine_path: str | Path | None = None) -> pd.DataFrame:
+    """A merchant's catalogue CSV: `item_id` (required), `category_id`, `brand`, `price`, `title`, `in_stock`
+    (true/false, 1/0, yes/no; default true). Items the events never mention still get recommended. Bad rows
+    go to the quarantine with row and reason; a file without `item_id` fails naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: catalogue file not found")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if "item_id" not in frame.columns:
+        raise DataFileError(f"{path}: no item_id column (found {', '.join(frame.columns)})")
+    for column in CATALOGUE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = ""
+    raw = [c for c in frame.columns]
+    frame["row"] = np.arange(2, len(frame) + 2)  # file line numbers (line 1 is the header)
+    summary = FileSummary(str(path))
+    summary.rows_read = len(frame)
+    check = RowChecker(frame, file=str(path), raw_columns=raw)
+    item_id = check.identifier("item_id")
+    price = check.optional_float("price")
+    stock_text = frame["in_stock"].astype(str).str.strip().str.lower()
+    check.reject(stock_text.ne("") & ~stock_text.isin(list(_STOCK)), "in_stock", "not true/false: " + stock_text)
+    quarantine = Quarantine(quarantine_path)
+    ok = check.finish(quarantine, summary)
+    quarantine.write()
+    out = pd.DataFrame({
+        "item_id": item_id, "category_id": frame["category_id"].str.strip(), "brand": frame["brand"].str.strip(),
+        "price": price, "title": frame["title"], "in_stock": stock_text.map(_STOCK).fillna(True).astype(bool),
+    })[ok]
+    return out.drop_duplicates("item_id", keep="last").reset_index(drop=True)

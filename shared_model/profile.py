@@ -69,9 +69,13 @@ def _top(frame: pd.DataFrame, key: str, n: int) -> dict:
 
 
 def price_percentiles(catalogue: Catalogue) -> np.ndarray:
-    """(N+1,) each item's price percentile among the items of its category (NaN where no price)."""
+    """(N+1,) each item's price position among the priced items of its category: 0 the cheapest, 1 the
+    dearest, 0.5 for a category's only priced item (NaN where no price)."""
     frame = pd.DataFrame({"category": catalogue.categories.astype(str), "price": catalogue.prices})
-    return frame.groupby("category")["price"].rank(pct=True, method="average").to_numpy()
+    grouped = frame.groupby("category")["price"]
+    rank, count = grouped.rank(method="average"), grouped.transform("count")
+    return np.where(count > 1, (rank - 1) / (count - 1).clip(lower=1), 0.5).astype(np.float64) + np.where(
+        frame["price"].isna(), np.nan, 0.0)
 
 
 def describe_users(events: pd.DataFrame, catalogue: Catalogue, *, now: int | None = None,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +22,64 @@ class Scored:
     reasons: tuple[str, ...] = ()
 
 
+class BatchedTopK:
+    """Scores many users' profile vectors against a catalogue in one matrix product: requests that arrive
+    while one batch is being scored form the next batch, so the item matrix is read once per batch instead of
+    once per request (no added wait when the service is idle). One scorer thread per process, shared by every
+    model version, so a model swap never strands a request."""
+
+    _shared: "BatchedTopK | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self, *, max_batch: int = 64):
+        self.max_batch = max_batch
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="topk-batcher", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def shared(cls) -> "BatchedTopK":
+        with cls._lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+    def topk(self, matrix: torch.Tensor, vector: np.ndarray, k: int, timeout: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, scores) of the k rows of `matrix` (N, d) scoring highest against `vector`, best first."""
+        done = Future()
+        self._queue.put((matrix, np.asarray(vector, dtype=np.float32), k, done))
+        return done.result(timeout=timeout)
+
+    def _loop(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            groups: dict[int, list] = {}
+            for request in batch:  # normally one group: every request on the serving model's matrix
+                groups.setdefault(id(request[0]), []).append(request)
+            for group in groups.values():
+                self._score(group)
+
+    @staticmethod
+    def _score(group: list) -> None:
+        try:
+            matrix = group[0][0]
+            queries = torch.from_numpy(np.stack([v for _, v, _, _ in group]))  # (B, d)
+            scores = queries @ matrix.T  # (B, N)
+            widest = min(max(k for _, _, k, _ in group), scores.shape[1])
+            top_scores, top_index = torch.topk(scores, widest, dim=1)  # (B, widest), best first
+            for row, (_, _, k, done) in enumerate(group):
+                done.set_result((top_index[row, :k].numpy(), top_scores[row, :k].numpy()))
+        except Exception as exc:  # every waiting request hears about it
+            for _, _, _, done in group:
+                if not done.done():
+                    done.set_exception(exc)
+
+
 class ItemIndex:
     """The merchant's catalogue as the model scores it: one output vector per item, computed once per model."""
 
@@ -33,9 +94,17 @@ class ItemIndex:
         self.catalogue = catalogue
         self.categories = catalogue.categories.astype(str)
         self.prices = catalogue.prices.astype(np.float64)
+        in_stock = catalogue.in_stock if in_stock is None else in_stock
         self.in_stock = np.ones(len(vectors), dtype=bool) if in_stock is None else in_stock.astype(bool)
         norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
         self._unit = self.vectors / np.maximum(norms, 1e-9)
+        self._matrix = torch.from_numpy(self.vectors)
+        self._batched: BatchedTopK | None = None
+
+    def batched(self) -> "ItemIndex":
+        """Serve unfiltered recommendations through the process's batching scorer (multi-threaded servers)."""
+        self._batched = BatchedTopK.shared()
+        return self
 
     def index_of(self, item_ids) -> np.ndarray:
         return self.catalogue.index_of(item_ids)
@@ -44,6 +113,12 @@ class ItemIndex:
                   category: str | None = None, min_price: float | None = None, max_price: float | None = None,
                   in_stock_only: bool = False) -> list[tuple[int, float]]:
         """Top-k (item index, score) by dot product with the profile vector, after exclusions and filters."""
+        filtered = category or min_price is not None or max_price is not None or in_stock_only
+        if self._batched is not None and not filtered:
+            excluded = set() if exclude is None else set(np.asarray(exclude, dtype=np.int64).tolist())
+            index, top = self._batched.topk(self._matrix, vector, k + len(excluded) + 1)
+            keep = [(int(i), float(v)) for i, v in zip(index, top) if i != 0 and int(i) not in excluded]
+            return keep[:k]
         scores = self.vectors @ np.asarray(vector, dtype=np.float32)  # (N+1,)
         allowed = np.ones(len(scores), dtype=bool)
         allowed[0] = False

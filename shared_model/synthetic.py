@@ -50,6 +50,7 @@ class SyntheticMerchant:
     events: pd.DataFrame  # schema columns
     users: pd.DataFrame  # user_id, gender, age, region
     truth: dict  # per-user planted interests, segment, bot kind, price tier, peak hour
+    items: pd.DataFrame | None = None  # the whole catalogue: item_id, category_id, brand, price, in_stock
 
 
 def generate(config: SyntheticConfig = SyntheticConfig()) -> list[SyntheticMerchant]:
@@ -120,8 +121,12 @@ def _merchant(m, focus, gender_skew, age_skew, base_price, brand_tier, cfg: Synt
     events = pd.concat(rows, ignore_index=True)
     events["brand"] = events["brand"].astype(str)
     users = pd.DataFrame({"user_id": [f"m{m}-u{u}" for u in range(U)], "gender": gender, "age": age, "region": region})
+    stock = np.random.default_rng(cfg.seed + 7919 * (m + 1)).random(n_items) < 0.95  # own stream: events unchanged
+    items = pd.DataFrame({"item_id": item_ids, "category_id": np.char.add("c", item_cat.astype(str)),
+                          "brand": np.char.add(np.char.add("b", item_cat.astype(str)), "-x"), "price": item_price,
+                          "in_stock": stock})
     return SyntheticMerchant(name, events, users, {"users": truth, "focus": {f"c{c}": round(float(focus[c]), 4)
-                                                                            for c in np.argsort(-focus)[:5]}})
+                                                                            for c in np.argsort(-focus)[:5]}}, items)
 
 
 def _user_events(user_id, theta, traits, peak, by_cat, pop, item_ids, item_cat, item_price, cfg, rng):
@@ -211,7 +216,8 @@ BEHAVIOR_NAMES = {int(b): b.name.lower() for b in Behavior}
 
 
 def write(merchants: list[SyntheticMerchant], out: str | Path, config: SyntheticConfig | None = None) -> Path:
-    """One folder per merchant: events.csv (schema columns, named behaviours), users.csv, truth.json."""
+    """One folder per merchant: events.csv (schema columns, named behaviours), users.csv, truth.json, and
+    items.csv (the catalogue with stock)."""
     out = Path(out)
     for merchant in merchants:
         folder = out / merchant.name
@@ -220,6 +226,8 @@ def write(merchants: list[SyntheticMerchant], out: str | Path, config: Synthetic
             folder / "events.csv", index=False
         )
         merchant.users.to_csv(folder / "users.csv", index=False)
+        if merchant.items is not None:
+            merchant.items.to_csv(folder / "items.csv", index=False)
         (folder / "truth.json").write_text(json.dumps(merchant.truth))
     if config is not None:
         (out / "config.json").write_text(json.dumps(asdict(config)))
@@ -248,6 +256,11 @@ def load_synthetic(path: str | Path | None, *, quarantine_path=None, config: Syn
             truth.update(json.loads((folder / "truth.json").read_text())["users"])
     log.users = pd.concat(users, ignore_index=True)
     log.truth = {"users": truth} if truth else None
+    catalogues = [folder / "items.csv" for folder in folders if (folder / "items.csv").exists()]
+    if catalogues:
+        from shared_model.loaders import load_catalogue
+
+        log.items = pd.concat([load_catalogue(f) for f in catalogues], ignore_index=True)
     return log
 
 
@@ -264,6 +277,8 @@ def merge_merchants(merchants: list[SyntheticMerchant], *, quarantine_path=None)
     users = pd.concat([m.users for m in merchants], ignore_index=True)
     log = finalize(chunks, summaries, users, [], Quarantine(quarantine_path), source="builtin")
     log.truth = _merge_truth([m.truth for m in merchants])
+    if all(m.items is not None for m in merchants):
+        log.items = pd.concat([m.items for m in merchants], ignore_index=True)
     return log
 
 

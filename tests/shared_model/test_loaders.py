@@ -128,3 +128,16 @@ def test_unreadable_files_name_the_file(tmp_path):
     amazon.mkdir()
     with pytest.raises(DataFileError, match="_with_time.tsv"):
         load_events(amazon, "amazon")
+
+
+def test_catalogue_file_rows_are_checked_and_counted(tmp_path):
+    from shared_model.loaders import load_catalogue
+
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,category_id,price,in_stock\ni1,c1,9.5,true\n,c1,3,true\ni3,c2,cheap,yes\ni4,c2,4,maybe\ni5,c3,,0\n")
+    quarantine = tmp_path / "q.csv"
+    items = load_catalogue(path, quarantine_path=quarantine)
+    assert list(items["item_id"]) == ["i1", "i5"] and list(items["in_stock"]) == [True, False]
+    rejected = pd.read_csv(quarantine)
+    assert list(rejected["row"]) == [3, 4, 5]
+    assert list(rejected["field"]) == ["item_id", "price", "in_stock"]
