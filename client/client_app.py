@@ -56,7 +56,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     state = _load_state(context, run, run_id, merchant.name)
     model = _model(run, merchant, state, msg.content["arrays"])
     if "state-dir" in context.node_config:  # deployment: the merchant's own service serves this version next
-        keep_global_model(Path(str(context.node_config["state-dir"])), model, server_round, run_id)
+        keep_global_model(Path(str(context.node_config["state-dir"])), model, server_round, run_id,
+                          item_ids=merchant.sequences.catalogue.item_ids)
     metrics = local_evaluate(model, merchant.sequences, device=pick_device())
     users = int(metrics.pop("users"))
     record = RecordDict({"metrics": MetricRecord({"num-examples": users, **metrics}),

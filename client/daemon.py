@@ -88,7 +88,7 @@ class MerchantDaemon:
         logs = open(self.state_dir / "supernode.log", "ab")
         while not self._stop.is_set():
             log.info("starting SuperNode: %s", " ".join(cmd))
-            self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env={**os.environ})
+            self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=_env_with_our_bin())
             code = self._process.wait()
             if self._stop.is_set():
                 break
@@ -110,3 +110,9 @@ class MerchantDaemon:
         self.server.stop(grace=2).wait()
         self.store.close()
 
+
+
+def _env_with_our_bin() -> dict:
+    """The SuperNode starts Flower's own helpers (e.g. flwr-clientapp) by name: find them beside our Python."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}

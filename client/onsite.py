@@ -99,7 +99,8 @@ class OnsiteEngine:
             if len(events) == 0:
                 raise ValueError("no events to build profiles from; give the merchant's data")
             catalogue = build_catalogue(events, read_model_config(path).hash_spec, self.titles, self.items)
-            model, version, _ = load_for_serving(path, catalogue, device=self.device)
+            model, version, _ = load_for_serving(path, catalogue, device=self.device,
+                                                 local_state=_local_rows(resolve_model_folder(path), catalogue))
             if self.current is not None and self.current.version == version:
                 return version
             ts = events["timestamp"].to_numpy()
@@ -306,3 +307,24 @@ class OnsiteEngine:
             serving.users[profile.user_id] = self._state(batch, row, int(labels[row]), histories)
         fresh = behaviour_signals(events, batch.vectors_frame())
         self._signals = pd.concat([self._signals[~self._signals.index.isin(fresh.index)], fresh])
+
+
+def _local_rows(folder: Path, catalogue: Catalogue) -> dict | None:
+    """The merchant's local residual rows saved beside a received model, re-indexed to `catalogue` by item id
+    (items it has not trained on start at zero)."""
+    from client.state import LOCAL_WITH_IDS
+
+    file = Path(folder) / LOCAL_WITH_IDS
+    if not file.is_file():
+        return None
+    saved = torch.load(file, map_location="cpu", weights_only=False)
+    source = {item: row for row, item in enumerate(saved["item_ids"])}
+    rows = np.array([source.get(str(item), -1) for item in catalogue.item_ids])
+    rows[0] = -1  # padding
+    out = {}
+    for name, table in saved["state"].items():
+        fresh = torch.zeros(len(catalogue.item_ids), table.shape[1], dtype=table.dtype)
+        hit = rows >= 0
+        fresh[torch.from_numpy(np.flatnonzero(hit))] = table[torch.from_numpy(rows[hit])]
+        out[name] = fresh
+    return out

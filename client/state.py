@@ -83,7 +83,10 @@ def _atomic_torch_save(path: Path, obj) -> None:
 MODELS = "models"
 
 
-def keep_global_model(folder: Path, model, server_round: int, run_id: str, *, keep: int = 3) -> Path:
+LOCAL_WITH_IDS = "local.pt"
+
+
+def keep_global_model(folder: Path, model, server_round: int, run_id: str, *, item_ids=(), keep: int = 3) -> Path:
     """Save the global model a round's evaluate message brought (shared weights) as `models/vNNNN` with a
     LATEST pointer, where the merchant's on-site service picks it up; the local weights stay in the state folder."""
     import shutil
@@ -94,6 +97,9 @@ def keep_global_model(folder: Path, model, server_round: int, run_id: str, *, ke
     target = models / f"v{server_round:04d}"
     save_global_model(target, model.config, model.shared_state(),
                       {"version": server_round, "round": server_round, "run_id": run_id, "received_by": "merchant"})
+    if model.local_state():  # the merchant's own residual rows, keyed by item id so any catalogue can use them
+        torch.save({"item_ids": [str(i) for i in item_ids], "state": {k: v.cpu() for k, v in model.local_state().items()}},
+                   target / LOCAL_WITH_IDS)
     _atomic_write(models / "LATEST", target.name.encode())
     for old in sorted(p for p in models.glob("v*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)

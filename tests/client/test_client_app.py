@@ -29,3 +29,34 @@ def test_deployed_merchants_read_their_files_and_keep_their_ledger_on_disk(tmp_p
         saved = json.loads((tmp_path / folder / "privacy-ledger.json").read_text())
         assert [r[1] for r in saved["rounds"]] == [1, 2]
         assert saved["ledger"]["target_epsilon"] == (6.0 if name == "shop-a" else 2.0)
+
+
+def test_a_deployed_merchant_keeps_each_global_model_for_its_service(tmp_path):
+    """Each evaluate message's global model lands in state-dir/models (with LATEST), the local residual rows
+    beside it keyed by item id; the on-site engine serves it with those rows in place."""
+    import torch
+
+    from client.onsite import OnsiteEngine
+    from client.store import SQLiteStore
+    from shared_model.loaders import load_events
+
+    shops = write(generate(SyntheticConfig(merchants=2, users_per_merchant=50, items_per_merchant=300, seed=4)),
+                  tmp_path / "shops")
+    nodes = [{"data-path": str(shops / f"merchant-{i}" / "events.csv"), "format": "events",
+              "merchant-name": f"shop-{i}", "state-dir": str(tmp_path / f"state-{i}")} for i in range(2)]
+    result = run_federation(InProcessGrid(client_app, 2, node_configs=nodes), tiny_run(tmp_path, local_table=True))
+    models = tmp_path / "state-0" / "models"
+    assert (models / "LATEST").read_text() == "v0002"
+    assert json.loads((models / "v0002" / "manifest.json").read_text())["run_id"] == result.run_id
+    saved = torch.load(models / "v0002" / "local.pt", weights_only=False)
+    assert any(v.abs().sum() > 0 for v in saved["state"].values())  # trained residuals, not zeros
+    log = load_events(shops / "merchant-0" / "events.csv", "events")
+    store = SQLiteStore(tmp_path / "s.sqlite")
+    engine = OnsiteEngine.from_log(store, log)
+    assert engine.load_model(models) == f"v0002@{result.run_id}"
+    served = dict(engine.current.model.named_parameters())
+    name = next(iter(saved["state"]))
+    item = saved["item_ids"][5]
+    row = int(engine.current.catalogue.index_of([item])[0])
+    assert torch.allclose(served[name][row], saved["state"][name][5])
+    store.close()
