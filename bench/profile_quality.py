@@ -105,8 +105,10 @@ def synthetic(args) -> dict:
             p3_ref = np.mean([len(set(ref.get(u, [])[:3]) & set(planted3[u])) / 3 for u in humans])
             top1 = np.mean([ours[u][:1] == planted3[u][:1] for u in humans])
             segment = np.array([truth[u]["segment"] for u in ids])
-            _, labels = fit_segments(batch.described, batch.outputs.vectors, k=5)
-            _, labels_values = fit_segments(batch.described, batch.outputs.vectors, k=5, vector_weight=0.0)
+            trusted = batch.risk["score"].reindex(ids).to_numpy() < 0.9  # as the on-site engine fits them
+            _, labels = fit_segments(batch.described, batch.outputs.vectors, k=5, fit_on=trusted)
+            _, labels_values = fit_segments(batch.described, batch.outputs.vectors, k=5, vector_weight=0.0,
+                                            fit_on=trusted)
             rule = batch.described["value_segment"].to_numpy()
             tier = np.array([truth[u]["price_tier"] for u in ids])
             our_tier = batch.described["price_tier"].map({"low": 0, "mid": 1, "high": 2}).to_numpy()

@@ -25,6 +25,7 @@ from shared_model.segments import Segmenter, audience, fit_segments, summarize_s
 log = logging.getLogger("fedprofile.onsite")
 BEHAVIOR_NAMES = {int(b): b.name.lower() for b in Behavior}
 RECENT_EVENTS = 10  # recent events kept per user for "why" reasons
+RISK_FIT_CUTOFF = 0.9  # users scoring above this are left out when segments are fitted (still assigned)
 
 
 class UnknownUser(KeyError):
@@ -109,8 +110,9 @@ class OnsiteEngine:
             batch = profile_users(model, events, self.user_attributes, catalogue, device=self.device,
                                   now=self.now, window_start=self.window_start, settings=self.settings,
                                   model_version=version)
+            trusted = batch.risk["score"].reindex(batch.user_ids).to_numpy() < RISK_FIT_CUTOFF
             segmenter, labels = fit_segments(batch.described, batch.outputs.vectors,
-                                             k=min(self.k_segments, len(batch.user_ids)))
+                                             k=min(self.k_segments, len(batch.user_ids)), fit_on=trusted)
             summaries = summarize_segments(batch.described, labels, batch.outputs.propensity)
             serving = ServingModel(version, model, catalogue, ItemIndex(model, catalogue, device=self.device).batched(),
                                    batch.outputs.categories, segmenter, summaries)

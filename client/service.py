@@ -133,7 +133,8 @@ class MerchantProfilesServicer(pb_grpc.MerchantProfilesServicer):
             user_id=request.user_id if which == "user_id" else None,
             segment=request.segment if which == "segment" else None))
         fields = {k: segment.get(k, 0) for k in ("segment", "name", "size", "share", "top_interests", "mean_monetary",
-                                                 "mean_purchases", "mean_recency_days", "mean_propensity", "value_mix")}
+                                                 "mean_purchases", "mean_recency_days", "mean_propensity", "value_mix",
+                                                 "distinctive_interests")}
         return pb.SegmentReply(segment=pb.Segment(**fields), model_version=version)
 
     def Audience(self, request, context):

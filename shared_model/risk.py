@@ -9,15 +9,16 @@ import pandas as pd
 
 from shared_model.schema import Behavior
 
-# signal -> (how to say it, the smallest value worth mentioning whatever the population looks like)
+# signal -> (how to say it, the smallest value that is unusual in itself, weight of its evidence).
+# Night activity and an odd profile only support other signals: many genuine customers shop at night.
 SIGNALS = {
-    "burst": ("{v:.0f} events within one minute", 10),
-    "fast_gaps": ("{v:.0%} of consecutive events under 10 seconds apart", 0.3),
-    "item_concentration": ("{v:.1f} events per distinct item", 4),
-    "repeat_purchases": ("bought the same item {v:.0f} times", 3),
-    "fast_reviews": ("{v:.0f} reviews within 10 minutes of buying", 2),
-    "night_share": ("{v:.0%} of events between 00:00 and 05:00", 0.6),
-    "profile_outlier": ("profile vector {v:.1f} standard deviations from the merchant's customers", 4),
+    "burst": ("{v:.0f} events within one minute", 10, 1.0),
+    "fast_gaps": ("{v:.0%} of consecutive events under 10 seconds apart", 0.3, 1.0),
+    "item_concentration": ("{v:.1f} events per distinct item", 4, 1.0),
+    "repeat_purchases": ("bought the same item {v:.0f} times", 3, 1.0),
+    "fast_reviews": ("{v:.0f} reviews within 10 minutes of buying", 2, 1.0),
+    "night_share": ("{v:.0%} of events between 00:00 and 05:00", 0.6, 0.25),
+    "profile_outlier": ("profile vector {v:.1f} standard deviations from the merchant's customers", 4, 0.5),
 }
 
 
@@ -77,17 +78,21 @@ def _fast_reviews(frame: pd.DataFrame) -> pd.Series:
 
 def risk_scores(signals: pd.DataFrame, settings: RiskSettings = RiskSettings()) -> pd.DataFrame:
     """Score in [0, 1) and readable reasons per user. Each signal is a robust z-score against the merchant's
-    own customers (median, MAD); evidence above 2 z adds up, so several mild signals or one extreme one
-    score high."""
+    own customers (median, MAD); a signal gives evidence only where it is also unusual in itself (its floor),
+    in proportion to how far above 2 z it is, times its weight; evidence adds up, so several moderate signals
+    or one extreme one score high, and a score never comes without a reason above 2 z."""
     z = pd.DataFrame(index=signals.index)
+    evidence = pd.Series(0.0, index=signals.index)
     for name in signals.columns:
+        _, floor, weight = SIGNALS[name]
         x = signals[name].to_numpy(dtype=np.float64)
         median = np.nanmedian(x) if len(x) else 0.0
         mad = np.nanmedian(np.abs(x - median)) * 1.4826 if len(x) else 0.0
         scale = max(mad, np.nanstd(x) * 0.1, 1e-6)
         z[name] = np.nan_to_num((x - median) / scale)
-    evidence = (z.clip(lower=2.0) - 2.0) / settings.z_scale
-    score = 1.0 - np.exp(-evidence.sum(axis=1))
+        unusual = np.nan_to_num(x) >= floor
+        evidence += weight * unusual * (z[name].clip(lower=2.0) - 2.0) / settings.z_scale
+    score = 1.0 - np.exp(-evidence)
     reasons = []
     for user in signals.index:
         row, zr = signals.loc[user], z.loc[user]

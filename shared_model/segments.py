@@ -58,8 +58,13 @@ class Segmenter:
 
 
 def fit_segments(described: pd.DataFrame, vectors: np.ndarray, *, k: int = 5, vector_weight: float = 0.3,
-                 components: int = 8, seed: int = 0) -> tuple[Segmenter, np.ndarray]:
-    """Fit `k` segments; returns the segmenter and each user's segment (rows as `described`)."""
+                 components: int = 8, seed: int = 0, fit_on: np.ndarray | None = None) -> tuple[Segmenter, np.ndarray]:
+    """Fit `k` segments on the users where `fit_on` is true (default all; the engine leaves out suspected bots,
+    whose extreme behaviour would otherwise take a segment of its own) and assign every user to one."""
+    if fit_on is not None and fit_on.sum() >= k:
+        segmenter, _ = fit_segments(described[fit_on], vectors[fit_on], k=k, vector_weight=vector_weight,
+                                    components=components, seed=seed)
+        return segmenter, segmenter.assign(described, vectors)
     if len(described) < k:
         raise ValueError(f"{len(described)} users cannot make {k} segments; lower k")
     values = value_features(described).to_numpy()
@@ -77,18 +82,29 @@ def summarize_segments(described: pd.DataFrame, labels: np.ndarray, propensity: 
     """One readable row per segment: size, share, top interests, spend, purchases, value mix, and a name."""
     rows = []
     total = len(labels)
+    overall = Counter()
+    for items in described["interests"]:
+        for category, weight in items:
+            overall[category] += weight
+    overall_sum = sum(overall.values()) or 1.0
     for segment in range(int(labels.max()) + 1 if total else 0):
         members = described[labels == segment]
         interests = Counter()
         for items in members["interests"]:
             for category, weight in items:
                 interests[category] += weight
+        # what sets the segment apart: share x log(share / the merchant's share), so a category every
+        # customer likes does not name every segment
+        own_sum = sum(interests.values()) or 1.0
+        distinctive = Counter({c: (w / own_sum) * np.log((w / own_sum) / (overall[c] / overall_sum))
+                               for c, w in interests.items()})
         mix = members["value_segment"].value_counts(normalize=True)
         row = {
             "segment": segment,
             "size": int(len(members)),
             "share": round(len(members) / max(total, 1), 4),
             "top_interests": [c for c, _ in interests.most_common(top)],
+            "distinctive_interests": [c for c, v in distinctive.most_common(top) if v > 0],
             "mean_monetary": round(float(members["monetary"].mean()), 2) if len(members) else 0.0,
             "mean_purchases": round(float(members["purchases"].mean()), 2) if len(members) else 0.0,
             "mean_recency_days": round(float(members["recency_days"].mean()), 2) if len(members) else 0.0,
@@ -97,7 +113,7 @@ def summarize_segments(described: pd.DataFrame, labels: np.ndarray, propensity: 
         if propensity is not None:
             row["mean_propensity"] = round(float(np.mean(propensity[labels == segment])), 4) if len(members) else 0.0
         main = mix.index[0] if len(mix) else "empty"
-        row["name"] = f"{main.replace('_', ' ')}: " + ", ".join(row["top_interests"])
+        row["name"] = f"{main.replace('_', ' ')}: " + ", ".join(row["distinctive_interests"] or row["top_interests"])
         rows.append(row)
     return rows
 
