@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +11,7 @@ from client.onsite import OnsiteEngine
 from client.service import serve
 from client.state import MODELS
 from client.store import SQLiteStore
+from fedprofile.processes import env_with_our_bin, flower_binary
 from shared_model.loaders import load_catalogue, load_events
 
 log = logging.getLogger("fedprofile.daemon")
@@ -22,8 +20,7 @@ log = logging.getLogger("fedprofile.daemon")
 def supernode_command(*, superlink: str, node_config: dict, root_certificates: Path | None, auth_key: Path | None,
                       clientapp_port: int) -> list[str]:
     """The `flower-supernode` command line for this merchant (TLS unless no root certificates are given)."""
-    exe = Path(sys.executable).with_name("flower-supernode")
-    binary = str(exe) if exe.exists() else (shutil.which("flower-supernode") or "flower-supernode")
+    binary = flower_binary("flower-supernode")
     config = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items() if v is not None)
     cmd = [binary, "--superlink", superlink, "--node-config", config, "--port", str(clientapp_port)]
     cmd += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
@@ -88,11 +85,14 @@ class MerchantDaemon:
         logs = open(self.state_dir / "supernode.log", "ab")
         while not self._stop.is_set():
             log.info("starting SuperNode: %s", " ".join(cmd))
-            self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=_env_with_our_bin())
+            self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=env_with_our_bin())
             code = self._process.wait()
             if self._stop.is_set():
                 break
             self.restarts += 1
+            if refused_by_superlink(self.state_dir / "supernode.log"):
+                log.error("the SuperLink refused this merchant: its public key is not registered there (Flower code "
+                          "2004); send %s.pub to the coordinator to register", self.auth_key or "your key")
             log.warning("SuperNode exited with %s; starting it again in %.0fs (on-site service keeps serving)", code, delay)
             if self._stop.wait(delay):
                 break
@@ -112,7 +112,12 @@ class MerchantDaemon:
 
 
 
-def _env_with_our_bin() -> dict:
-    """The SuperNode starts Flower's own helpers (e.g. flwr-clientapp) by name: find them beside our Python."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+
+def refused_by_superlink(supernode_log: Path) -> bool:
+    """Whether the SuperNode's latest attempt ended with the SuperLink refusing its key (Flower code 2004)."""
+    if not supernode_log.exists():
+        return False
+    with open(supernode_log, "rb") as handle:
+        handle.seek(max(0, supernode_log.stat().st_size - 8192))
+        tail = handle.read().decode(errors="replace")
+    return "[code: 2004]" in tail or "Failed to activate SuperNode" in tail

@@ -16,9 +16,12 @@ app.add_typer(data_app, name="data")
 
 
 def _register_onsite() -> None:
-    from fedprofile import onsite_cli
+    from fedprofile import deploy_cli, onsite_cli
 
     app.add_typer(onsite_cli.merchant_app, name="merchant")
+    onsite_cli.merchant_app.command("keys")(deploy_cli.merchant_keys)
+    app.add_typer(deploy_cli.server_app, name="server")
+    app.add_typer(deploy_cli.federation_app, name="federation")
     for command in (onsite_cli.profile, onsite_cli.recommend, onsite_cli.segments, onsite_cli.audience, onsite_cli.risk):
         app.command()(command)
 

@@ -1,0 +1,187 @@
+"""`fedprofile server ...`, `fedprofile merchant keys` and `fedprofile federation local`: a real deployment."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+server_app = typer.Typer(help="Run the coordinating server: a Flower SuperLink with TLS and merchant authentication.",
+                         no_args_is_help=True)
+federation_app = typer.Typer(help="Whole federations on one machine, as separate processes.", no_args_is_help=True)
+
+StateDir = Annotated[Path, typer.Option(help="The server's folder: SuperLink database, logs, runs, operator config.",
+                                        envvar="FEDPROFILE_SERVER_DIR")]
+APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app (pyproject.toml with [tool.flwr.app])
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@server_app.command("keys")
+def server_keys(
+    host: Annotated[list[str], typer.Option(help="Host name or IP address merchants connect to (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Folder for ca.crt, ca.key, server.pem, server.key.")] = Path("certs"),
+    days: Annotated[int, typer.Option(help="Validity of the server certificate in days.", min=1)] = 365,
+) -> None:
+    """Create the federation's CA (once) and the SuperLink certificate for the given host names."""
+    from server.keys import make_server_certificates
+
+    paths = make_server_certificates(out, host, days=days)
+    typer.echo(f"CA certificate (give to merchants): {paths['ca']}")
+    typer.echo(f"server certificate for {', '.join(host)}: {paths['certificate']} (key {paths['key']}, keep private)")
+
+
+def _settings(state_dir: Path, certs: Optional[Path], insecure: bool, host: str, port: int):
+    from server.superlink import SuperLinkSettings
+
+    try:
+        return SuperLinkSettings(state_dir=state_dir.resolve(), certs=certs.resolve() if certs else None,
+                                 insecure=insecure, host=host, port=port)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@server_app.command("run")
+def server_run(
+    state_dir: StateDir,
+    certs: Annotated[Optional[Path], typer.Option(help="Folder from `fedprofile server keys` (TLS on).")] = None,
+    insecure: Annotated[bool, typer.Option(help="No TLS and no merchant authentication (local experiments).")] = False,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="SuperLink port (Fleet, Control and Runtime APIs).", envvar="FEDPROFILE_PORT")] = 9091,
+    address: Annotated[Optional[str], typer.Option(help="Address operators use for `flwr` (default 127.0.0.1:PORT).")] = None,
+) -> None:
+    """Start the SuperLink (persistent database in STATE_DIR; TLS and SuperNode authentication unless --insecure)
+    and write the operator's `flwr` connection; stops on Ctrl-C."""
+    from server.superlink import wait_for_port
+    from fedprofile.processes import env_with_our_bin
+
+    settings = _settings(state_dir, certs, insecure, host, port)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    flwr_home = settings.write_operator_config(address)
+    process = subprocess.Popen(settings.command(), env=env_with_our_bin())
+    try:
+        wait_for_port("127.0.0.1", port, process=process)
+    except (RuntimeError, TimeoutError) as exc:
+        process.kill()
+        _fail(f"SuperLink did not start: {exc}; see {settings.state_dir / 'superlink.log'}")
+    typer.echo(f"SuperLink on {host}:{port} ({'INSECURE' if insecure else 'TLS, merchant authentication on'}); "
+               f"database {settings.database}", err=True)
+    typer.echo(f"register merchants: fedprofile server register --state-dir {state_dir} MERCHANT.pub --name NAME", err=True)
+    typer.echo(f"start a run:        fedprofile server submit --state-dir {state_dir} [--set num-rounds=5 ...]", err=True)
+    typer.echo(f"(or FLWR_HOME={flwr_home} flwr run {APP_DIR} fedprofile)", err=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5) and process.poll() is None:
+        pass
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=30)
+    raise typer.Exit(0 if stop.is_set() else (process.returncode or 1))
+
+
+@server_app.command("register")
+def server_register(
+    state_dir: StateDir,
+    public_key: Annotated[Path, typer.Argument(help="The merchant's public key (from `fedprofile merchant keys`).")],
+    name: Annotated[str, typer.Option(help="The merchant's name.")],
+) -> None:
+    """Register a merchant's public key with the running SuperLink; only registered merchants may join."""
+    from server.superlink import register_merchant
+
+    try:
+        typer.echo(register_merchant(state_dir / "flwr", public_key, name))
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@server_app.command("submit")
+def server_submit(
+    state_dir: StateDir,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Run-config key=value (see pyproject.toml).")] = None,
+    stream: Annotated[bool, typer.Option(help="Follow the run's log until it ends.")] = True,
+) -> None:
+    """Submit a federated training run (the fedprofile Flower app) to the running SuperLink."""
+    from server.superlink import CONNECTION, flwr
+
+    values = {"run-dir": str((state_dir / "run").resolve())}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set needs key=value, got {item!r}")
+        values[key.strip()] = value.strip()
+    config = " ".join(f"{k}={_toml(v)}" for k, v in values.items())
+    args = ["run", str(APP_DIR), CONNECTION, "--run-config", config] + (["--stream"] if stream else [])
+    done = flwr(args, state_dir / "flwr")
+    typer.echo(done.stdout)
+    if done.returncode != 0:
+        _fail(f"flwr run failed: {done.stderr[-2000:]}")
+
+
+def _toml(value: str) -> str:
+    """Numbers and booleans as they are, anything else quoted."""
+    if value in ("true", "false"):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return json.dumps(value)
+
+
+def merchant_keys(
+    out: Annotated[Path, typer.Option(help="Folder for the key pair.")] = Path("keys"),
+    name: Annotated[str, typer.Option(help="File name of the key (NAME and NAME.pub).")] = "merchant",
+) -> None:
+    """Make the merchant's SuperNode key pair; send NAME.pub to the coordinator, keep NAME private."""
+    from client.keys import make_merchant_keys
+
+    try:
+        paths = make_merchant_keys(out, name)
+    except FileExistsError as exc:
+        _fail(str(exc))
+    typer.echo(f"private key (keep it here; `fedprofile merchant run --auth-key {paths['private']}`): {paths['private']}")
+    typer.echo(f"public key (send to the coordinator to register): {paths['public']}")
+
+
+@federation_app.command("local")
+def federation_local(
+    out: Annotated[Path, typer.Option(help="Folder for everything: certs, keys, data, logs, summary.json.")],
+    merchants: Annotated[int, typer.Option(help="Registered merchants.", min=2)] = 3,
+    rounds: Annotated[int, typer.Option(help="Federated rounds.", min=1)] = 2,
+    unregistered: Annotated[int, typer.Option(help="Extra merchants whose keys are not registered.", min=0)] = 0,
+    users: Annotated[int, typer.Option(help="Customers per synthetic merchant.", min=20)] = 150,
+    insecure: Annotated[bool, typer.Option(help="No TLS and no authentication (then nobody is refused).")] = False,
+    epsilon: Annotated[float, typer.Option(help="Target epsilon per merchant.")] = 8.0,
+    timeout: Annotated[float, typer.Option(help="Seconds before giving up on the run.")] = 900.0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Further run-config key=value.")] = None,
+) -> None:
+    """Start a SuperLink and merchant daemons as separate processes on 127.0.0.1 (TLS and authentication on),
+    run a federated training with DP, check through gRPC which model each merchant serves, stop everything
+    and write OUT/summary.json."""
+    from fedprofile.federation import LocalFederation
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    extra = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set needs key=value, got {item!r}")
+        extra[key.strip()] = value.strip()
+    federation = LocalFederation(out, merchants=merchants, unregistered=unregistered, users=users, insecure=insecure)
+    try:
+        summary = federation.run(rounds=rounds, epsilon=epsilon, timeout=timeout, extra=extra)
+    finally:
+        federation.stop()
+    typer.echo(json.dumps(summary, indent=2))
+    if summary["rounds_completed"] < rounds:
+        _fail(f"only {summary['rounds_completed']} of {rounds} rounds completed; logs in {out}")

@@ -1,0 +1,256 @@
+"""A whole federation on one machine as separate processes: SuperLink, merchant daemons, a run, and checks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("fedprofile.federation")
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+class LocalFederation:
+    """`out/`: certs/, keys/NAME(.pub), data/merchant-N/, server/ (SuperLink database, logs, run folder),
+    merchants/NAME/ (state folder, store), logs/, summary.json. Merchants past `merchants` are started with
+    keys the server never registered: the SuperLink must refuse them."""
+
+    def __init__(self, out: str | Path, *, merchants: int = 3, unregistered: int = 0, users: int = 150,
+                 insecure: bool = False):
+        self.out = Path(out).resolve()
+        self.n, self.unregistered, self.users, self.insecure = merchants, unregistered, users, insecure
+        self.names = [f"shop-{i}" for i in range(merchants + unregistered)]
+        self.registered = self.names[:merchants]
+        self.superlink: subprocess.Popen | None = None
+        self.daemons: dict[str, subprocess.Popen] = {}
+        self.grpc_ports: dict[str, int] = {}
+        self.logs = self.out / "logs"
+
+    # ---- set-up ---------------------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        from client.keys import make_merchant_keys
+        from server.keys import make_server_certificates
+        from shared_model.synthetic import SyntheticConfig, generate, write
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        if not self.insecure:
+            make_server_certificates(self.out / "certs", ["localhost", "127.0.0.1"])
+        shops = generate(SyntheticConfig(merchants=len(self.names), users_per_merchant=self.users,
+                                         items_per_merchant=600, seed=11))
+        write(shops, self.out / "data")
+        for name in self.names:
+            if not (self.out / "keys" / name).exists():
+                make_merchant_keys(self.out / "keys", name)
+
+    def start_server(self) -> None:
+        from fedprofile.processes import env_with_our_bin
+        from server.superlink import SuperLinkSettings, wait_for_port
+
+        self.port = free_port()
+        self.settings = SuperLinkSettings(state_dir=self.out / "server", certs=None if self.insecure else self.out / "certs",
+                                          insecure=self.insecure, host="127.0.0.1", port=self.port)
+        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self.flwr_home = self.settings.write_operator_config()
+        self.superlink = subprocess.Popen(self.settings.command(), stdout=open(self.logs / "superlink.out", "ab"),
+                                          stderr=subprocess.STDOUT, env=env_with_our_bin())
+        wait_for_port("127.0.0.1", self.port, process=self.superlink)
+        log.info("SuperLink on 127.0.0.1:%d (%s)", self.port, "insecure" if self.insecure else "TLS + authentication")
+
+    def register(self) -> None:
+        from server.superlink import register_merchant
+
+        if self.insecure:
+            return
+        for name in self.registered:
+            register_merchant(self.flwr_home, self.out / "keys" / f"{name}.pub", name)
+            log.info("registered %s", name)
+
+    def start_merchant(self, name: str) -> subprocess.Popen:
+        index = self.names.index(name)
+        grpc_port = self.grpc_ports.setdefault(name, free_port())
+        state = self.out / "merchants" / name
+        state.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "fedprofile", "merchant", "run", "--data", str(self.out / "data" / f"merchant-{index}"),
+               "--format", "synthetic", "--superlink", f"127.0.0.1:{self.port}", "--state-dir", str(state),
+               "--grpc-port", str(grpc_port), "--clientapp-port", str(free_port()), "--store", str(state / "store.sqlite"),
+               "--name", name]
+        cmd += ["--insecure"] if self.insecure else ["--root-certificates", str(self.out / "certs" / "ca.crt"),
+                                                     "--auth-key", str(self.out / "keys" / name)]
+        process = subprocess.Popen(cmd, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(APP_DIR), os.environ.get("PYTHONPATH", "")])})
+        self.daemons[name] = process
+        return process
+
+    def wait_for_services(self, names, timeout: float = 180.0) -> None:
+        """Until each merchant's on-site service answers health checks (it may still be NOT_SERVING)."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        deadline = time.time() + timeout
+        for name in names:
+            channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_ports[name]}")
+            while True:
+                try:
+                    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    break
+                except grpc.RpcError:
+                    if self.daemons[name].poll() is not None or time.time() > deadline:
+                        raise RuntimeError(f"{name}'s service did not come up; see {self.logs / (name + '.log')}")
+                    time.sleep(0.5)
+            channel.close()
+
+    def connected_nodes(self) -> int:
+        from server.superlink import CONNECTION, flwr
+
+        done = flwr(["supernode", "list", CONNECTION, "--format", "json"], self.flwr_home, timeout=60)
+        if done.returncode != 0:
+            return 0
+        try:
+            nodes = json.loads(done.stdout).get("nodes", [])
+        except json.JSONDecodeError:
+            return 0
+        return sum(1 for n in nodes if str(n.get("status", "")).lower() in ("online", "connected"))
+
+    # ---- the run ----------------------------------------------------------------------------------------------
+
+    def submit(self, *, rounds: int, epsilon: float, timeout: float, extra: dict | None = None) -> subprocess.Popen:
+        from fedprofile.processes import env_with_our_bin
+        from server.superlink import CONNECTION
+
+        values = {"num-rounds": rounds, "run-dir": str(self.out / "server" / "run"), "dp": "true",
+                  "target-epsilon": epsilon, "min-replies": 2, "local-epochs": 1, **(extra or {})}
+        config = " ".join(f"{k}={_toml(v)}" for k, v in values.items())
+        from fedprofile.processes import flower_binary
+
+        return subprocess.Popen([flower_binary("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config", config, "--stream"],
+                                stdout=open(self.logs / "flwr-run.log", "ab"), stderr=subprocess.STDOUT,
+                                env=env_with_our_bin({"FLWR_HOME": str(self.flwr_home)}))
+
+    def checkpoint_state(self) -> dict:
+        run = self.out / "server" / "run" / "checkpoints"
+        pointer = run / "LATEST"
+        if not pointer.exists():
+            return {}
+        folder = run / pointer.read_text().strip()
+        return {"round": int(folder.name.split("-")[-1]), **json.loads((folder / "state.json").read_text())}
+
+    def served_versions(self) -> dict[str, str]:
+        import grpc
+
+        from client.proto import merchant_pb2 as pb, merchant_pb2_grpc as pb_grpc
+
+        out = {}
+        for name in self.daemons:
+            with grpc.insecure_channel(f"127.0.0.1:{self.grpc_ports[name]}") as channel:
+                try:
+                    out[name] = pb_grpc.MerchantProfilesStub(channel).RiskReport(pb.RiskRequest(top=1), timeout=10).model_version
+                except grpc.RpcError as exc:
+                    out[name] = f"none ({exc.code().name})"
+        return out
+
+    def refused(self) -> list[str]:
+        """Merchants the SuperLink turned away: its log names their public key as unknown, and their own
+        SuperNode log says it could not activate (both sides see it)."""
+        from cryptography.hazmat.primitives import serialization
+
+        from client.daemon import refused_by_superlink
+
+        server_log = (self.out / "server" / "superlink.log").read_text(errors="replace") \
+            if (self.out / "server" / "superlink.log").exists() else ""
+        server_log += (self.logs / "superlink.out").read_text(errors="replace") if (self.logs / "superlink.out").exists() else ""
+        out = []
+        for name in self.names:
+            key = serialization.load_ssh_public_key((self.out / "keys" / f"{name}.pub").read_bytes())
+            pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+            body = "".join(pem.strip().splitlines()[1:-1])
+            server_saw = any("No SuperNode found" in line and body[:40] in line.replace("\\n", "")
+                             for line in server_log.splitlines())
+            merchant_saw = refused_by_superlink(self.out / "merchants" / name / "supernode.log")
+            if server_saw and merchant_saw:
+                out.append(name)
+        return out
+
+    def run(self, *, rounds: int, epsilon: float = 8.0, timeout: float = 900.0, extra: dict | None = None) -> dict:
+        started = time.time()
+        self.prepare()
+        self.start_server()
+        self.register()
+        for name in self.names:
+            self.start_merchant(name)
+        self.wait_for_services(self.names)
+        deadline = time.time() + 120
+        while self.connected_nodes() < self.n and time.time() < deadline:
+            time.sleep(1.0)
+        log.info("%d SuperNodes connected; submitting %d rounds", self.connected_nodes(), rounds)
+        run = self.submit(rounds=rounds, epsilon=epsilon, timeout=timeout, extra=extra)
+        try:
+            run.wait(timeout=max(timeout - (time.time() - started), 60))
+        except subprocess.TimeoutExpired:
+            _stop(run)
+        state = self.checkpoint_state()
+        completed = state.get("round", 0)
+        expected = f"v{completed:04d}@{state.get('run_id', '')}"
+        deadline = time.time() + 60
+        versions = self.served_versions()
+        while any(versions[n] != expected for n in self.registered) and time.time() < deadline:
+            time.sleep(1.0)
+            versions = self.served_versions()
+        refused = self.refused()
+        summary = {
+            "merchants": [{"name": n, "model_version": versions.get(n), "epsilon": state.get("epsilon", {}).get(n),
+                           "registered": n in self.registered} for n in self.names],
+            "refused": refused,
+            "rounds_completed": completed,
+            "run_id": state.get("run_id"),
+            "expected_model_version": expected,
+            "tls": not self.insecure,
+            "seconds": round(time.time() - started, 1),
+        }
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def stop(self) -> None:
+        for process in self.daemons.values():
+            _stop(process)
+        _stop(self.superlink)
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    if text in ("true", "false"):
+        return text
+    try:
+        float(text)
+        return text
+    except ValueError:
+        return json.dumps(text)
