@@ -72,13 +72,14 @@ class LocalFederation:
         from fedprofile.processes import env_with_our_bin
         from server.superlink import SuperLinkSettings, wait_for_port
 
-        self.port = free_port()
+        self.port = getattr(self, "port", None) or free_port()  # a restarted server keeps its address
         self.settings = SuperLinkSettings(state_dir=self.out / "server", certs=None if self.insecure else self.out / "certs",
                                           insecure=self.insecure, host="127.0.0.1", port=self.port)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.flwr_home = self.settings.write_operator_config()
+        # own process group: stopping the server stops the ServerApp it started too
         self.superlink = subprocess.Popen(self.settings.command(), stdout=open(self.logs / "superlink.out", "ab"),
-                                          stderr=subprocess.STDOUT, env=env_with_our_bin())
+                                          stderr=subprocess.STDOUT, env=env_with_our_bin(), start_new_session=True)
         wait_for_port("127.0.0.1", self.port, process=self.superlink)
         log.info("SuperLink on 127.0.0.1:%d (%s)", self.port, "insecure" if self.insecure else "TLS + authentication")
 
@@ -103,7 +104,8 @@ class LocalFederation:
         cmd += ["--insecure"] if self.insecure else ["--root-certificates", str(self.out / "certs" / "ca.crt"),
                                                      "--auth-key", str(self.out / "keys" / name)]
         process = subprocess.Popen(cmd, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(APP_DIR), os.environ.get("PYTHONPATH", "")])})
+                                   env={**os.environ, "PYTHONPATH": os.pathsep.join([str(APP_DIR), os.environ.get("PYTHONPATH", "")])},
+                                   start_new_session=True)  # its SuperNode and ClientApp share its process group
         self.daemons[name] = process
         return process
 
@@ -235,10 +237,33 @@ class LocalFederation:
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
+    def kill_merchant(self, name: str) -> None:
+        """SIGKILL the merchant's daemon, SuperNode and ClientApp at once (a crash, not a shutdown)."""
+        _kill_group(self.daemons[name])
+
+    def kill_server(self) -> None:
+        """SIGKILL the SuperLink and the ServerApp it runs."""
+        _kill_group(self.superlink)
+
     def stop(self) -> None:
         for process in self.daemons.values():
             _stop(process)
+            _kill_group(process)  # whatever it left behind
         _stop(self.superlink)
+        _kill_group(self.superlink)
+
+
+def _kill_group(process: subprocess.Popen | None) -> None:
+    if process is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _toml(value) -> str:

@@ -1,0 +1,103 @@
+"""A real deployment on 127.0.0.1: SuperLink with TLS and merchant authentication, merchant daemons as
+separate processes, and faults (a merchant killed mid-run, the server killed and restarted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedprofile.federation import LocalFederation
+
+ROOT = Path(__file__).resolve().parents[2]
+# a narrow model and short rounds: the test is about processes, keys and state, not quality
+TINY = {"d-model": 32, "profile-dim": 32, "n-heads": 1, "n-layers": 1, "max-len": 20, "item-buckets": 2048,
+        "negatives": 64, "batch-size": 32}
+
+pytestmark = pytest.mark.deployment
+
+
+def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
+    out = tmp_path / "fed"
+    cmd = [sys.executable, "-m", "fedprofile", "federation", "local", "--merchants", "2", "--rounds", "2",
+           "--unregistered", "1", "--users", "60", "--out", str(out)]
+    for key, value in TINY.items():
+        cmd += ["--set", f"{key}={value}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tls"] and summary["rounds_completed"] == 2
+    assert summary["refused"] == ["shop-2"]
+    served = {m["name"]: m for m in summary["merchants"]}
+    for name in ("shop-0", "shop-1"):
+        assert served[name]["model_version"] == summary["expected_model_version"] == f"v0002@{summary['run_id']}"
+        assert 7.0 < served[name]["epsilon"] <= 8.0 * 1.001
+    assert served["shop-2"]["epsilon"] is None and not served["shop-2"]["model_version"].startswith("v")
+    # the refusal is visible on both sides
+    assert "No SuperNode found with the given public key" in (out / "server" / "superlink.log").read_text()
+    assert "not registered" in (out / "logs" / "shop-2.log").read_text()
+
+
+def _wait(condition, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _ledger(fed, name):
+    return json.loads((fed.out / "merchants" / name / "privacy-ledger.json").read_text())
+
+
+@pytest.mark.timeout(900)
+def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
+    fed = LocalFederation(tmp_path / "fed", merchants=3, users=60)
+    extra = {**TINY, "round-timeout": 90}
+    try:
+        fed.prepare()
+        fed.start_server()
+        fed.register()
+        for name in fed.names:
+            fed.start_merchant(name)
+        fed.wait_for_services(fed.names)
+        _wait(lambda: fed.connected_nodes() == 3, 120, "three SuperNodes")
+        run = fed.submit(rounds=4, epsilon=8.0, timeout=600, extra=extra)
+
+        _wait(lambda: fed.checkpoint_state().get("round", 0) >= 1, 300, "round 1")
+        fed.kill_merchant("shop-2")  # crashes while round 2 is sent out
+        state = _wait(lambda: (s := fed.checkpoint_state()).get("round", 0) >= 2 and s, 300, "round 2")
+        assert sorted(state["history"][1]["merchants-trained"]) == ["shop-0", "shop-1"]  # quorum held without it
+        epsilon_after_one = state["epsilon"]["shop-2"]
+
+        fed.kill_server()  # SuperLink and ServerApp die together, after round 2's checkpoint
+        run.wait(timeout=60)
+        fed.start_merchant("shop-2")  # the crashed merchant comes back while the server is down
+        fed.start_server()  # same database and run folder
+        _wait(lambda: fed.connected_nodes() == 3, 180, "three SuperNodes after the restart")
+        resumed = fed.submit(rounds=4, epsilon=8.0, timeout=600, extra={**extra, "resume": "true"})
+        assert resumed.wait(timeout=600) == 0
+
+        final = fed.checkpoint_state()
+        assert final["round"] == 4 and [row["round"] for row in final["history"]] == [1, 2, 3, 4]
+        assert "shop-2" in final["history"][3]["merchants-trained"]
+        run_id = final["run_id"]
+        for name in ("shop-0", "shop-1"):  # every round paid for once, even the one replayed after the restart
+            assert _ledger(fed, name)["rounds"] == [[run_id, r] for r in (1, 2, 3, 4)]
+            assert final["epsilon"][name] <= 8.0 * 1.001
+        rounds_2 = [r for _, r in _ledger(fed, "shop-2")["rounds"]]
+        assert 2 not in rounds_2 and rounds_2[0] == 1 and 4 in rounds_2
+        assert epsilon_after_one < final["epsilon"]["shop-2"] < final["epsilon"]["shop-0"]  # cumulative, one round short
+        versions = _wait(lambda: (v := fed.served_versions()) and all(x == f"v0004@{run_id}" for x in v.values()) and v,
+                         90, "every merchant to serve the final model")
+        assert set(versions) == {"shop-0", "shop-1", "shop-2"}
+    finally:
+        fed.stop()
