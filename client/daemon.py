@@ -11,7 +11,7 @@ from client.onsite import OnsiteEngine
 from client.service import serve
 from client.state import MODELS
 from client.store import SQLiteStore
-from fedprofile.processes import env_with_our_bin, flower_binary
+from fedprofile.processes import config_string, env_with_our_bin, flower_binary
 from shared_model.loaders import load_catalogue, load_events
 
 log = logging.getLogger("fedprofile.daemon")
@@ -21,18 +21,12 @@ def supernode_command(*, superlink: str, node_config: dict, root_certificates: P
                       clientapp_port: int) -> list[str]:
     """The `flower-supernode` command line for this merchant (TLS unless no root certificates are given)."""
     binary = flower_binary("flower-supernode")
-    config = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items() if v is not None)
+    config = config_string(node_config)
     cmd = [binary, "--superlink", superlink, "--node-config", config, "--port", str(clientapp_port)]
     cmd += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     if auth_key:
         cmd += ["--auth-supernode-private-key", str(auth_key)]
     return cmd
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return repr(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class MerchantDaemon:

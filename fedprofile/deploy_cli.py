@@ -111,6 +111,7 @@ def server_submit(
     stream: Annotated[bool, typer.Option(help="Follow the run's log until it ends.")] = True,
 ) -> None:
     """Submit a federated training run (the fedprofile Flower app) to the running SuperLink."""
+    from fedprofile.processes import config_string
     from server.superlink import CONNECTION, flwr
 
     values = {"run-dir": str((state_dir / "run").resolve())}
@@ -119,23 +120,11 @@ def server_submit(
         if not sep:
             _fail(f"--set needs key=value, got {item!r}")
         values[key.strip()] = value.strip()
-    config = " ".join(f"{k}={_toml(v)}" for k, v in values.items())
-    args = ["run", str(APP_DIR), CONNECTION, "--run-config", config] + (["--stream"] if stream else [])
+    args = ["run", str(APP_DIR), CONNECTION, "--run-config", config_string(values)] + (["--stream"] if stream else [])
     done = flwr(args, state_dir / "flwr")
     typer.echo(done.stdout)
     if done.returncode != 0:
         _fail(f"flwr run failed: {done.stderr[-2000:]}")
-
-
-def _toml(value: str) -> str:
-    """Numbers and booleans as they are, anything else quoted."""
-    if value in ("true", "false"):
-        return value
-    try:
-        float(value)
-        return value
-    except ValueError:
-        return json.dumps(value)
 
 
 def merchant_keys(

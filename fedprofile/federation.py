@@ -142,15 +142,13 @@ class LocalFederation:
     # ---- the run ----------------------------------------------------------------------------------------------
 
     def submit(self, *, rounds: int, epsilon: float, timeout: float, extra: dict | None = None) -> subprocess.Popen:
-        from fedprofile.processes import env_with_our_bin
+        from fedprofile.processes import config_string, env_with_our_bin, flower_binary
         from server.superlink import CONNECTION
 
         values = {"num-rounds": rounds, "run-dir": str(self.out / "server" / "run"), "dp": "true",
                   "target-epsilon": epsilon, "min-replies": 2, "local-epochs": 1, **(extra or {})}
-        config = " ".join(f"{k}={_toml(v)}" for k, v in values.items())
-        from fedprofile.processes import flower_binary
-
-        return subprocess.Popen([flower_binary("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config", config, "--stream"],
+        return subprocess.Popen([flower_binary("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config",
+                                 config_string(values), "--stream"],
                                 stdout=open(self.logs / "flwr-run.log", "ab"), stderr=subprocess.STDOUT,
                                 env=env_with_our_bin({"FLWR_HOME": str(self.flwr_home)}))
 
@@ -265,17 +263,3 @@ def _kill_group(process: subprocess.Popen | None) -> None:
     except subprocess.TimeoutExpired:
         pass
 
-
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value)
-    if text in ("true", "false"):
-        return text
-    try:
-        float(text)
-        return text
-    except ValueError:
-        return json.dumps(text)

@@ -233,6 +233,15 @@ def event_features(events: pd.DataFrame, catalogue: Catalogue, spec: HashSpec) -
     )
 
 
+def user_attributes(users: pd.DataFrame, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gender id, age band) per user in `user_ids` order; 0 where unknown."""
+    if not len(users):
+        return np.zeros(len(user_ids), dtype=np.int64), np.zeros(len(user_ids), dtype=np.int64)
+    attrs = users.drop_duplicates("user_id").set_index("user_id").reindex(user_ids)
+    genders = np.array(attrs["gender"].map({"F": 1, "M": 2}).fillna(0), dtype=np.int64)
+    return genders, age_band(attrs["age"].to_numpy())
+
+
 def build_sequences(
     events: pd.DataFrame,
     users: pd.DataFrame,
@@ -250,13 +259,7 @@ def build_sequences(
     starts = np.flatnonzero(np.r_[True, feats["user_id"].to_numpy()[1:] != feats["user_id"].to_numpy()[:-1]])
     ends = np.r_[starts[1:], len(feats)]
     user_ids = feats["user_id"].to_numpy()[starts] if len(feats) else np.array([], dtype=object)
-    attrs = users.drop_duplicates("user_id").set_index("user_id").reindex(user_ids) if len(users) else None
-    genders = (
-        attrs["gender"].map({"F": 1, "M": 2}).fillna(0).to_numpy(dtype=np.int64)
-        if attrs is not None
-        else np.zeros(len(user_ids), dtype=np.int64)
-    )
-    ages = age_band(attrs["age"].to_numpy()) if attrs is not None else np.zeros(len(user_ids), dtype=np.int64)
+    genders, ages = user_attributes(users, user_ids)
     columns = {name: feats[name].to_numpy() for name in (*EVENT_FIELDS, "category", "purchase")}
     n = ends - starts
     evaluable = n >= 3
@@ -333,10 +336,7 @@ def latest_windows(events: pd.DataFrame, users: pd.DataFrame, catalogue: Catalog
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(feats) else np.zeros(0, dtype=np.int64)
     ends = np.r_[starts[1:], len(feats)].astype(np.int64)
     user_ids = ids[starts] if len(feats) else np.array([], dtype=object)
-    attrs = users.drop_duplicates("user_id").set_index("user_id").reindex(user_ids) if len(users) else None
-    genders = (np.array(attrs["gender"].map({"F": 1, "M": 2}).fillna(0), dtype=np.int64) if attrs is not None
-               else np.zeros(len(user_ids), dtype=np.int64))
-    ages = age_band(attrs["age"].to_numpy()) if attrs is not None else np.zeros(len(user_ids), dtype=np.int64)
+    genders, ages = user_attributes(users, user_ids)
     columns = {name: feats[name].to_numpy() for name in EVENT_FIELDS}
     window, lengths = _window(columns, starts, ends, max_len)
     return SequenceSet(
