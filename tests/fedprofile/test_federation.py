@@ -80,6 +80,10 @@ def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
 
         fed.kill_server()  # SuperLink and ServerApp die together, after round 2's checkpoint
         run.wait(timeout=60)
+        # cut off from the server, the merchants' services keep answering with the newest model they have
+        serving = f"v0002@{state['run_id']}"
+        _wait(lambda: all(fed.served_versions()[n] == serving for n in ("shop-0", "shop-1")), 60,
+              "the live merchants to serve round 2's model while the server is down")
         fed.start_merchant("shop-2")  # the crashed merchant comes back while the server is down
         fed.start_server()  # same database and run folder
         _wait(lambda: fed.connected_nodes() == 3, 180, "three SuperNodes after the restart")
