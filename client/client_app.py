@@ -79,6 +79,7 @@ def _merchant(context: Context, run: RunConfig):
         from client.merchant_data import load_merchant
 
         return load_merchant(str(node["data-path"]), str(node.get("format", "events")), run,
+                             cache_dir=node.get("state-dir"),
                              name=str(node.get("merchant-name", Path(str(node["data-path"])).stem)))
     from simulations.datasets import simulated_merchants
 
