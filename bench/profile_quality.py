@@ -32,7 +32,7 @@ from sklearn.preprocessing import StandardScaler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared_model.checkpoint import load_for_serving, read_model_config  # noqa: E402
+from shared_model.checkpoint import open_model  # noqa: E402
 from shared_model.features import build_catalogue, build_sequences  # noqa: E402
 from shared_model.loaders import load_events  # noqa: E402
 from shared_model.model import ProfileConfig, ProfileTransformer  # noqa: E402
@@ -83,9 +83,9 @@ def synthetic(args) -> dict:
             log = load_events(shop, "synthetic")
             truth = log.truth["users"]
             if model_path:
-                spec = read_model_config(model_path).hash_spec
-                catalogue = build_catalogue(log.events, spec)
-                shop_model, version, _ = load_for_serving(model_path, catalogue)
+                source = open_model(model_path)
+                catalogue = build_catalogue(log.events, source.config.hash_spec)
+                shop_model, version, _ = source.build(catalogue)
             else:
                 catalogue = build_catalogue(log.events, model.config.hash_spec)
                 model.set_catalogue(catalogue.descriptors)

@@ -20,9 +20,8 @@ log = logging.getLogger("fedprofile.daemon")
 def supernode_command(*, superlink: str, node_config: dict, root_certificates: Path | None, auth_key: Path | None,
                       clientapp_port: int) -> list[str]:
     """The `flower-supernode` command line for this merchant (TLS unless no root certificates are given)."""
-    binary = flower_binary("flower-supernode")
-    config = config_string(node_config)
-    cmd = [binary, "--superlink", superlink, "--node-config", config, "--port", str(clientapp_port)]
+    cmd = [flower_binary("flower-supernode"), "--superlink", superlink, "--node-config", config_string(node_config),
+           "--port", str(clientapp_port)]
     cmd += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     if auth_key:
         cmd += ["--auth-supernode-private-key", str(auth_key)]
@@ -103,8 +102,6 @@ class MerchantDaemon:
                 self._process.kill()
         self.server.stop(grace=2).wait()
         self.store.close()
-
-
 
 
 def refused_by_superlink(supernode_log: Path) -> bool:

@@ -12,13 +12,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from client.state import LOCAL_WITH_IDS
 from client.store import ProfileStore
-from shared_model.checkpoint import load_for_serving, read_model_config, resolve_model_folder
+from shared_model.checkpoint import open_model, resolve_model_folder
 from shared_model.features import Catalogue, build_catalogue
 from shared_model.loaders import EventLog, validate_records
 from shared_model.profile import ProfileSettings, profile_users
 from shared_model.recommend import ItemIndex, Scored
-from shared_model.risk import behaviour_signals
+from shared_model.risk import replace_rows
 from shared_model.schema import Behavior
 from shared_model.segments import Segmenter, audience, fit_segments, summarize_segments
 
@@ -99,9 +100,10 @@ class OnsiteEngine:
             events = self.store.events()
             if len(events) == 0:
                 raise ValueError("no events to build profiles from; give the merchant's data")
-            catalogue = build_catalogue(events, read_model_config(path).hash_spec, self.titles, self.items)
-            model, version, _ = load_for_serving(path, catalogue, device=self.device,
-                                                 local_state=_local_rows(resolve_model_folder(path), catalogue))
+            source = open_model(path)
+            catalogue = build_catalogue(events, source.config.hash_spec, self.titles, self.items)
+            model, version, _ = source.build(catalogue, device=self.device,
+                                             local_state=_local_rows(source.file.parent, catalogue))
             if self.current is not None and self.current.version == version:
                 return version
             ts = events["timestamp"].to_numpy()
@@ -116,21 +118,14 @@ class OnsiteEngine:
             summaries = summarize_segments(batch.described, labels, batch.outputs.propensity)
             serving = ServingModel(version, model, catalogue, ItemIndex(model, catalogue, device=self.device).batched(),
                                    batch.outputs.categories, segmenter, summaries)
-            records = []
-            histories = self._histories(events, catalogue)
-            for row, profile in enumerate(batch.profiles):
-                record = profile.to_dict()
-                record["segment"] = int(labels[row])
-                records.append(record)
-                serving.users[profile.user_id] = self._state(batch, row, int(labels[row]), histories)
-            self.store.put_profiles(version, records)
-            self._signals = behaviour_signals(events, batch.vectors_frame())
+            self._install(serving, batch, labels, events)
+            self._signals = batch.signals
             previous = self.current
             self.current = serving  # the swap: one reference assignment
             self.store.drop_other_versions(version)
             for callback in self.on_swap:
                 callback(version)
-            log.info("serving model %s (%d profiles, %.1fs)%s", version, len(records), time.perf_counter() - started,
+            log.info("serving model %s (%d profiles, %.1fs)%s", version, len(batch.profiles), time.perf_counter() - started,
                      f", replacing {previous.version}" if previous else "")
             return version
 
@@ -298,24 +293,21 @@ class OnsiteEngine:
                               now=self.now, window_start=self.window_start, settings=self.settings,
                               model_version=serving.version, population=self._signals)
         labels = serving.segmenter.assign(batch.described, batch.outputs.vectors)
-        histories = self._histories(events, serving.catalogue)
-        records = []
-        for row, profile in enumerate(batch.profiles):
-            record = profile.to_dict()
-            record["segment"] = int(labels[row])
-            records.append(record)
+        self._install(serving, batch, labels, events)
+        self._signals = replace_rows(self._signals, batch.signals)
+
+    def _install(self, serving: ServingModel, batch, labels: np.ndarray, events: pd.DataFrame) -> None:
+        """Write the batch's profiles (with their segments) to the store, then to the serving model's memory."""
+        records = [{**profile.to_dict(), "segment": int(labels[row])} for row, profile in enumerate(batch.profiles)]
         self.store.put_profiles(serving.version, records)
+        histories = self._histories(events, serving.catalogue)
         for row, profile in enumerate(batch.profiles):
             serving.users[profile.user_id] = self._state(batch, row, int(labels[row]), histories)
-        fresh = behaviour_signals(events, batch.vectors_frame())
-        self._signals = pd.concat([self._signals[~self._signals.index.isin(fresh.index)], fresh])
 
 
 def _local_rows(folder: Path, catalogue: Catalogue) -> dict | None:
     """The merchant's local residual rows saved beside a received model, re-indexed to `catalogue` by item id
     (items it has not trained on start at zero)."""
-    from client.state import LOCAL_WITH_IDS
-
     file = Path(folder) / LOCAL_WITH_IDS
     if not file.is_file():
         return None

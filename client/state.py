@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from shared_model.checkpoint import atomic_write
+
 
 @dataclass
 class MerchantState:
@@ -58,19 +60,10 @@ class MerchantState:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.folder / self.LEDGER, json.dumps({"ledger": ledger, "rounds": self.rounds}).encode())
+        atomic_write(self.folder / self.LEDGER, json.dumps({"ledger": ledger, "rounds": self.rounds}).encode())
         _atomic_torch_save(self.folder / self.LOCAL, local)
         if reply is not None:
             _atomic_torch_save(self.folder / self.LAST, {"run_id": run_id, "round": server_round, **reply})
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _atomic_torch_save(path: Path, obj) -> None:
@@ -81,26 +74,17 @@ def _atomic_torch_save(path: Path, obj) -> None:
 
 
 MODELS = "models"
-
-
 LOCAL_WITH_IDS = "local.pt"
 
 
 def keep_global_model(folder: Path, model, server_round: int, run_id: str, *, item_ids=(), keep: int = 3) -> Path:
-    """Save the global model a round's evaluate message brought (shared weights) as `models/vNNNN` with a
-    LATEST pointer, where the merchant's on-site service picks it up; the local weights stay in the state folder."""
-    import shutil
+    """Keep the global model a round's evaluate message brought as `models/vNNNN` (with LATEST), where the
+    merchant's on-site service picks it up; the merchant's own residual rows go beside it, keyed by item id so
+    any catalogue can use them."""
+    from shared_model.checkpoint import publish_version
 
-    from shared_model.checkpoint import save_global_model
-
-    models = Path(folder) / MODELS
-    target = models / f"v{server_round:04d}"
-    save_global_model(target, model.config, model.shared_state(),
-                      {"version": server_round, "round": server_round, "run_id": run_id, "received_by": "merchant"})
-    if model.local_state():  # the merchant's own residual rows, keyed by item id so any catalogue can use them
-        torch.save({"item_ids": [str(i) for i in item_ids], "state": {k: v.cpu() for k, v in model.local_state().items()}},
-                   target / LOCAL_WITH_IDS)
-    _atomic_write(models / "LATEST", target.name.encode())
-    for old in sorted(p for p in models.glob("v*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    local = model.local_state()
+    extra = {LOCAL_WITH_IDS: {"item_ids": [str(i) for i in item_ids], "state": {k: v.cpu() for k, v in local.items()}}} \
+        if local else None
+    return publish_version(Path(folder) / MODELS, server_round, model.config, model.shared_state(),
+                           {"round": server_round, "run_id": run_id, "received_by": "merchant"}, keep=keep, extra=extra)

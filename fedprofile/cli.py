@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from fedprofile.console import Fmt, fail, parse_sets
+
 app = typer.Typer(help="fedprofile: federated, privacy-preserving user profiling for e-commerce merchants.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Inspect, validate and generate event data.", no_args_is_help=True)
@@ -25,17 +27,11 @@ def _register_onsite() -> None:
     for command in (onsite_cli.profile, onsite_cli.recommend, onsite_cli.segments, onsite_cli.audience, onsite_cli.risk):
         app.command()(command)
 
-FORMAT_HELP = "Data format: events (generic CSV/Parquet), taobao, amazon, movielens, jdata, synthetic."
-Fmt = Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP, envvar="FEDPROFILE_FORMAT")]
 Columns = Annotated[
     Optional[str],
     typer.Option(help="For --format events: schema field to source column, e.g. 'user_id=uid,item_id=sku'."),
 ]
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _load(data: Optional[str], fmt: str, quarantine: Optional[Path], columns: Optional[str]):
@@ -45,7 +41,7 @@ def _load(data: Optional[str], fmt: str, quarantine: Optional[Path], columns: Op
     try:
         return load_events(data, fmt, quarantine_path=quarantine, column_map=parse_column_map(columns))
     except (DataFileError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @data_app.command("validate")
@@ -183,7 +179,7 @@ def train(
         result = run_training(model, sequences, train_config, privacy=privacy, device=target,
                               on_epoch=None if train_config.show_progress else _log_epoch)
     except (PrivacyBudgetExhausted, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     metrics = {**result.metrics(), "data": s.as_dict(), "model": config.to_dict(),
                "train": {k: v for k, v in train_config.__dict__.items()}, "device": str(target)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -230,12 +226,7 @@ def simulate(
     from shared_model.run_config import RunConfig
     from simulations.simulate import simulate as run_sim
 
-    overrides: dict[str, object] = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--set needs key=value, got {item!r}")
-        overrides[key.strip()] = value.strip()
+    overrides = parse_sets(set_)
     given = {"num-rounds": rounds, "data": data, "data-format": fmt, "partitioning": partitioning,
              "dirichlet-alpha": alpha, "dp": dp, "target-epsilon": epsilon, "target-delta": delta,
              "strategy": strategy, "local-epochs": local_epochs, "resume": resume}
@@ -243,11 +234,11 @@ def simulate(
     if values["data-format"] != "synthetic" and partitioning is None and "partitioning" not in overrides:
         values["partitioning"] = "iid"  # a real data set is split by user unless told otherwise
     if values["data"] == "synthetic" and values["data-format"] != "synthetic":
-        _fail(f"--format {values['data-format']} needs --data PATH")
+        fail(f"--format {values['data-format']} needs --data PATH")
     try:
         run = RunConfig.from_flat(values)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     run = run.replace(min_replies=min(run.min_replies, merchants))
     logging.getLogger("flwr").setLevel(logging.WARNING)  # our own line per round replaces Flower's INFO chatter
     typer.echo(f"simulating {merchants} merchants, {run.num_rounds} rounds, {run.strategy}, "
@@ -280,7 +271,7 @@ def scenario(
     try:
         summary = run_scenario(path, out, on_round=log_round, only=only)
     except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo((out / "summary.md").read_text())
     typer.echo(f"wrote {out / 'summary.md'} ({len(summary['variants'])} variants)")
 

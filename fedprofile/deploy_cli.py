@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import subprocess
-import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from fedprofile.console import fail, parse_sets, wait_for_signal
 
 server_app = typer.Typer(help="Run the coordinating server: a Flower SuperLink with TLS and merchant authentication.",
                          no_args_is_help=True)
@@ -18,12 +17,7 @@ federation_app = typer.Typer(help="Whole federations on one machine, as separate
 
 StateDir = Annotated[Path, typer.Option(help="The server's folder: SuperLink database, logs, runs, operator config.",
                                         envvar="FEDPROFILE_SERVER_DIR")]
-APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app (pyproject.toml with [tool.flwr.app])
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @server_app.command("keys")
@@ -47,7 +41,7 @@ def _settings(state_dir: Path, certs: Optional[Path], insecure: bool, host: str,
         return SuperLinkSettings(state_dir=state_dir.resolve(), certs=certs.resolve() if certs else None,
                                  insecure=insecure, host=host, port=port)
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @server_app.command("run")
@@ -61,32 +55,24 @@ def server_run(
 ) -> None:
     """Start the SuperLink (persistent database in STATE_DIR; TLS and SuperNode authentication unless --insecure)
     and write the operator's `flwr` connection; stops on Ctrl-C."""
-    from server.superlink import wait_for_port
-    from fedprofile.processes import env_with_our_bin
+    from server.superlink import APP_DIR, start_superlink
 
     settings = _settings(state_dir, certs, insecure, host, port)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
     flwr_home = settings.write_operator_config(address)
-    process = subprocess.Popen(settings.command(), env=env_with_our_bin())
     try:
-        wait_for_port("127.0.0.1", port, process=process)
-    except (RuntimeError, TimeoutError) as exc:
-        process.kill()
-        _fail(f"SuperLink did not start: {exc}; see {settings.state_dir / 'superlink.log'}")
+        process = start_superlink(settings)
+    except RuntimeError as exc:
+        fail(str(exc))
     typer.echo(f"SuperLink on {host}:{port} ({'INSECURE' if insecure else 'TLS, merchant authentication on'}); "
                f"database {settings.database}", err=True)
     typer.echo(f"register merchants: fedprofile server register --state-dir {state_dir} MERCHANT.pub --name NAME", err=True)
     typer.echo(f"start a run:        fedprofile server submit --state-dir {state_dir} [--set num-rounds=5 ...]", err=True)
     typer.echo(f"(or FLWR_HOME={flwr_home} flwr run {APP_DIR} fedprofile)", err=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5) and process.poll() is None:
-        pass
+    stopped = wait_for_signal(while_=lambda: process.poll() is None)
     if process.poll() is None:
         process.terminate()
         process.wait(timeout=30)
-    raise typer.Exit(0 if stop.is_set() else (process.returncode or 1))
+    raise typer.Exit(0 if stopped else (process.returncode or 1))
 
 
 @server_app.command("register")
@@ -101,7 +87,7 @@ def server_register(
     try:
         typer.echo(register_merchant(state_dir / "flwr", public_key, name))
     except RuntimeError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @server_app.command("submit")
@@ -111,20 +97,13 @@ def server_submit(
     stream: Annotated[bool, typer.Option(help="Follow the run's log until it ends.")] = True,
 ) -> None:
     """Submit a federated training run (the fedprofile Flower app) to the running SuperLink."""
-    from fedprofile.processes import config_string
-    from server.superlink import CONNECTION, flwr
+    from server.superlink import flwr, run_args
 
-    values = {"run-dir": str((state_dir / "run").resolve())}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--set needs key=value, got {item!r}")
-        values[key.strip()] = value.strip()
-    args = ["run", str(APP_DIR), CONNECTION, "--run-config", config_string(values)] + (["--stream"] if stream else [])
-    done = flwr(args, state_dir / "flwr")
+    values = {"run-dir": str((state_dir / "run").resolve()), **parse_sets(set_)}
+    done = flwr(run_args(values, stream=stream), state_dir / "flwr")
     typer.echo(done.stdout)
     if done.returncode != 0:
-        _fail(f"flwr run failed: {done.stderr[-2000:]}")
+        fail(f"flwr run failed: {done.stderr[-2000:]}")
 
 
 def merchant_keys(
@@ -137,7 +116,7 @@ def merchant_keys(
     try:
         paths = make_merchant_keys(out, name)
     except FileExistsError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"private key (keep it here; `fedprofile merchant run --auth-key {paths['private']}`): {paths['private']}")
     typer.echo(f"public key (send to the coordinator to register): {paths['public']}")
 
@@ -160,12 +139,7 @@ def federation_local(
     from fedprofile.federation import LocalFederation
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    extra = {}
-    for item in set_ or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--set needs key=value, got {item!r}")
-        extra[key.strip()] = value.strip()
+    extra = parse_sets(set_)
     federation = LocalFederation(out, merchants=merchants, unregistered=unregistered, users=users, insecure=insecure)
     try:
         summary = federation.run(rounds=rounds, epsilon=epsilon, timeout=timeout, extra=extra)
@@ -173,4 +147,4 @@ def federation_local(
         federation.stop()
     typer.echo(json.dumps(summary, indent=2))
     if summary["rounds_completed"] < rounds:
-        _fail(f"only {summary['rounds_completed']} of {rounds} rounds completed; logs in {out}")
+        fail(f"only {summary['rounds_completed']} of {rounds} rounds completed; logs in {out}")

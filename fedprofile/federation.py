@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -13,8 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from server.superlink import APP_DIR
+
 log = logging.getLogger("fedprofile.federation")
-APP_DIR = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -69,18 +69,13 @@ class LocalFederation:
                 make_merchant_keys(self.out / "keys", name)
 
     def start_server(self) -> None:
-        from fedprofile.processes import env_with_our_bin
-        from server.superlink import SuperLinkSettings, wait_for_port
+        from server.superlink import SuperLinkSettings, start_superlink
 
         self.port = getattr(self, "port", None) or free_port()  # a restarted server keeps its address
         self.settings = SuperLinkSettings(state_dir=self.out / "server", certs=None if self.insecure else self.out / "certs",
                                           insecure=self.insecure, host="127.0.0.1", port=self.port)
-        self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.flwr_home = self.settings.write_operator_config()
-        # own process group: stopping the server stops the ServerApp it started too
-        self.superlink = subprocess.Popen(self.settings.command(), stdout=open(self.logs / "superlink.out", "ab"),
-                                          stderr=subprocess.STDOUT, env=env_with_our_bin(), start_new_session=True)
-        wait_for_port("127.0.0.1", self.port, process=self.superlink)
+        self.superlink = start_superlink(self.settings, stdout=open(self.logs / "superlink.out", "ab"))
         log.info("SuperLink on 127.0.0.1:%d (%s)", self.port, "insecure" if self.insecure else "TLS + authentication")
 
     def register(self) -> None:
@@ -142,14 +137,12 @@ class LocalFederation:
     # ---- the run ----------------------------------------------------------------------------------------------
 
     def submit(self, *, rounds: int, epsilon: float, timeout: float, extra: dict | None = None) -> subprocess.Popen:
-        from fedprofile.processes import config_string, env_with_our_bin, flower_binary
-        from server.superlink import CONNECTION
+        from fedprofile.processes import env_with_our_bin, flower_binary
+        from server.superlink import run_args
 
         values = {"num-rounds": rounds, "run-dir": str(self.out / "server" / "run"), "dp": "true",
                   "target-epsilon": epsilon, "min-replies": 2, "local-epochs": 1, **(extra or {})}
-        return subprocess.Popen([flower_binary("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config",
-                                 config_string(values), "--stream"],
-                                stdout=open(self.logs / "flwr-run.log", "ab"), stderr=subprocess.STDOUT,
+        return subprocess.Popen([flower_binary("flwr"), *run_args(values)], stdout=open(self.logs / "flwr-run.log", "ab"), stderr=subprocess.STDOUT,
                                 env=env_with_our_bin({"FLWR_HOME": str(self.flwr_home)}))
 
     def checkpoint_state(self) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -13,24 +12,20 @@ from typing import Annotated, Optional
 
 import typer
 
+from fedprofile.console import Fmt, fail, wait_for_signal
+
 merchant_app = typer.Typer(help="Run a merchant: the federation SuperNode and the on-site gRPC service.",
                            no_args_is_help=True)
 
-FORMAT_HELP = "Data format: events (generic CSV/Parquet), taobao, amazon, movielens, jdata, synthetic."
 Model = Annotated[str, typer.Option(help="A published model version folder, a run or models folder (its LATEST), "
                                          "or a `fedprofile train` output folder.", envvar="FEDPROFILE_MODEL")]
 Data = Annotated[str, typer.Option(help="The merchant's event data (file or folder).", envvar="FEDPROFILE_DATA")]
-Fmt = Annotated[str, typer.Option("--format", "-f", help=FORMAT_HELP, envvar="FEDPROFILE_FORMAT")]
 CatalogueFile = Annotated[Optional[Path], typer.Option(
     "--catalogue", help="Catalogue CSV (item_id, category_id, brand, price, title, in_stock): items no event "
                         "mentions, and stock for --in-stock-only.", envvar="FEDPROFILE_CATALOGUE")]
 Store = Annotated[Optional[Path], typer.Option(help="SQLite store of events and profiles (default: a temporary one).",
                                                envvar="FEDPROFILE_STORE")]
 
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @contextlib.contextmanager
@@ -52,7 +47,7 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
 
                 log.items = load_catalogue(catalogue, quarantine_path=quarantine.with_name("catalogue.quarantine.csv"))
         except (DataFileError, ValueError) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         if not quiet:
             s = log.summary
             typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
@@ -64,7 +59,7 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
                 try:
                     engine.load_model(model)
                 except (FileNotFoundError, ValueError) as exc:
-                    _fail(str(exc))
+                    fail(str(exc))
             yield engine
         finally:
             sqlite.close()
@@ -88,7 +83,7 @@ def profile(
         try:
             record, version = engine.profile(user)
         except UnknownUser as exc:
-            _fail(exc.args[0])
+            fail(exc.args[0])
     if not vector:
         record.pop("vector", None)
     _echo_json({**record, "model_version": version})
@@ -120,7 +115,7 @@ def recommend(
                                                   max_price=max_price, include_purchased=include_purchased,
                                                   in_stock_only=in_stock_only)
         except UnknownUser as exc:
-            _fail(exc.args[0])
+            fail(exc.args[0])
     _echo_json({"user_id": user, "model_version": version, "unknown_items": unknown,
                 "items": [{"item_id": s.item_id, "score": s.score, "category": s.category, "price": s.price,
                            "reasons": list(s.reasons)} for s in items]})
@@ -189,7 +184,7 @@ def audience(
         try:
             users, version = engine.audience(category, n)
         except KeyError as exc:
-            _fail(exc.args[0])
+            fail(exc.args[0])
     _echo_json({"category": category, "model_version": version,
                 "users": [{"user_id": u, "score": s} for u, s in users]})
 
@@ -209,16 +204,9 @@ def risk(
         try:
             entries, version = engine.risk(user_id=user, top=top, min_score=min_score)
         except UnknownUser as exc:
-            _fail(exc.args[0])
+            fail(exc.args[0])
     _echo_json({"model_version": version, "users": entries})
 
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
 
 
 @merchant_app.command("serve")
@@ -240,7 +228,7 @@ def merchant_serve(
         if watch > 0:
             engine.watch(model, interval=watch, stop=stop)
         typer.echo(f"serving model {engine.current.version} on {host}:{port} (store {store}); Ctrl-C stops", err=True)
-        _wait_for_signal()
+        wait_for_signal()
         stop.set()
         server.health.enter_graceful_shutdown()
         server.stop(grace=5).wait()
@@ -270,7 +258,7 @@ def merchant_run(
     from client.daemon import MerchantDaemon
 
     if insecure == (root_certificates is not None):
-        _fail("give either --root-certificates CA.pem (TLS) or --insecure")
+        fail("give either --root-certificates CA.pem (TLS) or --insecure")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     daemon = MerchantDaemon(data=data, fmt=fmt, superlink=superlink, state_dir=state_dir,
                             root_certificates=root_certificates, auth_key=auth_key, name=name, max_epsilon=max_epsilon,
@@ -279,6 +267,6 @@ def merchant_run(
     daemon.start()
     typer.echo(f"merchant {daemon.name}: SuperNode -> {superlink}, on-site service on {host}:{daemon.port}", err=True)
     try:
-        _wait_for_signal()
+        wait_for_signal()
     finally:
         daemon.stop()

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shared_model.checkpoint import save_global_model
+from shared_model.checkpoint import LATEST, publish_version, write_pointer
 from shared_model.model import ProfileConfig
 
-LATEST = "LATEST"
 
 
 @dataclass
@@ -55,7 +54,7 @@ class RunStore:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_pointer(self.checkpoints / LATEST, final.name)
+        write_pointer(self.checkpoints / LATEST, final.name)
         for old in sorted(self.checkpoints.glob("round-*"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
@@ -71,11 +70,7 @@ class RunStore:
                               {k: strategy[k] for k in strategy.files}, state)
 
     def publish(self, version: int, config: ProfileConfig, arrays: dict[str, np.ndarray], manifest: dict) -> Path:
-        folder = save_global_model(self.models / f"v{version:04d}", config, arrays, {"version": version, **manifest})
-        _write_pointer(self.models / LATEST, folder.name)
-        for old in sorted(self.models.glob("v[0-9]*"))[: -self.keep_models]:  # merchants load the newest
-            shutil.rmtree(old, ignore_errors=True)
-        return folder
+        return publish_version(self.models, version, config, arrays, manifest, keep=self.keep_models)
 
     def archive_previous(self) -> Path | None:
         """Move an earlier run's checkpoints and models aside (to archive/<run id>/) before a fresh run."""
@@ -92,15 +87,6 @@ class RunStore:
     def latest_model(self) -> Path | None:
         pointer = self.models / LATEST
         return self.models / pointer.read_text().strip() if pointer.exists() else None
-
-
-def _write_pointer(path: Path, target: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(target + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_tree(folder: Path) -> None:

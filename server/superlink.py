@@ -8,10 +8,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedprofile.processes import env_with_our_bin, flower_binary
+from fedprofile.processes import config_string, env_with_our_bin, flower_binary
 from server.keys import CA_CERT, SERVER_CERT, SERVER_KEY
 
 CONNECTION = "fedprofile"  # the name of the SuperLink connection in the operator's flwr config
+APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: pyproject.toml with [tool.flwr.app]
 
 
 @dataclass(frozen=True)
@@ -94,3 +95,22 @@ def register_merchant(flwr_home: Path, public_key: Path, name: str) -> str:
     if done.returncode != 0:
         raise RuntimeError(f"registering {name} ({public_key}) failed: {done.stdout[-800:]} {done.stderr[-800:]}")
     return done.stdout.strip()
+
+
+def start_superlink(settings: SuperLinkSettings, *, stdout=None) -> subprocess.Popen:
+    """Start the SuperLink in its own process group (stopping the group stops the ServerApp it runs too) and
+    wait until it listens; a SuperLink that exits or never listens is killed and reported."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(settings.command(), stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
+                               env=env_with_our_bin(), start_new_session=True)
+    try:
+        wait_for_port("127.0.0.1", settings.port, process=process)
+    except (RuntimeError, TimeoutError) as exc:
+        process.kill()
+        raise RuntimeError(f"SuperLink did not start: {exc}; see {Path(settings.state_dir) / 'superlink.log'}") from exc
+    return process
+
+
+def run_args(run_config: dict, *, stream: bool = True) -> list[str]:
+    """`flwr` arguments that run the fedprofile app on the operator's `fedprofile` connection."""
+    return ["run", str(APP_DIR), CONNECTION, "--run-config", config_string(run_config)] + (["--stream"] if stream else [])

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,16 +56,15 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
 
 GLOBAL_MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
+LATEST = "LATEST"
 
 
-def save_global_model(folder: str | Path, config: ProfileConfig, shared_state: dict, manifest: dict) -> Path:
+def save_global_model(folder: str | Path, config: ProfileConfig, shared_state: dict, manifest: dict, *,
+                      extra: dict[str, object] | None = None) -> Path:
     """A published global model: the shared weights and their config (no catalogue: each merchant brings its
-    own) plus a manifest (version, rounds, run config, metrics, epsilon per merchant). Written to a temporary
-    folder and renamed, so a reader never sees half a model."""
-    import json
-    import os
-    import shutil
-
+    own) plus a manifest (version, rounds, run config, metrics, epsilon per merchant) and any `extra` files
+    (name -> object for torch.save). Written to a temporary folder and renamed, so a reader never sees half a
+    model."""
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -67,16 +72,44 @@ def save_global_model(folder: str | Path, config: ProfileConfig, shared_state: d
     torch.save({"config": config.to_dict(), "shared_state": {k: torch.as_tensor(v).cpu() for k, v in shared_state.items()}},
                tmp / GLOBAL_MODEL_FILE)
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
+    for name, obj in (extra or {}).items():
+        torch.save(obj, tmp / name)
     if folder.exists():
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
 
 
+def atomic_write(path: Path, payload: bytes) -> None:
+    """Replace a file atomically: written aside, synced, renamed, so a reader sees the old or the new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_pointer(path: Path, target: str) -> None:
+    """Point a LATEST file at `target` (a sibling folder name)."""
+    atomic_write(path, target.encode())
+
+
+def publish_version(models: str | Path, version: int, config: ProfileConfig, shared_state: dict, manifest: dict, *,
+                    keep: int = 3, extra: dict[str, object] | None = None) -> Path:
+    """`models/vNNNN/` (see save_global_model) and `models/LATEST` pointing at it, written last; only the newest
+    `keep` versions stay. The coordinator publishes this way and a merchant keeps what it receives this way."""
+    models = Path(models)
+    folder = save_global_model(models / f"v{version:04d}", config, shared_state, {"version": version, **manifest},
+                               extra=extra)
+    write_pointer(models / LATEST, folder.name)
+    for old in sorted(models.glob("v[0-9]*"))[:-keep]:  # readers load the newest
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def load_global_model(folder: str | Path) -> tuple[ProfileConfig, dict[str, torch.Tensor], dict]:
     """(config, shared weights, manifest) of a published global model folder."""
-    import json
-
     folder = Path(folder)
     if not (folder / GLOBAL_MODEL_FILE).exists():
         raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE} here; is this a published model version folder?")
@@ -99,7 +132,7 @@ def model_for_catalogue(config: ProfileConfig, shared_state: dict, catalogue: Ca
 def resolve_model_folder(path: str | Path) -> Path:
     """A run folder (models/LATEST), a models folder (LATEST) or a model folder itself -> the model folder."""
     path = Path(path)
-    for pointer in (path / "models" / "LATEST", path / "LATEST"):
+    for pointer in (path / "models" / LATEST, path / LATEST):
         if pointer.is_file():
             return pointer.parent / pointer.read_text().strip()
     if not path.exists():
@@ -107,46 +140,50 @@ def resolve_model_folder(path: str | Path) -> Path:
     return path
 
 
-def load_for_serving(path: str | Path, catalogue: Catalogue, *, local_state: dict | None = None,
-                     device: torch.device | str = "cpu") -> tuple[ProfileTransformer, str, dict]:
-    """A merchant's runnable model over its own catalogue from a published global model (`models/vNNNN`, a
-    run folder, or a models folder with LATEST) or from a `fedprofile train` folder; returns the model, its
-    version label and the manifest."""
-    import hashlib
-    import json
+@dataclass
+class ModelSource:
+    """A model file opened once: a published global model (shared weights + manifest) or a `fedprofile train`
+    model (all weights + the catalogue it was trained on). Its `config` says how to hash a catalogue for it."""
 
+    file: Path
+    blob: dict
+    config: ProfileConfig
+
+    def build(self, catalogue: Catalogue, *, local_state: dict | None = None,
+              device: torch.device | str = "cpu") -> tuple[ProfileTransformer, str, dict]:
+        """The runnable model over `catalogue` (built with `self.config.hash_spec`), its version label and
+        manifest."""
+        if "shared_state" in self.blob:  # a published global model
+            manifest_file = self.file.parent / MANIFEST_FILE
+            manifest = json.loads(manifest_file.read_text()) if manifest_file.exists() else {}
+            model = model_for_catalogue(self.config, self.blob["shared_state"], catalogue, local_state)
+            version = f"v{int(manifest['version']):04d}" if "version" in manifest else self.file.parent.name
+            if manifest.get("run_id"):  # versions restart with each run: the run id keeps labels unique
+                version += f"@{manifest['run_id']}"
+        else:  # a centrally trained model: keep its weights, score this merchant's catalogue
+            config = self.config
+            same_items = list(self.blob["catalogue"]["item_ids"]) == catalogue.item_ids.tolist()
+            if config.local_items and not same_items:  # residuals belong to the items it was trained on
+                config = ProfileConfig(**{**config.to_dict(), "local_items": 0})
+            model = ProfileTransformer(config, catalogue.descriptors)
+            model.load_state_dict({k: v for k, v in self.blob["state_dict"].items()
+                                   if config.local_items or ".local." not in k})
+            manifest = {"metadata": self.blob.get("metadata", {})}
+            digest = hashlib.sha256(json.dumps(self.blob["config"], sort_keys=True).encode()
+                                    + str(self.file.stat().st_mtime_ns).encode())
+            version = f"train-{digest.hexdigest()[:8]}"
+        model.eval()
+        return model.to(device), version, manifest
+
+
+def open_model(path: str | Path) -> ModelSource:
+    """Open what a merchant serves from: a published model version (`models/vNNNN`), a run folder or a models
+    folder (their LATEST), or a `fedprofile train` output folder or file."""
     folder = resolve_model_folder(path)
     file = folder / GLOBAL_MODEL_FILE if folder.is_dir() else folder
     if not file.exists():
         raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE}; give a published model version, a run folder "
                                 "or a `fedprofile train` output folder")
     blob = torch.load(file, map_location="cpu", weights_only=False)
-    if "shared_state" in blob:  # a published global model
-        config, shared, manifest = load_global_model(file.parent)
-        model = model_for_catalogue(config, shared, catalogue, local_state)
-        version = f"v{int(manifest['version']):04d}" if "version" in manifest else file.parent.name
-        if manifest.get("run_id"):  # versions restart with each run: the run id keeps labels unique
-            version += f"@{manifest['run_id']}"
-    else:  # a centrally trained model: keep its weights, score this merchant's catalogue
-        config = ProfileConfig(**blob["config"])
-        same_items = list(blob["catalogue"]["item_ids"]) == catalogue.item_ids.tolist()
-        if config.local_items and not same_items:  # residuals belong to the items it was trained on
-            config = ProfileConfig(**{**config.to_dict(), "local_items": 0})
-        model = ProfileTransformer(config, catalogue.descriptors)
-        state = {k: v for k, v in blob["state_dict"].items() if config.local_items or ".local." not in k}
-        model.load_state_dict(state)
-        manifest = {"metadata": blob.get("metadata", {})}
-        digest = hashlib.sha256(json.dumps(blob["config"], sort_keys=True).encode() + str(file.stat().st_mtime_ns).encode())
-        version = f"train-{digest.hexdigest()[:8]}"
-    model.eval()
-    return model.to(device), version, manifest
+    return ModelSource(file, blob, ProfileConfig(**blob["config"]))
 
-
-def read_model_config(path: str | Path) -> ProfileConfig:
-    """The model config of anything `load_for_serving` accepts (to build the catalogue with its hash spec)."""
-    folder = resolve_model_folder(path)
-    file = folder / GLOBAL_MODEL_FILE if folder.is_dir() else folder
-    if not file.exists():
-        raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE}; give a published model version, a run folder "
-                                "or a `fedprofile train` output folder")
-    return ProfileConfig(**torch.load(file, map_location="cpu", weights_only=False)["config"])

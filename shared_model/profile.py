@@ -9,14 +9,14 @@ import pandas as pd
 import torch
 
 from shared_model.evaluation import last_profiles
-from shared_model.features import Catalogue, SequenceSet, category_bucket
+from shared_model.features import Catalogue, SequenceSet, category_bucket, latest_windows
+from shared_model.risk import behaviour_signals, replace_rows, risk_scores
 from shared_model.schema import Behavior
 
 # How much one event says about an interest: a purchase far more than a view.
 BEHAVIOR_WEIGHT = {Behavior.VIEW: 1.0, Behavior.CART: 3.0, Behavior.FAV: 2.0, Behavior.PURCHASE: 5.0,
                    Behavior.REVIEW: 2.0}
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-VALUE_SEGMENTS = ("high_value", "potential", "regular", "at_risk", "new")
 DAY = 86_400
 
 
@@ -212,22 +212,6 @@ class UserProfile:
             "vector": [round(v, 6) for v in self.vector],
         }
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "UserProfile":
-        return cls(
-            user_id=d["user_id"], vector=list(d["vector"]),
-            interests=[(x["category"], x["weight"]) for x in d["interests"]],
-            next_interests=[(x["category"], x["weight"]) for x in d["next_interests"]],
-            brands=[(x["brand"], x["weight"]) for x in d["brands"]],
-            price_percentile=d["price_level"]["percentile"], price_tier=d["price_level"]["tier"],
-            peak_hour=d["peak_hour"], active_hours=[(x["hour"], x["share"]) for x in d["active_hours"]],
-            active_days=[(x["day"], x["share"]) for x in d["active_days"]],
-            purchase_propensity=d["purchase_propensity"], recency_days=d["rfm"]["recency_days"],
-            tenure_days=d["rfm"]["tenure_days"], events=d["rfm"]["events"], purchases=d["rfm"]["purchases"],
-            monetary=d["rfm"]["monetary"], value_segment=d["value_segment"], risk_score=d["risk"]["score"],
-            risk_reasons=list(d["risk"]["reasons"]), model_version=d.get("model_version", ""),
-        )
-
 
 def assemble(described: pd.DataFrame, outputs: ModelOutputs, user_ids: np.ndarray, *, top: int = 5,
              risk: pd.DataFrame | None = None, model_version: str = "") -> list[UserProfile]:
@@ -270,11 +254,9 @@ class ProfileBatch:
     user_ids: np.ndarray
     described: pd.DataFrame  # readable fields, index user_id (order of user_ids)
     outputs: ModelOutputs
+    signals: pd.DataFrame  # behaviour risk signals of these users; index user_id
     risk: pd.DataFrame  # score, reasons; index user_id
     profiles: list[UserProfile]
-
-    def vectors_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.outputs.vectors, index=pd.Index(self.user_ids, name="user_id"))
 
 
 def profile_users(model, events: pd.DataFrame, users: pd.DataFrame, catalogue: Catalogue, *,
@@ -283,9 +265,6 @@ def profile_users(model, events: pd.DataFrame, users: pd.DataFrame, catalogue: C
                   population: pd.DataFrame | None = None) -> ProfileBatch:
     """Profiles for every user in `events` (cleaned, sorted by user then time). Risk signals are scored
     against `population` (signals of the merchant's customers) when given, else against these users."""
-    from shared_model.features import latest_windows
-    from shared_model.risk import behaviour_signals, risk_scores
-
     device = torch.device(device)
     windows = latest_windows(events, users, catalogue, model.config.hash_spec, max_len=model.config.max_len)
     outputs = model_outputs(model, windows, catalogue, device=device)
@@ -294,10 +273,9 @@ def profile_users(model, events: pd.DataFrame, users: pd.DataFrame, catalogue: C
     vectors = pd.DataFrame(outputs.vectors, index=pd.Index(windows.user_ids, name="user_id"))
     signals = behaviour_signals(events, vectors)
     if population is not None and len(population):
-        scored = risk_scores(pd.concat([population[~population.index.isin(signals.index)], signals]))
-        risk = scored.reindex(signals.index)
+        risk = risk_scores(replace_rows(population, signals)).reindex(signals.index)
     else:
         risk = risk_scores(signals)
     profiles = assemble(described, outputs, windows.user_ids, top=settings.top_interests, risk=risk,
                         model_version=model_version)
-    return ProfileBatch(windows.user_ids, described, outputs, risk, profiles)
+    return ProfileBatch(windows.user_ids, described, outputs, signals, risk, profiles)

@@ -83,8 +83,7 @@ class BatchedTopK:
 class ItemIndex:
     """The merchant's catalogue as the model scores it: one output vector per item, computed once per model."""
 
-    def __init__(self, model, catalogue: Catalogue, *, device: torch.device | str = "cpu",
-                 in_stock: np.ndarray | None = None):
+    def __init__(self, model, catalogue: Catalogue, *, device: torch.device | str = "cpu"):
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -94,8 +93,7 @@ class ItemIndex:
         self.catalogue = catalogue
         self.categories = catalogue.categories.astype(str)
         self.prices = catalogue.prices.astype(np.float64)
-        in_stock = catalogue.in_stock if in_stock is None else in_stock
-        self.in_stock = np.ones(len(vectors), dtype=bool) if in_stock is None else in_stock.astype(bool)
+        self.in_stock = np.ones(len(vectors), dtype=bool) if catalogue.in_stock is None else catalogue.in_stock.astype(bool)
         norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
         self._unit = self.vectors / np.maximum(norms, 1e-9)
         self._matrix = torch.from_numpy(self.vectors)

@@ -56,6 +56,11 @@ def behaviour_signals(events: pd.DataFrame, vectors: pd.DataFrame | None = None)
     return out.astype(np.float64)
 
 
+def replace_rows(population: pd.DataFrame, fresh: pd.DataFrame) -> pd.DataFrame:
+    """`population` with the users in `fresh` replaced by (or extended with) their fresh rows."""
+    return pd.concat([population[~population.index.isin(fresh.index)], fresh])
+
+
 def _max_in_window(users: np.ndarray, ts: np.ndarray, seconds: int) -> pd.Series:
     """For each event, how many of the same user's events fall in the `seconds` up to and including it."""
     # key = (user rank, time) so one searchsorted covers every user at once

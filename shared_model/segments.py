@@ -10,7 +10,6 @@ import pandas as pd
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
-VALUE_FEATURES = ("buy_rate", "engage_rate", "price_percentile", "recency", "tenure")
 PSEUDO_EVENTS = 20.0  # rates of light users are pulled toward the merchant's mean as if by 20 average events
 
 
