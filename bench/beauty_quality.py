@@ -23,8 +23,9 @@ ANCHORS = {  # NDCG@10, HR@10 on exactly this file (S3-Rec preprocessing, 22,363
     "eSASRec": (0.0523, 0.0928),
     "BSARec": (0.0611, 0.1008),
 }
-PLAIN = ["--epochs", "300", "--negatives", "1024", "--dropout", "0.3", "--heads", "1", "--lr", "1e-3",
-         "--batch-size", "128", "--eval-every", "2", "--patience", "10", "--track-test"]
+PLAIN = ["--epochs", "300", "--negatives", "1024", "--layers", "1", "--heads", "1", "--dropout", "0.3", "--lr", "1e-3",
+         "--batch-size", "128", "--ema-decay", "0.999", "--eval-every", "2", "--patience", "10", "--track-test",
+         "--refit"]
 PRIVATE = ["--dp", "--epsilon", "8", "--delta", "1e-5", "--epochs", "20", "--negatives", "1024", "--dropout", "0.2",
            "--lr", "3e-3", "--batch-size", "1024", "--eval-every", "2", "--track-test"]
 
@@ -49,9 +50,13 @@ def main() -> None:
           f"(best epoch {m['best_epoch']}, {m['train_seconds'] / 60:.1f} min training, "
           f"{m['examples_per_second']:.0f} users/s, epsilon {m['epsilon']:.3f}, delta {m['delta']:g})")
     print(f"valid NDCG@10 {m['valid']['ndcg@10']:.4f}  HR@10 {m['valid']['hr@10']:.4f}")
+    if "selection_test" in m:
+        t = m["selection_test"]
+        print(f"test of the validation-selected model (before the refit on train + validation): NDCG@10 "
+              f"{t['ndcg@10']:.4f}  HR@10 {t['hr@10']:.4f}  MRR {t['mrr']:.4f}")
     print("curve (minutes of training -> valid / test NDCG@10):")
     for row in m["history"]:
-        if "valid" in row:
+        if "valid" in row and not row.get("refit"):
             test = row.get("test", {}).get("ndcg@10", float("nan"))
             eps = f"  eps {row['epsilon']:.2f}" if "epsilon" in row else ""
             print(f"  epoch {row['epoch']:4d}  {row['seconds'] / 60:6.1f} min  {row['valid']['ndcg@10']:.4f} / {test:.4f}{eps}")

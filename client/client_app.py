@@ -31,7 +31,7 @@ def train(msg: Message, context: Context) -> Message:
     if stored is not None:  # this round was paid for already (the server restarted): send the same update again
         return _train_reply(msg, merchant.name, stored["shared_state"], stored["metrics"], refused=stored.get("refused"))
     model = _model(run, merchant, state, msg.content["arrays"])
-    update = local_round(model, merchant.sequences, run, ledger_state=state.ledger,
+    update = local_round(model, merchant.sequences, run, ledger_state=state.ledger, server_round=server_round,
                          epsilon_cap=_float(context.node_config.get("max-epsilon")),
                          proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0, device=pick_device())
     metrics = {

@@ -103,7 +103,7 @@ def _log_epoch(row: dict) -> None:
         parts.append(f"valid ndcg@10 {row['valid']['ndcg@10']:.4f}")
     if "test" in row:
         parts.append(f"test ndcg@10 {row['test']['ndcg@10']:.4f}")
-    typer.echo("  ".join(parts))
+    print("  ".join(parts), flush=True)  # a log file shows each epoch as it ends
 
 
 @app.command()
@@ -130,6 +130,9 @@ def train(
     profile_dim: Annotated[int, typer.Option(help="Profile vector size k.")] = 64,
     item_buckets: Annotated[int, typer.Option(help="Rows in each of the two hashed item-id tables.")] = 1 << 15,
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 0.0,
+    ema_decay: Annotated[float, typer.Option(help="Keep and evaluate a moving average of the weights (e.g. 0.999; 0 = off).")] = 0.0,
+    refit: Annotated[bool, typer.Option(help="After validation has chosen the epochs, train a fresh model that "
+                                             "long on training + validation events, and test that (no DP).")] = False,
     patience: Annotated[Optional[int], typer.Option(help="Stop after this many evaluations without improvement.")] = None,
     track_test: Annotated[bool, typer.Option(help="Record test metrics at every evaluation (metric curves).")] = False,
     tie_item_tables: Annotated[bool, typer.Option(help="One item table for inputs and outputs (not with --dp).")] = False,
@@ -152,6 +155,9 @@ def train(
     from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, delta_for
     from shared_model.training import TrainConfig, pick_device, train as run_training
 
+    if refit and dp:
+        fail("--refit trains on the validation events after choosing epochs by them: it is for plain training; "
+             "under --dp the last weights are reported and validation picks nothing")
     out.mkdir(parents=True, exist_ok=True)
     log = _load(data or "builtin" if fmt == "synthetic" else data, fmt, out / "quarantine.csv", columns)
     s = log.summary
@@ -170,7 +176,7 @@ def train(
                                 max_grad_norm=max_grad_norm)
     train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, negatives=negatives,
                                full_softmax=full_softmax, seed=seed, eval_every=eval_every,
-                               weight_decay=weight_decay, patience=patience, track_test=track_test,
+                               weight_decay=weight_decay, ema_decay=ema_decay, patience=patience, track_test=track_test,
                                max_seconds=max_minutes * 60 if max_minutes else None,
                                show_progress=sys.stderr.isatty())
     target = pick_device(device)
@@ -180,10 +186,12 @@ def train(
                               on_epoch=None if train_config.show_progress else _log_epoch)
     except (PrivacyBudgetExhausted, ValueError) as exc:
         fail(str(exc))
+    if refit:
+        result = _refit(result, log, base, config, train_config, seed=seed, device=target)
     metrics = {**result.metrics(), "data": s.as_dict(), "model": config.to_dict(),
                "train": {k: v for k, v in train_config.__dict__.items()}, "device": str(target)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    save_model(out / "model.pt", model.cpu(), sequences.catalogue, metadata={"metrics": result.test})
+    save_model(out / "model.pt", (result.model or model).cpu(), sequences.catalogue, metadata={"metrics": result.test})
     typer.echo(
         "test: " + ", ".join(f"{k} {result.test[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr"))
         + f" | epsilon {result.epsilon:.3f} delta {result.delta:g} | {result.train_seconds:.0f}s, "
@@ -191,6 +199,37 @@ def train(
     )
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'model.pt'}")
 
+
+
+def _refit(selected, log, base, config, train_config, *, seed: int, device):
+    """Train a fresh model for the epochs validation chose, on training + validation events; test it. The
+    validation figures stay those of the selection run (the refit has seen the validation events)."""
+    import dataclasses
+
+    import torch
+
+    from shared_model.evaluation import evaluate
+    from shared_model.features import build_sequences
+    from shared_model.model import ProfileTransformer
+    from shared_model.training import train as run_training
+
+    sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=base.max_len, titles=log.item_titles,
+                                train_on_validation=True)
+    epochs = selected.best_epoch
+    typer.echo(f"refit: a fresh model, {epochs} epochs on training + validation events "
+               f"(selection run: test ndcg@10 {selected.test['ndcg@10']:.4f})")
+    torch.manual_seed(seed)
+    model = ProfileTransformer(config, sequences.catalogue.descriptors)
+    refit_config = dataclasses.replace(train_config, epochs=epochs, keep_best=False, eval_every=0, patience=None,
+                                       max_seconds=None)
+    result = run_training(model, sequences, refit_config, device=device, validate=False)
+    result.test = evaluate(model, sequences.test, device=device)
+    result.valid, result.best_epoch = selected.valid, epochs
+    result.history = selected.history + [{**row, "refit": True} for row in result.history]
+    result.selection_test = selected.test
+    result.train_seconds += selected.train_seconds
+    result.model = model
+    return result
 
 
 @app.command()

@@ -10,18 +10,21 @@ from shared_model.features import EVENT_FIELDS, SequenceSet
 
 @torch.no_grad()
 def last_profiles(model, sequences: SequenceSet, *, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    """The profile vector after each user's last input event: (U, k) on CPU."""
+    """The profile vector after each user's last input event: (U, k) on CPU, in the users' order."""
     was_training = model.training
     model.eval()
-    out = []
+    out = torch.zeros(len(sequences), model.config.profile_dim)
+    # Users of similar length share a batch, and each batch is cut to its longest user (right padding).
+    order = torch.argsort(sequences.lengths, stable=True)
     for start in range(0, len(sequences), batch_size):
-        part = slice(start, start + batch_size)
-        inputs = [sequences.events[name][part].to(device) for name in EVENT_FIELDS]
-        profiles = model.encode(*inputs, sequences.genders[part].to(device), sequences.ages[part].to(device))
-        last = (sequences.lengths[part].to(device) - 1).clamp(min=0)
-        out.append(profiles[torch.arange(len(last), device=device), last].float().cpu())
+        rows = order[start:start + batch_size]
+        T = max(1, int(sequences.lengths[rows].max()))
+        inputs = [sequences.events[name][rows, :T].to(device) for name in EVENT_FIELDS]
+        profiles = model.encode(*inputs, sequences.genders[rows].to(device), sequences.ages[rows].to(device))
+        last = (sequences.lengths[rows].to(device) - 1).clamp(min=0)
+        out[rows] = profiles[torch.arange(len(last), device=device), last].float().cpu()
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, model.config.profile_dim)
+    return out
 
 
 @torch.no_grad()
@@ -42,10 +45,10 @@ def evaluate(
     items = model.item_vectors(torch.arange(model.descriptors.shape[0], device=device)).float()  # (N+1, k)
     model.train(was_training)
     ranks = []
+    profiles_all = last_profiles(model, sequences, device=device, batch_size=batch_size)  # (U, k)
     for start in range(0, n, batch_size):
         part = slice(start, start + batch_size)
-        profiles = last_profiles(model, sequences.select(np.arange(n)[part]), device=device, batch_size=batch_size).to(device)
-        scores = profiles @ items.T  # (b, N+1)
+        scores = profiles_all[part].to(device) @ items.T  # (b, N+1)
         targets = sequences.target_items[part].to(device)
         rows = torch.arange(len(targets), device=device)
         target_scores = scores[rows, targets].clone()

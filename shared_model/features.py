@@ -251,9 +251,12 @@ def build_sequences(
     purchase_horizon: int = 10,
     catalogue: Catalogue | None = None,
     titles: pd.Series | None = None,
+    train_on_validation: bool = False,
 ) -> SequenceData:
     """Leave-one-out: each user's last event is the test target, the one before it the validation target,
-    and everything before that trains (users with fewer than 3 events only train)."""
+    and everything before that trains (users with fewer than 3 events only train). `train_on_validation`
+    also trains on the validation event (a final refit once validation has chosen the epochs); the test
+    event never trains."""
     catalogue = catalogue or build_catalogue(events, spec, titles)
     feats = event_features(events, catalogue, spec)
     starts = np.flatnonzero(np.r_[True, feats["user_id"].to_numpy()[1:] != feats["user_id"].to_numpy()[:-1]])
@@ -263,7 +266,7 @@ def build_sequences(
     columns = {name: feats[name].to_numpy() for name in (*EVENT_FIELDS, "category", "purchase")}
     n = ends - starts
     evaluable = n >= 3
-    train_end = np.where(evaluable, ends - 2, ends)
+    train_end = np.where(evaluable, ends - (1 if train_on_validation else 2), ends)
     keep_train = (train_end - starts) >= 2
     train = _training_set(columns, starts[keep_train], train_end[keep_train], user_ids[keep_train],
                           genders[keep_train], ages[keep_train], max_len, purchase_horizon)

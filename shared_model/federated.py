@@ -44,6 +44,7 @@ def local_round(
     run: RunConfig,
     *,
     ledger_state: dict | None,
+    server_round: int = 0,
     epsilon_cap: float | None = None,
     proximal_mu: float = 0.0,
     device: torch.device,
@@ -54,7 +55,7 @@ def local_round(
     privacy = run.privacy_config(num_users=len(data.train), epsilon_cap=epsilon_cap)
     started = time.perf_counter()
     try:
-        result = train(model, data, run.train_config(), privacy=privacy, ledger_state=ledger_state, device=device,
+        result = train(model, data, run.train_config(server_round=server_round), privacy=privacy, ledger_state=ledger_state, device=device,
                        validate=False, proximal_mu=proximal_mu)
     except PrivacyBudgetExhausted as exc:
         ledger = PrivacyLedger.from_state_dict(ledger_state) if ledger_state else None

@@ -114,10 +114,12 @@ class RunConfig:
                              item_buckets=self.item_buckets, local_items=local_items if self.local_table else 0,
                              frozen_item_ids=self.frozen_item_ids)
 
-    def train_config(self, *, epochs: int | None = None, show_progress: bool = False) -> TrainConfig:
+    def train_config(self, *, epochs: int | None = None, server_round: int = 0, show_progress: bool = False) -> TrainConfig:
+        """Local training settings; each round draws its own batches, negatives and dropout (a seed per round),
+        so a merchant does not repeat one round's samples in every round."""
         return TrainConfig(epochs=epochs or self.local_epochs, batch_size=self.batch_size, lr=self.lr,
-                           negatives=self.negatives, seed=self.seed, eval_every=0, keep_best=False,
-                           show_progress=show_progress)
+                           negatives=self.negatives, seed=self.seed * 1_000_003 + server_round, eval_every=0,
+                           keep_best=False, show_progress=show_progress)
 
     def privacy_config(self, *, num_users: int, epsilon_cap: float | None = None) -> PrivacyConfig | None:
         """The merchant's DP settings for the whole run; `epsilon_cap` is the merchant's own ceiling."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
@@ -44,6 +45,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     negatives: int = 256  # uniform negatives shared by the batch (sampled softmax)
     full_softmax: bool = False  # use the whole catalogue as negatives instead
+    group_by_length: bool = True  # plain training: batch users of similar history length (less padding)
+    ema_decay: float = 0.0  # > 0: evaluate, keep and return an exponential moving average of the weights
     category_weight: float = 0.1
     purchase_weight: float = 0.1
     seed: int = 0
@@ -61,12 +64,12 @@ class TrainConfig:
 
 def _contrastive(profiles, positives, negatives, target_ids, negative_ids) -> torch.Tensor:
     """Softmax loss of each position's target against shared negatives (a negative equal to the target
-    is masked): profiles, positives (B, T, k), negatives (N, k) -> (B, T)."""
-    positive = (profiles * positives).sum(-1, keepdim=True)  # (B, T, 1)
-    negative = profiles @ negatives.T  # (B, T, N)
-    negative = negative.masked_fill(negative_ids.view(1, 1, -1) == target_ids.unsqueeze(-1), float("-inf"))
+    is masked): profiles, positives (P, k), negatives (N, k), target_ids (P,), negative_ids (N,) -> (P,)."""
+    positive = (profiles * positives).sum(-1, keepdim=True)  # (P, 1)
+    negative = profiles @ negatives.T  # (P, N)
+    negative = negative.masked_fill(negative_ids.view(1, -1) == target_ids.unsqueeze(-1), float("-inf"))
     logits = torch.cat([positive, negative], dim=-1).float()
-    return torch.logsumexp(logits, dim=-1) - logits[..., 0]
+    return torch.logsumexp(logits, dim=-1) - logits[:, 0]
 
 
 class ProfileLoss(nn.Module):
@@ -82,19 +85,46 @@ class ProfileLoss(nn.Module):
     def forward(self, outputs, targets) -> torch.Tensor:
         profiles, positives, target_category_vectors, negatives, category_vectors, purchase_logits = outputs
         target_items, target_categories, target_purchase, negative_ids, category_ids = targets
-        item_loss = _contrastive(profiles, positives, negatives, target_items, negative_ids)  # (B, T)
-        category_loss = _contrastive(profiles, target_category_vectors, category_vectors, target_categories,
-                                     category_ids)
-        valid = (target_items > 0).float()
+        # Score real positions only: on short-history data (Beauty: 6 of 50) padding would be most of the work.
+        users, steps = (target_items > 0).nonzero(as_tuple=True)  # (P,) each
+        here = profiles[users, steps]  # (P, k)
+        item_loss = _contrastive(here, positives[users, steps], negatives, target_items[users, steps], negative_ids)
+        category_loss = _contrastive(here, target_category_vectors[users, steps], category_vectors,
+                                     target_categories[users, steps], category_ids)
         known = (target_purchase >= 0).float()
         purchase_loss = F.binary_cross_entropy_with_logits(
             purchase_logits.float(), target_purchase.clamp(min=0), reduction="none"
-        ) * known
-        per_position = item_loss * valid + self.category_weight * category_loss * valid + self.purchase_weight * purchase_loss
-        per_user = per_position.sum(1) / valid.sum(1).clamp(min=1)  # (B,)
+        ) * known  # (B, T)
+        B = target_items.shape[0]
+        per_user_sum = torch.zeros(B, device=item_loss.device, dtype=item_loss.dtype).index_add(
+            0, users, item_loss + self.category_weight * category_loss
+        ) + self.purchase_weight * purchase_loss.sum(1)
+        per_user = per_user_sum / (target_items > 0).sum(1).clamp(min=1)  # (B,)
         if self.reduction == "none":
             return per_user
         return per_user.sum() if self.reduction == "sum" else per_user.mean()
+
+
+def length_grouped_batches(lengths: torch.Tensor, batch_size: int, *, seed: int, group: int = 64):
+    """Shuffled batches of users with similar history lengths (plain training): each chunk of `group` batches
+    is sorted by length before it is cut, so a batch can be trimmed to its longest user; batch order is shuffled."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(lengths), generator=generator)
+    batches = []
+    for start in range(0, len(order), batch_size * group):
+        chunk = order[start:start + batch_size * group]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches.extend(chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def trim_padding(batch: list[torch.Tensor], targets: torch.Tensor) -> list[torch.Tensor]:
+    """Cut the right padding the whole batch shares: (B, L) tensors -> (B, T), T = the most targets any user has
+    (`targets` (B, L), 0 = none). With right padding and causal attention, the kept positions do not change."""
+    if targets.shape[0] == 0:
+        return batch
+    T = max(1, int((targets > 0).sum(1).max()))
+    return [t[:, :T] if t.dim() == 2 else t for t in batch]
 
 
 @dataclass
@@ -110,12 +140,16 @@ class TrainResult:
     examples_per_second: float = 0.0
     best_epoch: int = 0
     privacy_state: dict | None = None
+    selection_test: dict | None = None  # with a refit: test metrics of the model validation selected
+    model: nn.Module | None = None  # with a refit: the refitted model (the one `test` describes)
 
     def metrics(self) -> dict:
         out = {**self.test, "epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
                "steps": self.steps, "train_seconds": self.train_seconds,
                "examples_per_second": self.examples_per_second, "best_epoch": self.best_epoch,
                "valid": self.valid, "history": self.history}
+        if self.selection_test is not None:
+            out["selection_test"] = self.selection_test
         return out
 
 
@@ -151,11 +185,18 @@ def train(
     category_set = torch.unique(data.catalogue.descriptors[1:, 2]).to(device)  # the merchant's category buckets
     if len(dataset) == 0:
         raise ValueError("no training sequences: every user needs at least 2 events before the held-out ones")
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False)
+    if privacy is None and config.group_by_length:
+        lengths = data.train.lengths
+        loader = DataLoader(dataset, batch_sampler=_EpochBatches(lengths, config.batch_size, config.seed))
+    else:  # DP-SGD replaces this with Poisson sampling over all users
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight)
     ledger = engine = None
     net = model
+    # The average is made from the weights alone, after each step: under DP it is post-processing (no privacy cost).
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
+    scored = ema.module if ema is not None else model  # what validation sees and what is kept
     if privacy is not None:
         if model.config.tie_item_tables:
             raise ValueError(
@@ -215,7 +256,7 @@ def train(
             for batch in physical:
                 if batch[0].shape[0] == 0 and privacy is None:
                     continue
-                *inputs, target_items, target_categories, target_purchase = _batch_to(batch, device)
+                *inputs, target_items, target_categories, target_purchase = _batch_to(trim_padding(list(batch), batch[-3]), device)
                 B, T = target_items.shape
                 if config.full_softmax:  # every other catalogue item is a negative
                     negatives = torch.arange(1, num_items + 1, device=device)
@@ -228,10 +269,13 @@ def train(
                     loss = criterion(outputs, (target_items, target_categories, target_purchase, negatives, category_set))
                 loss.backward()
                 optimizer.step()
-                if anchor and not getattr(optimizer, "_is_last_step_skipped", False):
+                stepped = not getattr(optimizer, "_is_last_step_skipped", False)
+                if anchor and stepped:
                     with torch.no_grad():
                         for param, start in anchor:
                             param.sub_(config.lr * proximal_mu * (param - start))
+                if ema is not None and stepped:
+                    ema.update_parameters(model)
                 total_loss += float(loss.item()) if B else 0.0
                 batches += 1
                 examples += B
@@ -242,11 +286,11 @@ def train(
             row["epsilon"] = ledger.epsilon()
         last_epoch = epoch == config.epochs or (config.max_seconds is not None and train_seconds >= config.max_seconds)
         if validate and ((config.eval_every and epoch % config.eval_every == 0) or last_epoch):
-            row["valid"] = evaluate(model, data.valid, device=device, ks=(10,))
+            row["valid"] = evaluate(scored, data.valid, device=device, ks=(10,))
             if config.track_test:
-                row["test"] = evaluate(model, data.test, device=device, ks=(10,))
+                row["test"] = evaluate(scored, data.test, device=device, ks=(10,))
             if row["valid"]["ndcg@10"] > best[0]:
-                best = (row["valid"]["ndcg@10"], copy.deepcopy(model.state_dict()) if select_best else None, epoch)
+                best = (row["valid"]["ndcg@10"], copy.deepcopy(scored.state_dict()) if select_best else None, epoch)
                 stale = 0
             else:
                 stale += 1
@@ -273,6 +317,8 @@ def train(
         net._close()  # removes Opacus hooks and per-sample attributes; `model` is plain again
     else:
         result.steps = len(result.history) * len(loader)
+    if ema is not None and not (select_best and best[1] is not None):
+        model.load_state_dict(ema.module.state_dict())
     result.train_seconds = train_seconds
     result.examples_per_second = examples / train_seconds if train_seconds > 0 else 0.0
     if validate:
@@ -280,6 +326,20 @@ def train(
     if validate and evaluate_test:
         result.test = evaluate(model, data.test, device=device)
     return result
+
+
+class _EpochBatches:
+    """A batch sampler that draws new length-grouped batches every epoch."""
+
+    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def __iter__(self):
+        self.epoch += 1
+        return iter(length_grouped_batches(self.lengths, self.batch_size, seed=self.seed * 100_003 + self.epoch))
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
 
 
 @contextmanager

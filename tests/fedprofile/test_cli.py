@@ -53,6 +53,10 @@ def test_train_writes_metrics_and_model(tmp_path, dp):
             "--item-buckets", "1024", "--batch-size", "16"]
     if dp:
         args += ["--dp", "--epsilon", "4", "--delta", "1e-5"]
+        refused = runner.invoke(app, [*args, "--refit"])
+        assert refused.exit_code != 0 and "plain training" in refused.output
+    else:
+        args += ["--refit"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -63,6 +67,9 @@ def test_train_writes_metrics_and_model(tmp_path, dp):
         assert 0 < metrics["epsilon"] <= 4.0 * (1 + 1e-3) and metrics["delta"] == 1e-5
     else:
         assert metrics["epsilon"] == 0.0
+        # the refit trains as many epochs as validation chose, and the selection run's test figures are kept
+        assert sum(1 for row in metrics["history"] if row.get("refit")) == metrics["best_epoch"]
+        assert set(metrics["selection_test"]) >= {"hr@10", "ndcg@10"}
 
 
 def _walk(command: click.Command, path=()):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.deployment
 
 def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
     out = tmp_path / "fed"
-    cmd = [sys.executable, "-m", "fedprofile", "federation", "local", "--merchants", "2", "--rounds", "2",
+    cmd = [sys.executable, "-m", "fedprofile", "federation", "local", "--merchants", "2", "--rounds", "1",
            "--unregistered", "1", "--users", "60", "--out", str(out)]
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={value}"]
@@ -32,11 +32,11 @@ def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["tls"] and summary["rounds_completed"] == 2
+    assert summary["tls"] and summary["rounds_completed"] == 1
     assert summary["refused"] == ["shop-2"]
     served = {m["name"]: m for m in summary["merchants"]}
     for name in ("shop-0", "shop-1"):
-        assert served[name]["model_version"] == summary["expected_model_version"] == f"v0002@{summary['run_id']}"
+        assert served[name]["model_version"] == summary["expected_model_version"] == f"v0001@{summary['run_id']}"
         assert 7.0 < served[name]["epsilon"] <= 8.0 * 1.001
     assert served["shop-2"]["epsilon"] is None and not served["shop-2"]["model_version"].startswith("v")
     # the refusal is visible on both sides

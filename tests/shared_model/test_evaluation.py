@@ -64,3 +64,23 @@ def test_padding_index_is_never_ranked():
     scores = torch.tensor([[100.0, 0.1, 0.2]])  # padding column scores highest
     metrics = evaluate(FixedScores(scores), _heldout([2], [[]]), device=torch.device("cpu"), ks=(1,))
     assert metrics["hr@1"] == 1.0
+
+
+def test_profiles_come_back_in_the_users_order_whatever_their_lengths(small_log):
+    from shared_model.evaluation import last_profiles
+    from shared_model.features import build_sequences
+    from shared_model.model import ProfileConfig, ProfileTransformer
+
+    config = ProfileConfig(max_len=20, d_model=16, n_heads=1, n_layers=1, profile_dim=8, item_buckets=256)
+    data = build_sequences(small_log.events, small_log.users, config.hash_spec, max_len=config.max_len)
+    torch.manual_seed(0)
+    model = ProfileTransformer(config, data.catalogue.descriptors)
+    cpu = torch.device("cpu")
+    together = last_profiles(model, data.test, device=cpu, batch_size=7)
+    for u in (0, len(data.test) // 2, len(data.test) - 1):  # one user alone, untrimmed window
+        alone = data.test.select(np.array([u]))
+        with torch.no_grad():
+            model.eval()
+            inputs = [alone.events[name] for name in EVENT_FIELDS]
+            full = model.encode(*inputs, alone.genders, alone.ages)[0, int(alone.lengths[0]) - 1]
+        torch.testing.assert_close(together[u], full)

@@ -67,3 +67,19 @@ def test_sequences_are_tensors_ready_for_a_dataset(small_log):
     assert all(isinstance(t, torch.Tensor) and t.shape[0] == len(data.train) for t in tensors)
     assert data.train.events["items"].shape == (len(data.train), 20)
     assert (data.train.genders > 0).all()  # synthetic users all have a gender
+
+
+def test_a_refit_trains_on_the_validation_event_but_never_on_the_test_event(small_log):
+    from shared_model.features import build_sequences
+    from shared_model.model import ProfileConfig
+
+    spec = ProfileConfig(item_buckets=1024).hash_spec
+    held = build_sequences(small_log.events, small_log.users, spec, max_len=5000)
+    refit = build_sequences(small_log.events, small_log.users, spec, max_len=5000, train_on_validation=True)
+    position = {u: i for i, u in enumerate(refit.train.user_ids)}
+    for u, valid_item, test_item in zip(held.test.user_ids, held.valid.target_items, held.test.target_items):
+        targets = refit.train.target_items[position[u]]
+        last = targets[targets > 0][-1]
+        assert int(last) == int(valid_item)  # the validation event is now the last training target
+        assert int(refit.train.lengths[position[u]]) == int(held.train.lengths[held.train.user_ids.tolist().index(u)]) + 1
+    torch.testing.assert_close(refit.test.target_items, held.test.target_items)

@@ -41,3 +41,16 @@ def test_global_weights_of_another_model_config_are_refused(merchant_data):
     partial.pop(next(iter(partial)))
     with pytest.raises(ValueError, match="missing"):
         model.load_shared_state(partial)
+
+
+def test_each_round_draws_its_own_batches_and_a_round_repeats_exactly(merchant_data):
+    def update(server_round):
+        model = ProfileTransformer(RUN.model_config(), merchant_data.catalogue.descriptors)
+        model.load_shared_state(initial_shared_state(RUN.model_config()))
+        out = local_round(model, merchant_data, RUN.replace(local_epochs=1), ledger_state=None,
+                          server_round=server_round, device=torch.device("cpu"))
+        return out.shared_state["blocks.0.attn.qkv.weight"]
+
+    first = update(1)
+    torch.testing.assert_close(update(1), first)  # reproducible for a given round
+    assert not torch.allclose(update(2), first)  # but not the same samples in every round

@@ -45,3 +45,58 @@ def test_tied_item_tables_train_plainly_and_dp_refuses_them(small_log):
     with pytest.raises(ValueError, match="ghost clipping refuses"):
         train(model, data, TrainConfig(epochs=1, show_progress=False),
               privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5), device=torch.device("cpu"))
+
+
+def test_trimming_shared_padding_changes_neither_profiles_nor_loss(small_log):
+    from shared_model.training import ProfileLoss, trim_padding
+
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    torch.manual_seed(0)
+    model = ProfileTransformer(CONFIG, data.catalogue.descriptors).eval()
+    short = torch.argsort(data.train.lengths)[:8]  # users far shorter than the window
+    full = [t[short] for t in data.train.tensors()]
+    trimmed = trim_padding(list(full), full[-3])
+    assert trimmed[0].shape[1] == int(data.train.lengths[short].max()) < full[0].shape[1]
+    negatives = torch.arange(1, 40)
+    categories = torch.unique(data.catalogue.descriptors[1:, 2])
+    loss = ProfileLoss(category_weight=0.5, purchase_weight=0.5, reduction="none")
+    per_user = []
+    for batch in (full, trimmed):
+        *inputs, items, cats, purchase = batch
+        with torch.no_grad():
+            out = model(*inputs, items, negatives, cats, categories)
+            per_user.append((out[0], loss(out, (items, cats, purchase, negatives, categories))))
+    T = trimmed[0].shape[1]
+    torch.testing.assert_close(per_user[0][0][:, :T], per_user[1][0])
+    torch.testing.assert_close(per_user[0][1], per_user[1][1])
+
+
+def test_length_grouped_batches_cover_every_user_once_with_less_padding():
+    from shared_model.training import length_grouped_batches
+
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.cat([torch.randint(1, 8, (900,), generator=generator), torch.full((100,), 50)])
+    batches = length_grouped_batches(lengths, 32, seed=1, group=8)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(1000)) and all(len(b) <= 32 for b in batches)
+    assert length_grouped_batches(lengths, 32, seed=2, group=8) != batches  # reshuffled each epoch
+    padded = sum(32 * int(lengths[b].max()) for b in batches)
+    random = sum(32 * int(lengths[torch.randperm(1000, generator=generator)[i:i + 32]].max()) for i in range(0, 1000, 32))
+    assert padded < 0.5 * random
+
+
+def test_the_weight_average_is_what_training_returns(small_log):
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    cpu = torch.device("cpu")
+    one_batch = dict(batch_size=len(data.train), negatives=64, show_progress=False, keep_best=False, lr=1e-2)
+
+    def weights(epochs, **changes):
+        torch.manual_seed(0)
+        model = ProfileTransformer(CONFIG, data.catalogue.descriptors)
+        train(model, data, TrainConfig(epochs=epochs, **one_batch, **changes), device=cpu, validate=False)
+        return model.blocks[0].attn.qkv.weight.detach().clone()
+
+    after_one_step = weights(1)
+    assert not torch.allclose(weights(3), after_one_step, atol=1e-4)  # three steps move on
+    # an average that barely moves after its first value holds the first step's weights
+    torch.testing.assert_close(weights(3, ema_decay=1 - 1e-9), after_one_step, atol=1e-6, rtol=1e-5)
