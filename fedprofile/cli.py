@@ -153,7 +153,7 @@ def train(
     from shared_model.features import build_sequences
     from shared_model.model import ProfileConfig, ProfileTransformer
     from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, delta_for
-    from shared_model.training import TrainConfig, pick_device, train as run_training
+    from shared_model.training import TrainConfig, pick_device, refit as refit_training, train as run_training
 
     if refit and dp:
         fail("--refit trains on the validation events after choosing epochs by them: it is for plain training; "
@@ -186,50 +186,24 @@ def train(
                               on_epoch=None if train_config.show_progress else _log_epoch)
     except (PrivacyBudgetExhausted, ValueError) as exc:
         fail(str(exc))
-    if refit:
-        result = _refit(result, log, base, config, train_config, seed=seed, device=target)
+    if refit:  # a fresh model, as many epochs as validation chose, on training + validation events
+        refit_data = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles,
+                                     train_on_validation=True)
+        typer.echo(f"refit: {result.best_epoch} epochs on training + validation events "
+                   f"(selection run: test ndcg@10 {result.test['ndcg@10']:.4f})")
+        torch.manual_seed(seed)
+        model = ProfileTransformer(config, refit_data.catalogue.descriptors)
+        result = refit_training(model, refit_data, result, train_config, device=target)
     metrics = {**result.metrics(), "data": s.as_dict(), "model": config.to_dict(),
                "train": {k: v for k, v in train_config.__dict__.items()}, "device": str(target)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    save_model(out / "model.pt", (result.model or model).cpu(), sequences.catalogue, metadata={"metrics": result.test})
+    save_model(out / "model.pt", model.cpu(), sequences.catalogue, metadata={"metrics": result.test})
     typer.echo(
         "test: " + ", ".join(f"{k} {result.test[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr"))
         + f" | epsilon {result.epsilon:.3f} delta {result.delta:g} | {result.train_seconds:.0f}s, "
         f"{result.examples_per_second:.0f} users/s"
     )
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'model.pt'}")
-
-
-
-def _refit(selected, log, base, config, train_config, *, seed: int, device):
-    """Train a fresh model for the epochs validation chose, on training + validation events; test it. The
-    validation figures stay those of the selection run (the refit has seen the validation events)."""
-    import dataclasses
-
-    import torch
-
-    from shared_model.evaluation import evaluate
-    from shared_model.features import build_sequences
-    from shared_model.model import ProfileTransformer
-    from shared_model.training import train as run_training
-
-    sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=base.max_len, titles=log.item_titles,
-                                train_on_validation=True)
-    epochs = selected.best_epoch
-    typer.echo(f"refit: a fresh model, {epochs} epochs on training + validation events "
-               f"(selection run: test ndcg@10 {selected.test['ndcg@10']:.4f})")
-    torch.manual_seed(seed)
-    model = ProfileTransformer(config, sequences.catalogue.descriptors)
-    refit_config = dataclasses.replace(train_config, epochs=epochs, keep_best=False, eval_every=0, patience=None,
-                                       max_seconds=None)
-    result = run_training(model, sequences, refit_config, device=device, validate=False)
-    result.test = evaluate(model, sequences.test, device=device)
-    result.valid, result.best_epoch = selected.valid, epochs
-    result.history = selected.history + [{**row, "refit": True} for row in result.history]
-    result.selection_test = selected.test
-    result.train_seconds += selected.train_seconds
-    result.model = model
-    return result
 
 
 @app.command()

@@ -55,8 +55,8 @@ def local_round(
     privacy = run.privacy_config(num_users=len(data.train), epsilon_cap=epsilon_cap)
     started = time.perf_counter()
     try:
-        result = train(model, data, run.train_config(server_round=server_round), privacy=privacy, ledger_state=ledger_state, device=device,
-                       validate=False, proximal_mu=proximal_mu)
+        result = train(model, data, run.train_config(server_round=server_round), privacy=privacy,
+                       ledger_state=ledger_state, device=device, validate=False, proximal_mu=proximal_mu)
     except PrivacyBudgetExhausted as exc:
         ledger = PrivacyLedger.from_state_dict(ledger_state) if ledger_state else None
         return LocalUpdate(num_examples=len(data.train), refused=str(exc), ledger_state=ledger_state,

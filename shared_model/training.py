@@ -7,7 +7,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -141,7 +141,6 @@ class TrainResult:
     best_epoch: int = 0
     privacy_state: dict | None = None
     selection_test: dict | None = None  # with a refit: test metrics of the model validation selected
-    model: nn.Module | None = None  # with a refit: the refitted model (the one `test` describes)
 
     def metrics(self) -> dict:
         out = {**self.test, "epsilon": self.epsilon, "delta": self.delta, "noise_multiplier": self.noise_multiplier,
@@ -186,8 +185,7 @@ def train(
     if len(dataset) == 0:
         raise ValueError("no training sequences: every user needs at least 2 events before the held-out ones")
     if privacy is None and config.group_by_length:
-        lengths = data.train.lengths
-        loader = DataLoader(dataset, batch_sampler=_EpochBatches(lengths, config.batch_size, config.seed))
+        loader = DataLoader(dataset, batch_sampler=_EpochBatches(data.train.lengths, config.batch_size, config.seed))
     else:  # DP-SGD replaces this with Poisson sampling over all users
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
@@ -325,6 +323,22 @@ def train(
         result.valid = evaluate(model, data.valid, device=device)
     if validate and evaluate_test:
         result.test = evaluate(model, data.test, device=device)
+    return result
+
+
+def refit(model: ProfileTransformer, data: SequenceData, selected: TrainResult, config: TrainConfig, *,
+          device: torch.device | None = None) -> TrainResult:
+    """Train `model` (fresh) for the epochs validation chose in `selected`, on `data` built with
+    `train_on_validation=True`, and test it. Validation figures stay the selection run's (the refit has
+    seen the validation events); its test figures are kept as `selection_test`."""
+    device = device or pick_device()
+    plain = replace(config, epochs=selected.best_epoch, keep_best=False, eval_every=0, patience=None,
+                                max_seconds=None)
+    result = train(model, data, plain, device=device, validate=False)
+    result.test = evaluate(model, data.test, device=device)
+    result.valid, result.best_epoch, result.selection_test = selected.valid, selected.best_epoch, selected.test
+    result.history = selected.history + [{**row, "refit": True} for row in result.history]
+    result.train_seconds += selected.train_seconds
     return result
 
 
