@@ -221,8 +221,8 @@ def simulate(
                                                      envvar="FEDPROFILE_EPSILON")] = None,
     delta: Annotated[Optional[float], typer.Option(help="Target delta (default: min(1e-5, 1/(10 users))).")] = None,
     strategy: Annotated[Optional[str], typer.Option(
-        help="fedavg, fedadam, fedprox, fedmedian, fedtrimmedavg or krum.")] = None,
-    local_epochs: Annotated[Optional[int], typer.Option(help="Local epochs per round.")] = None,
+        help="fedavg, fedavgm, fedadam, fedprox, fedmedian, fedtrimmedavg or krum.")] = None,
+    local_epochs: Annotated[Optional[float], typer.Option(help="Local epochs per round (0.5: half of each merchant's batches a round).")] = None,
     centralized_baseline: Annotated[bool, typer.Option(
         help="Also train one model on the union of the merchants' data with the same epoch budget.")] = False,
     centralized_batch_size: Annotated[Optional[int], typer.Option(

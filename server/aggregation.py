@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import Message
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
 from shared_model.run_config import RunConfig
 
@@ -21,6 +21,8 @@ def make_strategy(run: RunConfig) -> Strategy:
                   min_available_nodes=run.min_replies)
     if run.strategy == "fedavg":
         return FedAvg(**common)
+    if run.strategy == "fedavgm":
+        return FedAvgM(**common, server_momentum=run.server_momentum)
     if run.strategy == "fedadam":
         return FedAdam(**common, eta=run.server_lr, eta_l=run.lr, tau=run.server_tau)
     if run.strategy == "fedprox":
@@ -34,8 +36,10 @@ def make_strategy(run: RunConfig) -> Strategy:
     raise ValueError(f"unknown strategy {run.strategy!r}")
 
 
-# Server-side optimiser moments (FedAdam and the other FedOpt strategies); they must survive a restart.
+# Server-side optimiser state that must survive a restart: FedAdam's moments (dicts by weight name) and
+# FedAvgM's momentum (a list in weight order).
 _STATE_ATTRIBUTES = ("m_t", "v_t")
+_LIST_STATE_ATTRIBUTES = ("momentum_vector",)
 
 
 def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
@@ -43,12 +47,19 @@ def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
     for attribute in _STATE_ATTRIBUTES:
         for name, value in (getattr(strategy, attribute, None) or {}).items():
             out[f"{attribute}/{name}"] = np.asarray(value)
+    for attribute in _LIST_STATE_ATTRIBUTES:
+        for index, value in enumerate(getattr(strategy, attribute, None) or []):
+            out[f"{attribute}/{index:05d}"] = np.asarray(value)
     return out
 
 
 def restore_strategy_state(strategy: Strategy, state: dict[str, np.ndarray]) -> None:
     for attribute in _STATE_ATTRIBUTES:
         values = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(attribute + "/")}
+        if values:
+            setattr(strategy, attribute, values)
+    for attribute in _LIST_STATE_ATTRIBUTES:
+        values = [state[k] for k in sorted(k for k in state if k.startswith(attribute + "/"))]
         if values:
             setattr(strategy, attribute, values)
 

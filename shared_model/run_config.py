@@ -12,7 +12,7 @@ from shared_model.model import ProfileConfig
 from shared_model.privacy import PrivacyConfig, delta_for
 from shared_model.training import TrainConfig
 
-STRATEGIES = ("fedavg", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
+STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 PARTITIONINGS = ("natural", "iid", "dirichlet")
 
 
@@ -30,10 +30,11 @@ class RunConfig:
     proximal_mu: float = 0.01  # fedprox
     server_lr: float = 0.01  # fedadam: server-side learning rate (eta)
     server_tau: float = 1e-3  # fedadam: adaptivity
+    server_momentum: float = 0.0  # fedavgm: momentum over rounds of the averaged update
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut from each end
     krum_byzantine: int = 0  # krum: merchants assumed malicious
     # local training on each merchant
-    local_epochs: int = 4
+    local_epochs: float = 4  # a fraction trains that share of the merchant's batches each round
     lr: float = 3e-3
     batch_size: int = 128
     negatives: int = 256
@@ -69,7 +70,9 @@ class RunConfig:
             problems.append(f"strategy {self.strategy!r} is not one of {', '.join(STRATEGIES)}")
         if self.partitioning not in PARTITIONINGS:
             problems.append(f"partitioning {self.partitioning!r} is not one of {', '.join(PARTITIONINGS)}")
-        for name in ("num_rounds", "local_epochs", "batch_size", "negatives", "min_replies", "synthetic_users"):
+        if not self.local_epochs > 0:
+            problems.append(f"local-epochs must be positive, got {self.local_epochs}")
+        for name in ("num_rounds", "batch_size", "negatives", "min_replies", "synthetic_users"):
             if getattr(self, name) < 1:
                 problems.append(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
@@ -79,6 +82,8 @@ class RunConfig:
                 problems.append(f"target-epsilon must be positive and finite with dp = true, got {self.target_epsilon}")
             if not 0 <= self.target_delta < 1:
                 problems.append(f"target-delta must be in [0, 1) (0 = automatic), got {self.target_delta}")
+        if not 0 <= self.server_momentum < 1:
+            problems.append(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if not 0 <= self.trim_beta < 0.5:
             problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
         if problems:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from contextlib import contextmanager
@@ -38,7 +39,7 @@ def pick_device(preferred: str | None = None) -> torch.device:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 20
+    epochs: float = 20  # a fraction (e.g. 0.5 of an epoch per federated round) stops after that share of the steps
     batch_size: int = 128  # expected batch size (Poisson sampling under DP): one optimizer step
     physical_batch_size: int | None = None  # DP only: users per forward/backward pass (bounds memory)
     lr: float = 1e-3
@@ -58,8 +59,8 @@ class TrainConfig:
     show_progress: bool = True
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.negatives < 1:
-            raise ValueError("epochs, batch_size and negatives must be at least 1")
+        if not self.epochs > 0 or self.batch_size < 1 or self.negatives < 1:
+            raise ValueError("epochs must be positive, batch_size and negatives at least 1")
 
 
 def _contrastive(profiles, positives, negatives, target_ids, negative_ids) -> torch.Tensor:
@@ -152,6 +153,12 @@ class TrainResult:
         return out
 
 
+def _steps_for(epochs: float, batches_per_epoch: int) -> int:
+    """Whole epochs take every batch; a fraction rounds down (at least one step), so rounds of half an epoch never
+    take more steps than the privacy plan for the same number of epochs allowed."""
+    return max(1, int(epochs * batches_per_epoch))
+
+
 def _batch_to(batch, device):
     return [t.to(device, non_blocking=True) for t in batch]
 
@@ -208,7 +215,7 @@ def train(
         embedding_norm.install()
 
         sample_rate = 1 / len(loader)
-        steps_now = config.epochs * len(loader)
+        steps_now = _steps_for(config.epochs, len(loader))
         if ledger_state is not None:
             ledger = PrivacyLedger.from_state_dict(ledger_state)
         else:
@@ -246,7 +253,9 @@ def train(
     best = (-1.0, None, 0)
     stale = 0
     examples, train_seconds = 0, 0.0
-    epochs = tqdm(range(1, config.epochs + 1), desc="train", unit="epoch", disable=not config.show_progress)
+    last = math.ceil(config.epochs)
+    total_steps, steps = _steps_for(config.epochs, len(loader)), 0  # optimizer steps; under DP, logical steps
+    epochs = tqdm(range(1, last + 1), desc="train", unit="epoch", disable=not config.show_progress)
     for epoch in epochs:
         started = time.perf_counter()
         total_loss, batches = 0.0, 0
@@ -277,12 +286,15 @@ def train(
                 total_loss += float(loss.item()) if B else 0.0
                 batches += 1
                 examples += B
+                steps += stepped
+                if steps >= total_steps:  # a fractional epoch ends here, after a whole (logical) step
+                    break
         train_seconds += time.perf_counter() - started
         row = {"epoch": epoch, "loss": total_loss / max(batches, 1), "seconds": round(train_seconds, 2)}
         if engine is not None:
             ledger.record(engine.accountant)
             row["epsilon"] = ledger.epsilon()
-        last_epoch = epoch == config.epochs or (config.max_seconds is not None and train_seconds >= config.max_seconds)
+        last_epoch = epoch == last or (config.max_seconds is not None and train_seconds >= config.max_seconds)
         if validate and ((config.eval_every and epoch % config.eval_every == 0) or last_epoch):
             row["valid"] = evaluate(scored, data.valid, device=device, ks=(10,))
             if config.track_test:
@@ -314,7 +326,7 @@ def train(
         result.privacy_state = ledger.state_dict()
         net._close()  # removes Opacus hooks and per-sample attributes; `model` is plain again
     else:
-        result.steps = len(result.history) * len(loader)
+        result.steps = steps
     if ema is not None and not (select_best and best[1] is not None):
         model.load_state_dict(ema.module.state_dict())
     result.train_seconds = train_seconds

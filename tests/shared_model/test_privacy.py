@@ -52,6 +52,21 @@ def test_epsilon_accumulates_across_calls_and_the_budget_is_hard(data):
         _fit(data, epochs=1, privacy=privacy, state=second.privacy_state)
 
 
+def test_rounds_of_half_an_epoch_spend_no_more_than_the_plan(data):
+    """Four calls of half an epoch under a 2-epoch plan: each takes half the steps (rounded down), epsilon
+    accumulates to just under the target, and a fifth call is refused."""
+    privacy = PrivacyConfig(target_epsilon=3.0, target_delta=1e-5, planned_epochs=2)
+    steps_per_epoch = math.ceil(len(data.train) / 32)
+    state, results = None, []
+    for _ in range(4):
+        results.append(_fit(data, epochs=0.5, privacy=privacy, state=state))
+        state = results[-1].privacy_state
+    assert [r.steps for r in results] == [(k + 1) * (steps_per_epoch // 2) for k in range(4)]
+    assert results[0].epsilon < results[-1].epsilon <= 3.0 * (1 + 1e-3)
+    with pytest.raises(PrivacyBudgetExhausted):
+        _fit(data, epochs=0.5, privacy=privacy, state=state)
+
+
 def test_ledger_state_round_trips():
     ledger = PrivacyLedger.plan(PrivacyConfig(target_epsilon=2.0, target_delta=1e-6), sample_rate=0.01, planned_steps=500)
     acc = ledger.accountant()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from shared_model.checkpoint import load_model, save_model
@@ -100,3 +102,15 @@ def test_the_weight_average_is_what_training_returns(small_log):
     assert not torch.allclose(weights(3), after_one_step, atol=1e-4)  # three steps move on
     # an average that barely moves after its first value holds the first step's weights
     torch.testing.assert_close(weights(3, ema_decay=1 - 1e-9), after_one_step, atol=1e-6, rtol=1e-5)
+
+
+def test_a_fraction_of_an_epoch_takes_that_share_of_the_steps(small_log):
+    """A federated round of half an epoch trains on half of the merchant's batches (a fresh draw each round)."""
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    batches = -(-len(data.train) // 16)
+    config = TrainConfig(epochs=0.5, batch_size=16, negatives=32, eval_every=0, show_progress=False)
+    model = ProfileTransformer(CONFIG, data.catalogue.descriptors)
+    result = train(model, data, config, device=torch.device("cpu"), validate=False)
+    assert result.steps == batches // 2 and len(result.history) == 1
+    assert train(model, data, replace(config, epochs=1.5), device=torch.device("cpu"), validate=False).steps == \
+        batches + batches // 2
