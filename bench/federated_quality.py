@@ -57,7 +57,7 @@ def main() -> None:
           f"HR@10 {m['hr@10']:.4f} MRR {m['mrr']:.4f}")
     if "centralized" in m:
         c = m["centralized"]
-        print(f"centralized ({c['epochs']} epochs, batch {c.get('batch_size', '?')}): test NDCG@10 {c['ndcg@10']:.4f} HR@10 {c['hr@10']:.4f} "
+        print(f"centralized ({c['epochs']:g} epochs, batch {c.get('batch_size', '?')}): test NDCG@10 {c['ndcg@10']:.4f} HR@10 {c['hr@10']:.4f} "
               f"({c['train_seconds']:.0f} s training); federated / centralized NDCG@10 = {m['ndcg@10'] / c['ndcg@10']:.3f}")
     if m["dp"]:
         eps = m["epsilon"].values()

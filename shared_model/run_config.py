@@ -10,7 +10,7 @@ from pathlib import Path
 
 from shared_model.model import ProfileConfig
 from shared_model.privacy import PrivacyConfig, delta_for
-from shared_model.training import TrainConfig
+from shared_model.training import LR_SCHEDULES, TrainConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 PARTITIONINGS = ("natural", "iid", "dirichlet")
@@ -36,6 +36,7 @@ class RunConfig:
     # local training on each merchant
     local_epochs: float = 4  # a fraction trains that share of the merchant's batches each round
     lr: float = 3e-3
+    lr_schedule: str = "constant"  # "cosine": the local lr falls to 0 over the run's rounds x local epochs
     batch_size: int = 128
     negatives: int = 256
     # user-level DP-SGD, per merchant, over the whole run
@@ -82,6 +83,8 @@ class RunConfig:
                 problems.append(f"target-epsilon must be positive and finite with dp = true, got {self.target_epsilon}")
             if not 0 <= self.target_delta < 1:
                 problems.append(f"target-delta must be in [0, 1) (0 = automatic), got {self.target_delta}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 <= self.server_momentum < 1:
             problems.append(f"server-momentum must be in [0, 1), got {self.server_momentum}")
         if not 0 <= self.trim_beta < 0.5:
@@ -122,7 +125,10 @@ class RunConfig:
     def train_config(self, *, epochs: int | None = None, server_round: int = 0, show_progress: bool = False) -> TrainConfig:
         """Local training settings; each round draws its own batches, negatives and dropout (a seed per round),
         so a merchant does not repeat one round's samples in every round."""
+        # the schedule runs over the whole federation; round r starts where round r - 1 ended
         return TrainConfig(epochs=epochs or self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+                           lr_schedule=self.lr_schedule, schedule_epochs=self.num_rounds * self.local_epochs,
+                           schedule_start=max(server_round - 1, 0) * self.local_epochs,
                            negatives=self.negatives, seed=self.seed * 1_000_003 + server_round, eval_every=0,
                            keep_best=False, show_progress=show_progress)
 

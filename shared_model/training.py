@@ -43,6 +43,9 @@ class TrainConfig:
     batch_size: int = 128  # expected batch size (Poisson sampling under DP): one optimizer step
     physical_batch_size: int | None = None  # DP only: users per forward/backward pass (bounds memory)
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "cosine": from lr down to 0 over schedule_epochs
+    schedule_epochs: float | None = None  # the schedule's length in epochs (None: this call's epochs)
+    schedule_start: float = 0.0  # epochs of the schedule done before this call (a federated round's offset)
     weight_decay: float = 0.0
     negatives: int = 256  # uniform negatives shared by the batch (sampled softmax)
     full_softmax: bool = False  # use the whole catalogue as negatives instead
@@ -61,6 +64,20 @@ class TrainConfig:
     def __post_init__(self):
         if not self.epochs > 0 or self.batch_size < 1 or self.negatives < 1:
             raise ValueError("epochs must be positive, batch_size and negatives at least 1")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def scheduled_lr(config: TrainConfig, epochs_done: float) -> float:
+    """The learning rate after `epochs_done` epochs of this call (fractions count), on the run's schedule."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    total = config.schedule_epochs or config.epochs
+    progress = min(1.0, (config.schedule_start + epochs_done) / total)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def _contrastive(profiles, positives, negatives, target_ids, negative_ids) -> torch.Tensor:
@@ -269,6 +286,9 @@ def train(
                     negatives = torch.arange(1, num_items + 1, device=device)
                 else:
                     negatives = torch.randint(1, num_items + 1, (config.negatives,), device=device)
+                if config.lr_schedule != "constant":
+                    for group in optimizer.param_groups:
+                        group["lr"] = scheduled_lr(config, steps / len(loader))
                 optimizer.zero_grad(set_to_none=True)
                 with autocast:
                     outputs = net(*inputs, target_items, negatives, target_categories, category_set,

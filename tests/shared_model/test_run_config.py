@@ -37,6 +37,9 @@ def test_parses_strings_from_the_command_line():
         ({"num-rounds": 0}, "num-rounds must be at least 1"),
         ({"dp": "maybe"}, "dp must be true or false"),
         ({"batch-size": 2.5}, "batch-size must be an integer"),
+        ({"lr-schedule": "step"}, "lr-schedule must be one of constant, cosine"),
+        ({"local-epochs": 0}, "local-epochs must be positive"),
+        ({"server-momentum": 1.0}, "server-momentum must be in"),
     ],
 )
 def test_refuses_bad_settings_with_the_key_named(values, message):
@@ -50,3 +53,11 @@ def test_privacy_plan_covers_every_round_and_honours_the_merchant_cap():
     assert privacy.planned_epochs == 10 and privacy.target_epsilon == 3.0
     assert privacy.target_delta == pytest.approx(1e-4 / 10)  # min(1e-5, 1/(10 x 1000))
     assert RunConfig(dp=False).privacy_config(num_users=10) is None
+
+
+def test_the_learning_rate_schedule_runs_over_the_whole_federation():
+    run = RunConfig(num_rounds=5, local_epochs=2, lr_schedule="cosine")
+    third = run.train_config(server_round=3)
+    assert (third.schedule_epochs, third.schedule_start, third.lr_schedule) == (10, 4, "cosine")
+    central = run.train_config(epochs=10)  # the centralized baseline: one call over the same 10 epochs
+    assert (central.schedule_epochs, central.schedule_start) == (10, 0)

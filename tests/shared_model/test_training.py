@@ -114,3 +114,37 @@ def test_a_fraction_of_an_epoch_takes_that_share_of_the_steps(small_log):
     assert result.steps == batches // 2 and len(result.history) == 1
     assert train(model, data, replace(config, epochs=1.5), device=torch.device("cpu"), validate=False).steps == \
         batches + batches // 2
+
+
+def test_the_cosine_schedule_spans_the_whole_run_across_calls():
+    """A federated round continues the schedule where the previous round ended; the centralized baseline, one
+    call over the same epochs, sees the same learning rates."""
+    import math
+
+    import pytest
+
+    from shared_model.training import scheduled_lr
+
+    whole = TrainConfig(epochs=4, lr=1e-3, lr_schedule="cosine", show_progress=False)
+    assert scheduled_lr(whole, 0) == pytest.approx(1e-3)
+    assert scheduled_lr(whole, 2) == pytest.approx(5e-4)
+    assert scheduled_lr(whole, 4) == pytest.approx(0, abs=1e-12)
+    third_round = replace(whole, epochs=1, schedule_epochs=4, schedule_start=2)
+    for done in (0.0, 0.25, 0.5, 1.0):
+        assert scheduled_lr(third_round, done) == pytest.approx(scheduled_lr(whole, 2 + done))
+    assert scheduled_lr(replace(whole, lr_schedule="constant"), 3) == 1e-3
+    assert math.isclose(scheduled_lr(whole, 9), 0, abs_tol=1e-12)  # past the end it stays at the floor
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="linear")
+
+
+def test_a_scheduled_run_trains_differently_from_a_constant_one(small_log):
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    weights = []
+    for schedule in ("constant", "cosine"):
+        torch.manual_seed(0)
+        model = ProfileTransformer(CONFIG, data.catalogue.descriptors)
+        config = TrainConfig(epochs=2, batch_size=32, negatives=32, lr_schedule=schedule, show_progress=False)
+        train(model, data, config, device=torch.device("cpu"), validate=False)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.allclose(weights[0], weights[1])
