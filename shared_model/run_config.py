@@ -122,7 +122,7 @@ class RunConfig:
                              item_buckets=self.item_buckets, local_items=local_items if self.local_table else 0,
                              frozen_item_ids=self.frozen_item_ids)
 
-    def train_config(self, *, epochs: int | None = None, server_round: int = 0, show_progress: bool = False) -> TrainConfig:
+    def train_config(self, *, epochs: float | None = None, server_round: int = 0, show_progress: bool = False) -> TrainConfig:
         """Local training settings; each round draws its own batches, negatives and dropout (a seed per round),
         so a merchant does not repeat one round's samples in every round."""
         # the schedule runs over the whole federation; round r starts where round r - 1 ended

@@ -37,6 +37,9 @@ def pick_device(preferred: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: float = 20  # a fraction (e.g. 0.5 of an epoch per federated round) stops after that share of the steps
@@ -67,8 +70,6 @@ class TrainConfig:
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
 
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def scheduled_lr(config: TrainConfig, epochs_done: float) -> float:
@@ -364,8 +365,7 @@ def refit(model: ProfileTransformer, data: SequenceData, selected: TrainResult, 
     `train_on_validation=True`, and test it. Validation figures stay the selection run's (the refit has
     seen the validation events); its test figures are kept as `selection_test`."""
     device = device or pick_device()
-    plain = replace(config, epochs=selected.best_epoch, keep_best=False, eval_every=0, patience=None,
-                                max_seconds=None)
+    plain = replace(config, epochs=selected.best_epoch, keep_best=False, eval_every=0, patience=None, max_seconds=None)
     result = train(model, data, plain, device=device, validate=False)
     result.test = evaluate(model, data.test, device=device)
     result.valid, result.best_epoch, result.selection_test = selected.valid, selected.best_epoch, selected.test
