@@ -6,27 +6,65 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
+from shared_model.federated import embedding_table_names, touched_row_average
 from shared_model.run_config import RunConfig
 
 log = logging.getLogger("fedprofile.server")
 
 
+class TouchedRowsFedAvg(FedAvg):
+    """FedAvg whose embedding tables are averaged row by row over the merchants that changed each row
+    (`shared_model.federated.touched_row_average`); every other weight is Flower's weighted mean."""
+
+    # Set after construction: FedAvgM and FedProx pass only FedAvg's own arguments up their __init__.
+    table_names: frozenset[str] = frozenset()
+    _sent: dict[str, np.ndarray] = {}
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._sent = {name: arrays[name].numpy() for name in self.table_names if name in arrays}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        averaged, metrics = super().aggregate_train(server_round, replies)
+        if averaged is None or not self._sent:
+            return averaged, metrics
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        weights = [float(m.content.metric_records["metrics"][self.weighted_by_key]) for m in valid]
+        records = [next(iter(m.content.array_records.values())) for m in valid]
+        tables = {name: Array(touched_row_average(sent, [r[name].numpy() for r in records], weights))
+                  for name, sent in self._sent.items()}
+        return ArrayRecord({name: tables.get(name, value) for name, value in averaged.items()}), metrics
+
+
+# FedAvgM and FedProx call FedAvg's aggregate_train / configure_train through super(): with TouchedRowsFedAvg
+# next in line, the server momentum and the proximal term work on the row-wise average.
+class TouchedRowsFedAvgM(FedAvgM, TouchedRowsFedAvg):
+    pass
+
+
+class TouchedRowsFedProx(FedProx, TouchedRowsFedAvg):
+    pass
+
+
 def make_strategy(run: RunConfig) -> Strategy:
-    """Flower's own strategies; fedprofile adds only the screening and the bookkeeping around them."""
+    """Flower's own strategies; fedprofile adds only the screening and the bookkeeping around them, and
+    (`sparse-rows`) the row-wise average of the embedding tables for the averaging strategies."""
     common = dict(fraction_train=run.fraction_train, fraction_evaluate=run.fraction_evaluate,
                   min_train_nodes=run.min_replies, min_evaluate_nodes=run.min_replies if run.fraction_evaluate else 0,
                   min_available_nodes=run.min_replies)
-    if run.strategy == "fedavg":
-        return FedAvg(**common)
-    if run.strategy == "fedavgm":
-        return FedAvgM(**common, server_momentum=run.server_momentum)
+    if run.sparse_rows and run.strategy in ("fedavg", "fedavgm", "fedprox"):
+        strategy = _averaging_strategy(run, common, fedavg=TouchedRowsFedAvg, fedavgm=TouchedRowsFedAvgM,
+                                       fedprox=TouchedRowsFedProx)
+        strategy.table_names = embedding_table_names(run.model_config())
+        return strategy
+    if run.strategy in ("fedavg", "fedavgm", "fedprox"):
+        return _averaging_strategy(run, common, fedavg=FedAvg, fedavgm=FedAvgM, fedprox=FedProx)
     if run.strategy == "fedadam":
         return FedAdam(**common, eta=run.server_lr, eta_l=run.lr, tau=run.server_tau)
-    if run.strategy == "fedprox":
-        return FedProx(**common, proximal_mu=run.proximal_mu)
     if run.strategy == "fedmedian":
         return FedMedian(**common)
     if run.strategy == "fedtrimmedavg":
@@ -34,6 +72,14 @@ def make_strategy(run: RunConfig) -> Strategy:
     if run.strategy == "krum":
         return Krum(**common, num_malicious_nodes=run.krum_byzantine)
     raise ValueError(f"unknown strategy {run.strategy!r}")
+
+
+def _averaging_strategy(run: RunConfig, common: dict, *, fedavg, fedavgm, fedprox) -> FedAvg:
+    if run.strategy == "fedavgm":
+        return fedavgm(**common, server_momentum=run.server_momentum)
+    if run.strategy == "fedprox":
+        return fedprox(**common, proximal_mu=run.proximal_mu)
+    return fedavg(**common)
 
 
 # Server-side optimiser state that must survive a restart: FedAdam's moments (dicts by weight name) and

@@ -33,6 +33,7 @@ class ProfileConfig:
     local_items: int = 0  # rows of the merchant-local residual table (0 = off; else num_items + 1)
     tie_item_tables: bool = False  # one item encoder for inputs and outputs (plain training only)
     frozen_item_ids: bool = False  # keep the hashed item-id tables at their random start (fewer noised weights under DP)
+    fixed_item_vectors: bool = False  # every item table fixed at its random start, one encoder for inputs and outputs
     recency_positions: bool = False  # position ids count back from the newest event (as left-padded SASRec)
 
     @property
@@ -71,6 +72,12 @@ class HashedItemEncoder(nn.Module):
             # Under DP-SGD every trained row gets noise, and most id rows see too few users to outweigh it.
             self.hash_a.weight.requires_grad_(False)
             self.hash_b.weight.requires_grad_(False)
+        if config.fixed_item_vectors:
+            # Random features of the public catalogue: items of one brand or category share a component, so
+            # "like what this customer just viewed" is a direction the sequence model can learn with no item
+            # table trained at all. Under DP that leaves only the dense layers (~10^5 weights) to noise.
+            for table in (self.hash_a, self.hash_b, self.category, self.brand, self.price, self.title):
+                table.weight.requires_grad_(False)
 
     def tables(self) -> list[nn.Embedding]:
         tables = (self.hash_a, self.hash_b, self.category, self.brand, self.price, self.title, self.local)
@@ -193,10 +200,10 @@ class ProfileTransformer(nn.Module):
         self.decoder = nn.Sequential(  # the profile "decoder": encoder state -> profile vector
             nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.profile_dim)
         )
-        # Untied by default: ghost clipping (DP) refuses one embedding used on both sides.
-        if config.tie_item_tables:
+        # Untied by default: ghost clipping (DP) refuses one trained embedding used on both sides.
+        if config.tie_item_tables or config.fixed_item_vectors:
             if config.d_model != config.profile_dim:
-                raise ValueError("tie_item_tables needs d_model == profile_dim")
+                raise ValueError("tie_item_tables and fixed_item_vectors need d_model == profile_dim")
             self.output_items = self.input_items
         else:
             self.output_items = HashedItemEncoder(config, config.profile_dim)

@@ -31,6 +31,7 @@ class RunConfig:
     server_lr: float = 0.01  # fedadam: server-side learning rate (eta)
     server_tau: float = 1e-3  # fedadam: adaptivity
     server_momentum: float = 0.0  # fedavgm: momentum over rounds of the averaged update
+    sparse_rows: bool = False  # fedavg/fedavgm/fedprox: average each table row over the merchants that changed it
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut from each end
     krum_byzantine: int = 0  # krum: merchants assumed malicious
     # local training on each merchant
@@ -54,6 +55,7 @@ class RunConfig:
     item_buckets: int = 1 << 15
     local_table: bool = False  # a merchant-local item residual table (never leaves the merchant)
     frozen_item_ids: bool = False  # keep the hashed item-id tables fixed (fewer noised weights under DP)
+    fixed_item_vectors: bool = False  # every item table fixed (random catalogue features), inputs = outputs
     # simulation data (deployment merchants read theirs from node_config)
     data: str = "synthetic"  # "synthetic" (built-in merchants) or a data set path
     data_format: str = "synthetic"
@@ -87,6 +89,9 @@ class RunConfig:
             problems.append(f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 <= self.server_momentum < 1:
             problems.append(f"server-momentum must be in [0, 1), got {self.server_momentum}")
+        if self.sparse_rows and self.strategy not in ("fedavg", "fedavgm", "fedprox"):
+            problems.append(f"sparse-rows works with the averaging strategies (fedavg, fedavgm, fedprox), "
+                            f"not {self.strategy!r}; set sparse-rows = false or pick one of those")
         if not 0 <= self.trim_beta < 0.5:
             problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
         if problems:
@@ -120,7 +125,7 @@ class RunConfig:
         return ProfileConfig(max_len=self.max_len, d_model=self.d_model, n_heads=self.n_heads,
                              n_layers=self.n_layers, profile_dim=self.profile_dim, dropout=self.dropout,
                              item_buckets=self.item_buckets, local_items=local_items if self.local_table else 0,
-                             frozen_item_ids=self.frozen_item_ids)
+                             frozen_item_ids=self.frozen_item_ids, fixed_item_vectors=self.fixed_item_vectors)
 
     def train_config(self, *, epochs: float | None = None, server_round: int = 0, show_progress: bool = False) -> TrainConfig:
         """Local training settings; each round draws its own batches, negatives and dropout (a seed per round),

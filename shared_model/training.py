@@ -38,6 +38,7 @@ def pick_device(preferred: str | None = None) -> torch.device:
 
 
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class TrainConfig:
     schedule_epochs: float | None = None  # the schedule's length in epochs (None: this call's epochs)
     schedule_start: float = 0.0  # epochs of the schedule done before this call (a federated round's offset)
     weight_decay: float = 0.0
+    optimizer: str = "adam"  # "sgd" (momentum 0.9): under DP, Adam scales pure-noise coordinates up to ~lr a step
     negatives: int = 256  # uniform negatives shared by the batch (sampled softmax)
     full_softmax: bool = False  # use the whole catalogue as negatives instead
     group_by_length: bool = True  # plain training: batch users of similar history length (less padding)
@@ -69,6 +71,8 @@ class TrainConfig:
             raise ValueError("epochs must be positive, batch_size and negatives at least 1")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
 
@@ -177,6 +181,13 @@ def _steps_for(epochs: float, batches_per_epoch: int) -> int:
     return max(1, int(epochs * batches_per_epoch))
 
 
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+
+
 def _batch_to(batch, device):
     return [t.to(device, non_blocking=True) for t in batch]
 
@@ -213,7 +224,7 @@ def train(
         loader = DataLoader(dataset, batch_sampler=_EpochBatches(data.train.lengths, config.batch_size, config.seed))
     else:  # DP-SGD replaces this with Poisson sampling over all users
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    optimizer = _optimizer(model, config)
     criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight)
     ledger = engine = None
     net = model
@@ -221,10 +232,10 @@ def train(
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
     scored = ema.module if ema is not None else model  # what validation sees and what is kept
     if privacy is not None:
-        if model.config.tie_item_tables:
+        if model.config.tie_item_tables and not model.config.fixed_item_vectors:
             raise ValueError(
-                "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one item table used for "
-                "both inputs and outputs; build the model with tie_item_tables=False"
+                "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one trained item table used "
+                "for both inputs and outputs; build the model with tie_item_tables=False (or fixed_item_vectors=True)"
             )
         from opacus import PrivacyEngine
 

@@ -177,3 +177,34 @@ def test_only_fedprox_adds_the_proximal_term(tmp_path, monkeypatch, strategy, ex
     run = tiny_run(tmp_path, num_rounds=1, dp=False, strategy=strategy, proximal_mu=0.5, fraction_evaluate=0.0)
     run_federation(InProcessGrid(client_app, 2), run)
     assert seen == [expected_mu, expected_mu]
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedavgm", "fedprox"])
+def test_sparse_rows_averages_a_table_row_over_the_merchants_that_changed_it(tmp_path, strategy):
+    name = "input_items.hash_a.weight"
+    returned = {}
+
+    def node_2_changes_no_row_of_the_table(node, reply):
+        if reply.metadata.message_type == "train":
+            arrays = next(iter(reply.content.array_records.values()))
+            if node == 2:
+                sent = next(iter(grid.sent[-1].content.array_records.values()))[name].numpy()
+                arrays[name] = Array(sent.copy())
+            returned[node] = arrays[name].numpy().copy()
+        return reply
+
+    def first_round_table(sparse_rows):
+        run = tiny_run(tmp_path / str(sparse_rows), num_rounds=1, dp=False, strategy=strategy, fraction_evaluate=0.0,
+                       sparse_rows=sparse_rows, server_momentum=0.5, proximal_mu=0.01)
+        run_federation(grid, run)
+        return RunStore(run.run_path).latest().arrays[name]
+
+    grid = InProcessGrid(client_app, 2, tamper=node_2_changes_no_row_of_the_table)
+    rowwise = first_round_table(True)
+    np.testing.assert_allclose(rowwise, returned[1], rtol=1e-6, atol=1e-7)  # merchant 1's rows, undiluted
+    grid = InProcessGrid(client_app, 2, tamper=node_2_changes_no_row_of_the_table)
+    plain = first_round_table(False)
+    changed = (returned[1] != returned[2]).any(axis=1)
+    assert changed.any()
+    # plain averaging moves those rows only part of the way (merchant 1's share of the examples)
+    assert not np.allclose(plain[changed], returned[1][changed], rtol=1e-6, atol=1e-7)

@@ -40,6 +40,7 @@ def test_parses_strings_from_the_command_line():
         ({"lr-schedule": "step"}, "lr-schedule must be one of constant, cosine"),
         ({"local-epochs": 0}, "local-epochs must be positive"),
         ({"server-momentum": 1.0}, "server-momentum must be in"),
+        ({"sparse-rows": "true", "strategy": "krum"}, "sparse-rows works with the averaging strategies"),
     ],
 )
 def test_refuses_bad_settings_with_the_key_named(values, message):
