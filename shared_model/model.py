@@ -33,7 +33,7 @@ class ProfileConfig:
     local_items: int = 0  # rows of the merchant-local residual table (0 = off; else num_items + 1)
     tie_item_tables: bool = False  # one item encoder for inputs and outputs (plain training only)
     frozen_item_ids: bool = False  # keep the hashed item-id tables at their random start (fewer noised weights under DP)
-    fixed_item_vectors: bool = False  # every item table fixed at its random start, one encoder for inputs and outputs
+    fixed_item_vectors: bool = False  # item vectors = a trained mix of fixed random catalogue features (no item tables trained)
     recency_positions: bool = False  # position ids count back from the newest event (as left-padded SASRec)
 
     @property
@@ -72,12 +72,6 @@ class HashedItemEncoder(nn.Module):
             # Under DP-SGD every trained row gets noise, and most id rows see too few users to outweigh it.
             self.hash_a.weight.requires_grad_(False)
             self.hash_b.weight.requires_grad_(False)
-        if config.fixed_item_vectors:
-            # Random features of the public catalogue: items of one brand or category share a component, so
-            # "like what this customer just viewed" is a direction the sequence model can learn with no item
-            # table trained at all. Under DP that leaves only the dense layers (~10^5 weights) to noise.
-            for table in (self.hash_a, self.hash_b, self.category, self.brand, self.price, self.title):
-                table.weight.requires_grad_(False)
 
     def tables(self) -> list[nn.Embedding]:
         tables = (self.hash_a, self.hash_b, self.category, self.brand, self.price, self.title, self.local)
@@ -99,6 +93,42 @@ class HashedItemEncoder(nn.Module):
         if self.local is not None:
             out = out + self.local(items)
         return out  # (..., dim)
+
+
+class CatalogueFeatures(nn.Module):
+    """Fixed random vectors of an item's public descriptors (two id hashes, category, brand, price bucket, title
+    words), side by side rather than summed, so a trained layer on top can weigh each kind of similarity."""
+
+    def __init__(self, config: ProfileConfig, dim: int):
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(n, dim) for n in (
+            config.item_buckets, config.item_buckets, config.category_buckets, config.brand_buckets,
+            config.price_buckets, config.token_buckets))
+        for table in self.tables:
+            nn.init.normal_(table.weight, std=dim ** -0.5)
+            table.weight.requires_grad_(False)  # never trained: under DP nothing per item is left to noise
+        self.width = 6 * dim
+
+    def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
+        # descriptors: (..., 5 + W)
+        words = descriptors[..., 5:]  # (..., W), 0 = no word
+        present = (words > 0).unsqueeze(-1).to(self.tables[5].weight.dtype)  # (..., W, 1)
+        title = (self.tables[5](words) * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (..., dim)
+        parts = [table(descriptors[..., i]) for i, table in enumerate(self.tables[:5])]
+        return torch.cat([*parts, title], dim=-1)  # (..., 6 dim)
+
+
+class FixedFeatureItemEncoder(nn.Module):
+    """An item vector as a trained linear mix of the fixed catalogue features: the only trained item weights
+    are one (6 dim, dim) matrix, whatever the catalogue's size."""
+
+    def __init__(self, features: CatalogueFeatures, dim: int):
+        super().__init__()
+        self.features = features  # shared by the input and output encoders, fixed
+        self.mix = nn.Linear(features.width, dim, bias=False)
+
+    def forward(self, descriptors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.features(descriptors))  # (..., dim)
 
 
 class CausalSelfAttention(nn.Module):
@@ -192,7 +222,14 @@ class ProfileTransformer(nn.Module):
     def __init__(self, config: ProfileConfig, descriptors: torch.Tensor):
         super().__init__()
         self.config = config
-        self.input_items = HashedItemEncoder(config, config.d_model)
+        if config.fixed_item_vectors:
+            if config.local_items or config.tie_item_tables:
+                raise ValueError("fixed_item_vectors has its own item encoders: build it without local_items "
+                                 "and tie_item_tables")
+            features = CatalogueFeatures(config, config.d_model)
+            self.input_items = FixedFeatureItemEncoder(features, config.d_model)
+        else:
+            self.input_items = HashedItemEncoder(config, config.d_model)
         self.embed = EventEmbedding(config)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
@@ -201,9 +238,11 @@ class ProfileTransformer(nn.Module):
             nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.profile_dim)
         )
         # Untied by default: ghost clipping (DP) refuses one trained embedding used on both sides.
-        if config.tie_item_tables or config.fixed_item_vectors:
+        if config.fixed_item_vectors:
+            self.output_items = FixedFeatureItemEncoder(self.input_items.features, config.profile_dim)
+        elif config.tie_item_tables:
             if config.d_model != config.profile_dim:
-                raise ValueError("tie_item_tables and fixed_item_vectors need d_model == profile_dim")
+                raise ValueError("tie_item_tables needs d_model == profile_dim")
             self.output_items = self.input_items
         else:
             self.output_items = HashedItemEncoder(config, config.profile_dim)

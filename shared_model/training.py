@@ -232,10 +232,10 @@ def train(
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
     scored = ema.module if ema is not None else model  # what validation sees and what is kept
     if privacy is not None:
-        if model.config.tie_item_tables and not model.config.fixed_item_vectors:
+        if model.config.tie_item_tables:
             raise ValueError(
-                "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one trained item table used "
-                "for both inputs and outputs; build the model with tie_item_tables=False (or fixed_item_vectors=True)"
+                "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one item table used for "
+                "both inputs and outputs; build the model with tie_item_tables=False"
             )
         from opacus import PrivacyEngine
 

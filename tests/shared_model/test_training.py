@@ -50,17 +50,19 @@ def test_tied_item_tables_train_plainly_and_dp_refuses_them(small_log):
 
 
 def test_fixed_item_vectors_train_only_the_sequence_model_under_dp(small_log):
-    """One fixed item encoder on both sides: DP-SGD accepts it (nothing tied is trained) and leaves it untouched."""
+    """Fixed catalogue features shared by both sides: DP-SGD accepts them (nothing shared is trained), leaves them
+    untouched and trains the two mixes on top and the sequence model."""
     from shared_model.privacy import PrivacyConfig
 
     config = ProfileConfig(**{**CONFIG.to_dict(), "fixed_item_vectors": True})
     data = build_sequences(small_log.events, small_log.users, config.hash_spec, max_len=config.max_len)
     torch.manual_seed(0)
     model = ProfileTransformer(config, data.catalogue.descriptors)
-    assert model.output_items is model.input_items
+    assert model.output_items.features is model.input_items.features
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trained and not any(n.startswith("input_items.") for n in trained)
+    assert {"input_items.mix.weight", "output_items.mix.weight"} <= trained
+    assert not any(".features." in n for n in trained)
     result = train(model, data, TrainConfig(epochs=1, batch_size=32, negatives=64, optimizer="sgd", lr=0.1,
                                             show_progress=False),
                    privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5), device=torch.device("cpu"))
@@ -68,6 +70,7 @@ def test_fixed_item_vectors_train_only_the_sequence_model_under_dp(small_log):
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], before[n]) for n in before if n not in trained)
     assert not torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(after["output_items.mix.weight"], before["output_items.mix.weight"])
 
 
 def test_trimming_shared_padding_changes_neither_profiles_nor_loss(small_log):
