@@ -21,7 +21,7 @@ class TouchedRowsFedAvg(FedAvg):
 
     # Set after construction: FedAvgM and FedProx pass only FedAvg's own arguments up their __init__.
     table_names: frozenset[str] = frozenset()
-    _sent: dict[str, np.ndarray] = {}
+    _sent: dict[str, np.ndarray] | None = None  # this round's tables as sent, set by configure_train
 
     def configure_train(self, server_round, arrays, config, grid):
         self._sent = {name: arrays[name].numpy() for name in self.table_names if name in arrays}

@@ -92,6 +92,9 @@ class RunConfig:
         if self.sparse_rows and self.strategy not in ("fedavg", "fedavgm", "fedprox"):
             problems.append(f"sparse-rows works with the averaging strategies (fedavg, fedavgm, fedprox), "
                             f"not {self.strategy!r}; set sparse-rows = false or pick one of those")
+        if self.fixed_item_vectors and self.local_table:
+            problems.append("fixed-item-vectors and local-table cannot both be true: the fixed catalogue features "
+                            "have no merchant-local residual; turn one of them off")
         if not 0 <= self.trim_beta < 0.5:
             problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
         if problems:

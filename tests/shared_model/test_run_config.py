@@ -41,6 +41,7 @@ def test_parses_strings_from_the_command_line():
         ({"local-epochs": 0}, "local-epochs must be positive"),
         ({"server-momentum": 1.0}, "server-momentum must be in"),
         ({"sparse-rows": "true", "strategy": "krum"}, "sparse-rows works with the averaging strategies"),
+        ({"fixed-item-vectors": "true", "local-table": "true"}, "fixed-item-vectors and local-table cannot both"),
     ],
 )
 def test_refuses_bad_settings_with_the_key_named(values, message):
