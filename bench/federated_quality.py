@@ -23,7 +23,8 @@ BEAUTY = Path(__file__).resolve().parents[2] / "shared/data/amazon-beauty"
 # of 16 customers, so eight merchants together take as many steps per epoch as the centralized model does
 # on batches of 128 (its best batch); with 128 per merchant, FedAvg took 8x fewer effective steps (0.366).
 # One block as in the centralized benchmark; FedAvgM with server momentum 0.5; dropout 0.2 for both (the
-# federation's best by validation; the centralized model's is 0.3, also reported in docs/benchmarks.md, 4b).
+# federation's best by validation on seed 0; the centralized model's is 0.3, also reported in docs/benchmarks.md,
+# 4b). Judge the ratio over seeds (`-- --set seed=N`, then bench/federated_seeds.py): one run's noise is ~0.002.
 BEAUTY_ARGS = ["--data", str(BEAUTY), "--format", "amazon", "--merchants", "8", "--partitioning", "iid",
                "--rounds", "20", "--local-epochs", "1", "--set", "batch-size=16", "--centralized-batch-size", "128",
                "--set", "negatives=1024", "--set", "lr=1e-3", "--set", "dropout=0.2", "--set", "n-heads=1",
