@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, Message
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
 from shared_model.federated import embedding_table_names, touched_row_average
-from shared_model.run_config import RunConfig
+from shared_model.run_config import AVERAGING_STRATEGIES, RunConfig
 
 log = logging.getLogger("fedprofile.server")
 
@@ -50,19 +50,24 @@ class TouchedRowsFedProx(FedProx, TouchedRowsFedAvg):
     pass
 
 
+_AVERAGING = {"fedavg": (FedAvg, TouchedRowsFedAvg), "fedavgm": (FedAvgM, TouchedRowsFedAvgM),
+              "fedprox": (FedProx, TouchedRowsFedProx)}  # strategy -> (Flower's, with sparse-rows)
+
+
 def make_strategy(run: RunConfig) -> Strategy:
     """Flower's own strategies; fedprofile adds only the screening and the bookkeeping around them, and
     (`sparse-rows`) the row-wise average of the embedding tables for the averaging strategies."""
     common = dict(fraction_train=run.fraction_train, fraction_evaluate=run.fraction_evaluate,
                   min_train_nodes=run.min_replies, min_evaluate_nodes=run.min_replies if run.fraction_evaluate else 0,
                   min_available_nodes=run.min_replies)
-    if run.sparse_rows and run.strategy in ("fedavg", "fedavgm", "fedprox"):
-        strategy = _averaging_strategy(run, common, fedavg=TouchedRowsFedAvg, fedavgm=TouchedRowsFedAvgM,
-                                       fedprox=TouchedRowsFedProx)
-        strategy.table_names = embedding_table_names(run.model_config())
+    if run.strategy in AVERAGING_STRATEGIES:
+        plain, rowwise = _AVERAGING[run.strategy]
+        extra = {"fedavgm": dict(server_momentum=run.server_momentum),
+                 "fedprox": dict(proximal_mu=run.proximal_mu)}.get(run.strategy, {})
+        strategy = (rowwise if run.sparse_rows else plain)(**common, **extra)
+        if run.sparse_rows:
+            strategy.table_names = embedding_table_names(run.model_config())
         return strategy
-    if run.strategy in ("fedavg", "fedavgm", "fedprox"):
-        return _averaging_strategy(run, common, fedavg=FedAvg, fedavgm=FedAvgM, fedprox=FedProx)
     if run.strategy == "fedadam":
         return FedAdam(**common, eta=run.server_lr, eta_l=run.lr, tau=run.server_tau)
     if run.strategy == "fedmedian":
@@ -72,14 +77,6 @@ def make_strategy(run: RunConfig) -> Strategy:
     if run.strategy == "krum":
         return Krum(**common, num_malicious_nodes=run.krum_byzantine)
     raise ValueError(f"unknown strategy {run.strategy!r}")
-
-
-def _averaging_strategy(run: RunConfig, common: dict, *, fedavg, fedavgm, fedprox) -> FedAvg:
-    if run.strategy == "fedavgm":
-        return fedavgm(**common, server_momentum=run.server_momentum)
-    if run.strategy == "fedprox":
-        return fedprox(**common, proximal_mu=run.proximal_mu)
-    return fedavg(**common)
 
 
 # Server-side optimiser state that must survive a restart: FedAdam's moments (dicts by weight name) and

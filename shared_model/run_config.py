@@ -13,6 +13,7 @@ from shared_model.privacy import PrivacyConfig, delta_for
 from shared_model.training import LR_SCHEDULES, TrainConfig
 
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
+AVERAGING_STRATEGIES = ("fedavg", "fedavgm", "fedprox")  # weighted means of the replies (sparse-rows applies)
 PARTITIONINGS = ("natural", "iid", "dirichlet")
 
 
@@ -89,8 +90,8 @@ class RunConfig:
             problems.append(f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if not 0 <= self.server_momentum < 1:
             problems.append(f"server-momentum must be in [0, 1), got {self.server_momentum}")
-        if self.sparse_rows and self.strategy not in ("fedavg", "fedavgm", "fedprox"):
-            problems.append(f"sparse-rows works with the averaging strategies (fedavg, fedavgm, fedprox), "
+        if self.sparse_rows and self.strategy not in AVERAGING_STRATEGIES:
+            problems.append(f"sparse-rows works with the averaging strategies ({', '.join(AVERAGING_STRATEGIES)}), "
                             f"not {self.strategy!r}; set sparse-rows = false or pick one of those")
         if self.fixed_item_vectors and self.local_table:
             problems.append("fixed-item-vectors and local-table cannot both be true: the fixed catalogue features "

@@ -75,7 +75,6 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
 
-
 def scheduled_lr(config: TrainConfig, epochs_done: float) -> float:
     """The learning rate after `epochs_done` epochs of this call (fractions count), on the run's schedule."""
     if config.lr_schedule == "constant":
