@@ -61,6 +61,11 @@ def main() -> None:
         c = m["centralized"]
         print(f"centralized ({c['epochs']:g} epochs, batch {c.get('batch_size', '?')}): test NDCG@10 {c['ndcg@10']:.4f} HR@10 {c['hr@10']:.4f} "
               f"({c['train_seconds']:.0f} s training); federated / centralized NDCG@10 = {m['ndcg@10'] / c['ndcg@10']:.3f}")
+        paired = c.get("paired") or {}
+        if paired.get("low") is not None:
+            print(f"the same users under both models: ratio {paired['ratio']:.3f}, {paired['level']:.0%} paired bootstrap "
+                  f"interval [{paired['low']:.3f}, {paired['high']:.3f}] over {paired['users']} test users "
+                  "(test-set noise only; the seed's training noise comes on top: bench/federated_seeds.py)")
     if m["dp"]:
         eps = m["epsilon"].values()
         print(f"epsilon per merchant: min {min(eps):.3f} max {max(eps):.3f} (target {m['target_epsilon']})")

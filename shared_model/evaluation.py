@@ -28,25 +28,18 @@ def last_profiles(model, sequences: SequenceSet, *, device: torch.device, batch_
 
 
 @torch.no_grad()
-def evaluate(
-    model, sequences: SequenceSet, *, device: torch.device, ks: tuple[int, ...] = (10, 20), batch_size: int = 1024
-) -> dict[str, float]:
-    """HR@K, NDCG@K and MRR of the held-out item over the whole catalogue.
+def held_out_ranks(model, sequences: SequenceSet, *, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+    """Each user's held-out item's rank over the whole catalogue: (U,) float64 on CPU, in the users' order.
 
-    Protocol: the held-out item is ranked against every other catalogue item; items the user interacted
-    with before it are removed from the ranking (the target itself is kept even if it was seen before);
-    rank = number of remaining items scored strictly higher. HR@K = P(rank < K),
-    NDCG@K = mean(1/log2(rank + 2) if rank < K), MRR = mean(1/(rank + 1)) with no cut-off."""
-    n = len(sequences)
-    if n == 0:
-        return {**{f"hr@{k}": 0.0 for k in ks}, **{f"ndcg@{k}": 0.0 for k in ks}, "mrr": 0.0, "users": 0}
+    Items the user interacted with before the target are removed from the ranking (the target itself is kept
+    even if it was seen before); rank = number of remaining items scored strictly higher."""
     was_training = model.training
     model.eval()
     items = model.item_vectors(torch.arange(model.descriptors.shape[0], device=device)).float()  # (N+1, k)
     model.train(was_training)
     ranks = []
     profiles_all = last_profiles(model, sequences, device=device, batch_size=batch_size)  # (U, k)
-    for start in range(0, n, batch_size):
+    for start in range(0, len(sequences), batch_size):
         part = slice(start, start + batch_size)
         scores = profiles_all[part].to(device) @ items.T  # (b, N+1)
         targets = sequences.target_items[part].to(device)
@@ -59,12 +52,47 @@ def evaluate(
         scores[:, 0] = float("-inf")  # padding index is not an item
         scores[rows, targets] = float("-inf")
         ranks.append((scores > target_scores[:, None]).sum(dim=1).cpu())
-    rank = torch.cat(ranks).double()
+    return torch.cat(ranks).double() if ranks else torch.zeros(0, dtype=torch.float64)
+
+
+def ndcg_at(ranks: torch.Tensor, k: int) -> torch.Tensor:
+    """Per-user NDCG@k of one held-out item from its rank: 1 / log2(rank + 2) inside the top k, else 0."""
+    return torch.where(ranks < k, 1.0 / torch.log2(ranks + 2), torch.zeros_like(ranks))
+
+
+def evaluate(
+    model, sequences: SequenceSet, *, device: torch.device, ks: tuple[int, ...] = (10, 20), batch_size: int = 1024
+) -> dict[str, float]:
+    """HR@K, NDCG@K and MRR of the held-out item over the whole catalogue (history masked, see
+    `held_out_ranks`): HR@K = P(rank < K), NDCG@K = mean(1/log2(rank + 2) if rank < K), MRR = mean(1/(rank + 1))
+    with no cut-off."""
+    n = len(sequences)
+    if n == 0:
+        return {**{f"hr@{k}": 0.0 for k in ks}, **{f"ndcg@{k}": 0.0 for k in ks}, "mrr": 0.0, "users": 0}
+    rank = held_out_ranks(model, sequences, device=device, batch_size=batch_size)
     metrics = {}
     for k in ks:
-        hit = rank < k
-        metrics[f"hr@{k}"] = float(hit.double().mean())
-        metrics[f"ndcg@{k}"] = float(torch.where(hit, 1.0 / torch.log2(rank + 2), torch.zeros_like(rank)).mean())
+        metrics[f"hr@{k}"] = float((rank < k).double().mean())
+        metrics[f"ndcg@{k}"] = float(ndcg_at(rank, k).mean())
     metrics["mrr"] = float((1.0 / (rank + 1)).mean())
     metrics["users"] = n
     return metrics
+
+
+def paired_ratio(numerator: np.ndarray, denominator: np.ndarray, *, resamples: int = 2000, level: float = 0.95,
+                 seed: int = 0) -> dict[str, float]:
+    """mean(numerator) / mean(denominator) of two models' per-user metrics on the same users, with a paired
+    bootstrap interval (users resampled, both models together): the test-set sampling noise of the ratio, not
+    the training noise of either model. With so few non-zero users that resamples divide by zero, the interval
+    is None."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"need two equally long per-user vectors of at least 2 users, got {a.shape} and {b.shape}")
+    interval = bootstrap((a, b), lambda x, y, axis: x.mean(axis) / y.mean(axis), paired=True, vectorized=True,
+                         n_resamples=resamples, confidence_level=level, method="percentile", batch=100,
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    finite = np.isfinite(interval.low) and np.isfinite(interval.high)
+    return {"ratio": float(a.mean() / b.mean()), "low": float(interval.low) if finite else None,
+            "high": float(interval.high) if finite else None, "level": level, "users": len(a)}

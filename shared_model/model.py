@@ -33,7 +33,7 @@ class ProfileConfig:
     local_items: int = 0  # rows of the merchant-local residual table (0 = off; else num_items + 1)
     tie_item_tables: bool = False  # one item encoder for inputs and outputs (plain training only)
     frozen_item_ids: bool = False  # keep the hashed item-id tables at their random start (fewer noised weights under DP)
-    fixed_item_vectors: bool = False  # item vectors = a trained mix of fixed random catalogue features (no item tables trained)
+    fixed_item_vectors: bool = False  # item and category vectors = trained mixes of fixed random catalogue features
     recency_positions: bool = False  # position ids count back from the newest event (as left-padded SASRec)
 
     @property
@@ -129,6 +129,19 @@ class FixedFeatureItemEncoder(nn.Module):
 
     def forward(self, descriptors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return self.mix(self.features(descriptors))  # (..., dim)
+
+
+class FixedFeatureCategoryEncoder(nn.Module):
+    """A category vector as a trained linear map of the fixed category feature: (dim, k) weights instead of a
+    trained row per category bucket."""
+
+    def __init__(self, features: CatalogueFeatures, dim: int, out_dim: int):
+        super().__init__()
+        self.features = features  # fixed, shared with the item encoders
+        self.mix = nn.Linear(dim, out_dim, bias=False)
+
+    def forward(self, categories: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.features.tables[2](categories))  # (..., k)
 
 
 class CausalSelfAttention(nn.Module):
@@ -247,8 +260,12 @@ class ProfileTransformer(nn.Module):
         else:
             self.output_items = HashedItemEncoder(config, config.profile_dim)
         # Category interests score the merchant's own categories (hashed), not a fixed global list.
-        self.category_vectors = nn.Embedding(config.category_buckets, config.profile_dim)
-        nn.init.normal_(self.category_vectors.weight, std=0.02)
+        if config.fixed_item_vectors:
+            self.category_vectors = FixedFeatureCategoryEncoder(self.input_items.features, config.d_model,
+                                                                config.profile_dim)
+        else:
+            self.category_vectors = nn.Embedding(config.category_buckets, config.profile_dim)
+            nn.init.normal_(self.category_vectors.weight, std=0.02)
         self.purchase_head = nn.Linear(config.profile_dim, 1)
         # The merchant's catalogue descriptors: data, not parameters, and never sent anywhere.
         self.register_buffer("descriptors", descriptors.long(), persistent=False)

@@ -56,7 +56,7 @@ class RunConfig:
     item_buckets: int = 1 << 15
     local_table: bool = False  # a merchant-local item residual table (never leaves the merchant)
     frozen_item_ids: bool = False  # keep the hashed item-id tables fixed (fewer noised weights under DP)
-    fixed_item_vectors: bool = False  # item vectors = a trained mix of fixed random catalogue features
+    fixed_item_vectors: bool = False  # item and category vectors = trained mixes of fixed random catalogue features
     # simulation data (deployment merchants read theirs from node_config)
     data: str = "synthetic"  # "synthetic" (built-in merchants) or a data set path
     data_format: str = "synthetic"

@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from shared_model.run_config import RunConfig
@@ -62,11 +63,13 @@ def run_simulation(run: RunConfig, num_merchants: int, *, on_round=None, cpus_pe
     return outcome["result"]
 
 
-def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int | None = None) -> dict:
+def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int | None = None,
+                         federated_model: str | Path | None = None) -> dict:
     """One model trained on the union of the merchants' customers with the federation's epoch budget
     (rounds x local epochs) and the same privacy setting, evaluated like the federation: on each merchant's
     own test users and catalogue, weighted by test users. `batch_size` (default: the merchants') lets the
-    baseline keep its own best batch when merchants train on smaller local batches."""
+    baseline keep its own best batch when merchants train on smaller local batches. With `federated_model`
+    (the federation's published model), `paired` compares the two user by user (see `paired_comparison`)."""
     from shared_model.federated import local_evaluate
     from shared_model.model import ProfileTransformer
     from shared_model.training import pick_device, train
@@ -89,8 +92,41 @@ def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int 
         total += per_merchant[merchant.name]["users"]
     metrics = {key: sum(m[key] * m["users"] for m in per_merchant.values()) / max(total, 1)
                for key in ("hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10")}
-    return {**metrics, "epochs": epochs, "batch_size": central.batch_size, "epsilon": result.epsilon, "delta": result.delta,
-            "train_seconds": seconds, "users": len(data.train), "merchant_metrics": per_merchant}
+    out = {**metrics, "epochs": epochs, "batch_size": central.batch_size, "epsilon": result.epsilon,
+           "delta": result.delta, "train_seconds": seconds, "users": len(data.train), "merchant_metrics": per_merchant}
+    if federated_model is not None and not run.local_table:  # with local tables the federated model is per merchant
+        out["paired"] = paired_comparison(run, num_merchants, federated_model, model)
+    return out
+
+
+PAIRED_FILE = "paired-ndcg.npz"  # per-user test NDCG@10 of the federated and the centralized model
+
+
+def paired_comparison(run: RunConfig, num_merchants: int, federated_model: str | Path, centralized) -> dict:
+    """Federated / centralized test NDCG@10 over the same users (every merchant's test users on its own
+    catalogue), with a paired bootstrap interval over users; the per-user figures are kept in the run folder
+    (PAIRED_FILE) so that seeds can be pooled. It needs every merchant's customers in one place, which only a
+    simulation has: nothing here is part of a federated reply."""
+    from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
+    from shared_model.evaluation import held_out_ranks, ndcg_at, paired_ratio
+    from shared_model.training import pick_device
+    from simulations.datasets import simulated_merchants
+
+    config, shared, manifest = load_global_model(resolve_model_folder(federated_model))
+    device = pick_device()
+    federated, central = [], []
+    for merchant in simulated_merchants(run, num_merchants):
+        catalogue = merchant.sequences.catalogue
+        centralized.set_catalogue(catalogue.descriptors)
+        for model, into in ((model_for_catalogue(config, shared, catalogue).to(device), federated),
+                            (centralized.to(device), central)):
+            into.append(ndcg_at(held_out_ranks(model, merchant.sequences.test, device=device), 10).numpy())
+    federated, central = np.concatenate(federated), np.concatenate(central)
+    np.savez_compressed(run.run_path / PAIRED_FILE, federated=federated, centralized=central)
+    summary = {"metric": "ndcg@10", "federated_version": manifest.get("version"), "users": len(central)}
+    if not central.sum() > 0:
+        return {**summary, "ratio": None, "why": "the centralized model ranks no test user's item in its top 10"}
+    return {**summary, **paired_ratio(federated, central, seed=run.seed)}
 
 
 def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized: bool = False, on_round=None,
@@ -128,7 +164,8 @@ def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized
         "history": result.history,
     }
     if centralized:
-        metrics["centralized"] = centralized_baseline(run, num_merchants, batch_size=centralized_batch_size)
+        metrics["centralized"] = centralized_baseline(run, num_merchants, batch_size=centralized_batch_size,
+                                                      federated_model=result.model_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     write_report(metrics, out)
     return metrics

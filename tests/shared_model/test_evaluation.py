@@ -9,7 +9,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from shared_model.evaluation import evaluate
+import pytest
+
+from shared_model.evaluation import evaluate, held_out_ranks, ndcg_at, paired_ratio
 from shared_model.features import EVENT_FIELDS, SequenceSet
 
 
@@ -58,6 +60,29 @@ def test_ranks_over_the_whole_catalogue_with_history_masked():
     assert math.isclose(metrics["ndcg@3"], expected_ndcg3)
     assert math.isclose(metrics["mrr"], np.mean(1 / (ranks + 1)))
     assert metrics["users"] == 3
+    # the per-user ranks behind those figures, in the users' order
+    per_user = held_out_ranks(FixedScores(scores), sequences, device=torch.device("cpu"))
+    assert per_user.tolist() == ranks.tolist()
+    assert ndcg_at(per_user, 3).tolist() == pytest.approx([1 / math.log2(3), 1.0, 0.0])
+
+
+def test_paired_ratio_interval_covers_user_noise_and_nothing_else():
+    rng = np.random.default_rng(1)
+    base = np.where(rng.random(5000) < 0.1, rng.random(5000), 0.0)  # per-user NDCG: mostly zeros
+    same = paired_ratio(base, base)
+    assert same["ratio"] == same["low"] == same["high"] == pytest.approx(1.0)  # identical models: no doubt at all
+    scaled = paired_ratio(0.9 * base, base)  # every user scored 10% lower: paired, the interval is a point
+    assert scaled["low"] == pytest.approx(0.9) and scaled["high"] == pytest.approx(0.9)
+    # a model that wins on some users and loses on others: the interval has width and holds the ratio
+    mixed = np.where(rng.random(5000) < 0.5, base * 1.5, base * 0.5)
+    wide = paired_ratio(mixed, base)
+    assert wide["low"] < wide["ratio"] < wide["high"] and wide["high"] - wide["low"] > 0.02
+    assert wide["ratio"] == pytest.approx(mixed.mean() / base.mean()) and wide["users"] == 5000
+    few = np.zeros(20)
+    few[0] = 1.0  # one hit among 20 users: most resamples of the denominator are all zeros
+    assert paired_ratio(few, few)["low"] is None and paired_ratio(few, few)["ratio"] == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_ratio(base, base[:-1])
 
 
 def test_padding_index_is_never_ranked():

@@ -50,8 +50,9 @@ def test_tied_item_tables_train_plainly_and_dp_refuses_them(small_log):
 
 
 def test_fixed_item_vectors_train_only_the_sequence_model_under_dp(small_log):
-    """Fixed catalogue features shared by both sides: DP-SGD accepts them (nothing shared is trained), leaves them
-    untouched and trains the two mixes on top and the sequence model."""
+    """Fixed catalogue features shared by both sides and the category scorer: DP-SGD accepts them (nothing shared
+    is trained), leaves them untouched and trains the three mixes on top and the sequence model; no weight is
+    trained per item or per category."""
     from shared_model.privacy import PrivacyConfig
 
     config = ProfileConfig(**{**CONFIG.to_dict(), "fixed_item_vectors": True})
@@ -61,8 +62,10 @@ def test_fixed_item_vectors_train_only_the_sequence_model_under_dp(small_log):
     assert model.output_items.features is model.input_items.features
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert {"input_items.mix.weight", "output_items.mix.weight"} <= trained
+    assert {"input_items.mix.weight", "output_items.mix.weight", "category_vectors.mix.weight"} <= trained
     assert not any(".features." in n for n in trained)
+    assert model.category_vectors.features is model.input_items.features
+    assert all(p.shape[0] < config.category_buckets for n, p in model.named_parameters() if p.requires_grad)
     result = train(model, data, TrainConfig(epochs=1, batch_size=32, negatives=64, optimizer="sgd", lr=0.1,
                                             show_progress=False),
                    privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5), device=torch.device("cpu"))
@@ -71,6 +74,7 @@ def test_fixed_item_vectors_train_only_the_sequence_model_under_dp(small_log):
     assert all(torch.equal(after[n], before[n]) for n in before if n not in trained)
     assert not torch.equal(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"])
     assert not torch.equal(after["output_items.mix.weight"], before["output_items.mix.weight"])
+    assert not torch.equal(after["category_vectors.mix.weight"], before["category_vectors.mix.weight"])
 
 
 def test_trimming_shared_padding_changes_neither_profiles_nor_loss(small_log):

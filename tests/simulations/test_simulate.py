@@ -27,6 +27,20 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
     assert metrics["centralized"]["epochs"] == 2 and 0 <= metrics["centralized"]["ndcg@10"] <= 1
     assert (out / "report.md").exists() and (out / "metrics.png").exists() and (out / "epsilon.png").exists()
 
+    # the user-by-user comparison scores the same users with the published model and the baseline: its means are
+    # the two reported figures (the federation's comes from the merchants' evaluate replies)
+    import numpy as np
+
+    paired = metrics["centralized"]["paired"]
+    users = np.load(out / "paired-ndcg.npz")
+    assert len(users["federated"]) == len(users["centralized"]) == paired["users"] > 0
+    assert users["federated"].mean() == pytest.approx(metrics["ndcg@10"], abs=1e-9)
+    assert users["centralized"].mean() == pytest.approx(metrics["centralized"]["ndcg@10"], abs=1e-9)
+    if users["centralized"].sum() > 0:
+        assert paired["ratio"] == pytest.approx(metrics["ndcg@10"] / metrics["centralized"]["ndcg@10"])
+        if paired["low"] is not None:  # a few dozen test users may leave resamples without a single hit
+            assert paired["low"] <= paired["ratio"] <= paired["high"]
+
     # the published global model loads, and runs over a merchant's own catalogue
     from shared_model.checkpoint import load_global_model, model_for_catalogue
     from simulations.datasets import simulated_merchants
