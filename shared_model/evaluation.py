@@ -80,7 +80,7 @@ def evaluate(
 
 
 def paired_ratio(numerator: np.ndarray, denominator: np.ndarray, *, resamples: int = 2000, level: float = 0.95,
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0) -> dict[str, float | int | None]:
     """mean(numerator) / mean(denominator) of two models' per-user metrics on the same users, with a paired
     bootstrap interval (users resampled, both models together): the test-set sampling noise of the ratio, not
     the training noise of either model. With so few non-zero users that resamples divide by zero, the interval

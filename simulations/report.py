@@ -62,7 +62,8 @@ def write_report(metrics: dict, out: Path) -> Path:
         ratio = metrics["ndcg@10"] / c["ndcg@10"] if c["ndcg@10"] and metrics["ndcg@10"] is not None else float("nan")
         lines += [f"Centralized baseline ({c['epochs']} epochs on the union of the merchants' users"
                   + (f", epsilon {c['epsilon']:.2f}" if metrics["dp"] else "") + f"): HR@10 {_fmt(c['hr@10'])}, "
-                  f"NDCG@10 {_fmt(c['ndcg@10'])}; federated / centralized NDCG@10 = {ratio:.3f}", ""]
+                  f"NDCG@10 {_fmt(c['ndcg@10'])}; federated / centralized NDCG@10 = {ratio:.3f}"
+                  + _paired_interval(c.get("paired") or {}), ""]
     lines += ["![metrics](metrics.png)", "", "![epsilon](epsilon.png)", "", "## Rounds", "",
               "| round | merchants trained | refused | rejected | loss | HR@10 | NDCG@10 | max epsilon | seconds |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -81,3 +82,10 @@ def write_report(metrics: dict, out: Path) -> Path:
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def _paired_interval(paired: dict) -> str:
+    if paired.get("low") is None:
+        return ""
+    return (f" ({paired['level']:.0%} paired bootstrap interval over the same {paired['users']} test users: "
+            f"{paired['low']:.3f}-{paired['high']:.3f})")
