@@ -50,6 +50,13 @@ def is_shared(name: str) -> bool:
     return not name.startswith(LOCAL_PARAMETER_PREFIXES)
 
 
+def title_mean(table: nn.Embedding, descriptors: torch.Tensor) -> torch.Tensor:
+    """The mean of an item's hashed title-word vectors: descriptors (..., 5 + W), 0 = no word -> (..., dim)."""
+    words = descriptors[..., 5:]  # (..., W)
+    present = (words > 0).unsqueeze(-1).to(table.weight.dtype)  # (..., W, 1)
+    return (table(words) * present).sum(-2) / present.sum(-2).clamp(min=1.0)
+
+
 class HashedItemEncoder(nn.Module):
     """An item vector from public descriptors only: two hashed id tables, category, brand, price bucket,
     the mean of hashed title words, plus an optional merchant-local residual; no global item vocabulary."""
@@ -79,16 +86,13 @@ class HashedItemEncoder(nn.Module):
 
     def forward(self, descriptors: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         # descriptors: (..., 5 + W) from Catalogue.descriptors[items]; items: (...) local indices
-        words = descriptors[..., 5:]  # (..., W), 0 = no word
-        present = (words > 0).unsqueeze(-1).to(self.title.weight.dtype)  # (..., W, 1)
-        title = (self.title(words) * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (..., dim)
         out = (
             self.hash_a(descriptors[..., 0])
             + self.hash_b(descriptors[..., 1])
             + self.category(descriptors[..., 2])
             + self.brand(descriptors[..., 3])
             + self.price(descriptors[..., 4])
-            + title
+            + title_mean(self.title, descriptors)
         )
         if self.local is not None:
             out = out + self.local(items)
@@ -111,11 +115,12 @@ class CatalogueFeatures(nn.Module):
 
     def forward(self, descriptors: torch.Tensor) -> torch.Tensor:
         # descriptors: (..., 5 + W)
-        words = descriptors[..., 5:]  # (..., W), 0 = no word
-        present = (words > 0).unsqueeze(-1).to(self.tables[5].weight.dtype)  # (..., W, 1)
-        title = (self.tables[5](words) * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (..., dim)
         parts = [table(descriptors[..., i]) for i, table in enumerate(self.tables[:5])]
-        return torch.cat([*parts, title], dim=-1)  # (..., 6 dim)
+        return torch.cat([*parts, title_mean(self.tables[5], descriptors)], dim=-1)  # (..., 6 dim)
+
+    def category(self, categories: torch.Tensor) -> torch.Tensor:
+        """The fixed vector of each category bucket: (...) -> (..., dim)."""
+        return self.tables[2](categories)
 
 
 class FixedFeatureItemEncoder(nn.Module):
@@ -141,7 +146,7 @@ class FixedFeatureCategoryEncoder(nn.Module):
         self.mix = nn.Linear(dim, out_dim, bias=False)
 
     def forward(self, categories: torch.Tensor) -> torch.Tensor:
-        return self.mix(self.features.tables[2](categories))  # (..., k)
+        return self.mix(self.features.category(categories))  # (..., k)
 
 
 class CausalSelfAttention(nn.Module):

@@ -114,12 +114,13 @@ def paired_comparison(run: RunConfig, num_merchants: int, federated_model: str |
 
     config, shared, manifest = load_global_model(resolve_model_folder(federated_model))
     device = pick_device()
+    merchants = simulated_merchants(run, num_merchants)
+    global_model = model_for_catalogue(config, shared, merchants[0].sequences.catalogue).to(device)
+    centralized.to(device)
     federated, central = [], []
-    for merchant in simulated_merchants(run, num_merchants):
-        catalogue = merchant.sequences.catalogue
-        centralized.set_catalogue(catalogue.descriptors)
-        for model, into in ((model_for_catalogue(config, shared, catalogue).to(device), federated),
-                            (centralized.to(device), central)):
+    for merchant in merchants:
+        for model, into in ((global_model, federated), (centralized, central)):
+            model.set_catalogue(merchant.sequences.catalogue.descriptors)
             into.append(ndcg_at(held_out_ranks(model, merchant.sequences.test, device=device), 10).numpy())
     federated, central = np.concatenate(federated), np.concatenate(central)
     np.savez_compressed(run.run_path / PAIRED_FILE, federated=federated, centralized=central)

@@ -6,10 +6,9 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
-
-import pytest
 
 from shared_model.evaluation import evaluate, held_out_ranks, ndcg_at, paired_ratio
 from shared_model.features import EVENT_FIELDS, SequenceSet
