@@ -20,6 +20,7 @@ app = ClientApp()
 # Keys of `context.state`
 STATE_PRIVACY = "fedprofile.privacy"
 STATE_LOCAL = "fedprofile.local"
+STATE_OPTIMIZER = "fedprofile.optimizer"
 
 
 @app.train()
@@ -33,7 +34,8 @@ def train(msg: Message, context: Context) -> Message:
     model = _model(run, merchant, state, msg.content["arrays"])
     update = local_round(model, merchant.sequences, run, ledger_state=state.ledger, server_round=server_round,
                          epsilon_cap=_float(context.node_config.get("max-epsilon")),
-                         proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0, device=pick_device())
+                         proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
+                         optimizer_state=_optimizer_state(context), device=pick_device())
     metrics = {
         "num-examples": update.num_examples,
         "train-loss": update.loss if math.isfinite(update.loss) else 0.0,
@@ -46,6 +48,8 @@ def train(msg: Message, context: Context) -> Message:
     state.record(run_id, server_round, ledger=update.ledger_state, local=update.local_state,
                  reply={"shared_state": update.shared_state, "metrics": metrics, "refused": update.refused})
     _save_state(context, state)
+    if update.optimizer_state:
+        context.state[STATE_OPTIMIZER] = ArrayRecord(update.optimizer_state)
     return _train_reply(msg, merchant.name, update.shared_state, metrics, refused=update.refused)
 
 
@@ -108,6 +112,11 @@ def _save_state(context: Context, state: MerchantState) -> None:
     context.state[STATE_PRIVACY] = ConfigRecord({"ledger": json.dumps(state.ledger), "rounds": json.dumps(state.rounds)})
     if state.local:
         context.state[STATE_LOCAL] = ArrayRecord(state.local)
+
+
+def _optimizer_state(context: Context):
+    """The merchant's optimizer moments from its previous round (`keep-optimizer-state`), in memory only."""
+    return context.state[STATE_OPTIMIZER].to_torch_state_dict() if STATE_OPTIMIZER in context.state else None
 
 
 def _model(run: RunConfig, merchant, state: MerchantState, arrays: ArrayRecord):

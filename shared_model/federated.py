@@ -65,6 +65,7 @@ class LocalUpdate:
     steps: int = 0
     seconds: float = 0.0
     ledger_state: dict | None = None
+    optimizer_state: dict[str, torch.Tensor] = field(default_factory=dict)  # stays on the merchant
     refused: str | None = None  # why the merchant did not train (its privacy budget is spent)
 
 
@@ -77,6 +78,7 @@ def local_round(
     server_round: int = 0,
     epsilon_cap: float | None = None,
     proximal_mu: float = 0.0,
+    optimizer_state: dict[str, torch.Tensor] | None = None,
     device: torch.device,
 ) -> LocalUpdate:
     """Train `model` (already holding the global shared weights) for the run's local epochs on this merchant's
@@ -86,7 +88,8 @@ def local_round(
     started = time.perf_counter()
     try:
         result = train(model, data, run.train_config(server_round=server_round), privacy=privacy,
-                       ledger_state=ledger_state, device=device, validate=False, proximal_mu=proximal_mu)
+                       ledger_state=ledger_state, device=device, validate=False, proximal_mu=proximal_mu,
+                       optimizer_state=optimizer_state if run.keep_optimizer_state else None)
     except PrivacyBudgetExhausted as exc:
         ledger = PrivacyLedger.from_state_dict(ledger_state) if ledger_state else None
         return LocalUpdate(num_examples=len(data.train), refused=str(exc), ledger_state=ledger_state,
@@ -103,6 +106,7 @@ def local_round(
         steps=result.steps,
         seconds=time.perf_counter() - started,
         ledger_state=result.privacy_state,
+        optimizer_state=result.optimizer_state if run.keep_optimizer_state else {},
     )
 
 

@@ -41,6 +41,7 @@ class RunConfig:
     lr_schedule: str = "constant"  # "cosine": the local lr falls to 0 over the run's rounds x local epochs
     batch_size: int = 128
     negatives: int = 256
+    keep_optimizer_state: bool = False  # carry each merchant's Adam moments from one round into the next
     # user-level DP-SGD, per merchant, over the whole run
     dp: bool = True
     target_epsilon: float = 8.0

@@ -162,6 +162,7 @@ class TrainResult:
     examples_per_second: float = 0.0
     best_epoch: int = 0
     privacy_state: dict | None = None
+    optimizer_state: dict | None = None  # the optimizer's moments at the end (flat tensors) to carry on from
     selection_test: dict | None = None  # with a refit: test metrics of the model validation selected
 
     def metrics(self) -> dict:
@@ -187,6 +188,21 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
+def _moments(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The optimizer's per-parameter state as flat tensors ("<parameter index>.<name>"), e.g. Adam's moments."""
+    return {f"{index}.{name}": value.detach().cpu().clone() for index, state in optimizer.state_dict()["state"].items()
+            for name, value in state.items() if torch.is_tensor(value)}
+
+
+def _load_moments(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
+    """Carry on from `_moments` of the same model's optimizer; this call's learning rate and other settings hold."""
+    state: dict[int, dict] = {}
+    for key, value in flat.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+
+
 def _batch_to(batch, device):
     return [t.to(device, non_blocking=True) for t in batch]
 
@@ -202,6 +218,7 @@ def train(
     evaluate_test: bool = True,
     validate: bool = True,
     proximal_mu: float = 0.0,
+    optimizer_state: dict | None = None,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model` in place on `data.train`; with `privacy`, user-level DP-SGD (one user = one example).
@@ -209,6 +226,7 @@ def train(
     `ledger_state` continues an earlier privacy ledger (same merchant), so epsilon accumulates;
     `validate=False` skips every validation/test pass (a federated round evaluates separately);
     `proximal_mu` > 0 pulls the weights back towards where they started after each step (FedProx);
+    `optimizer_state` (an earlier result's) carries the optimizer's moments on instead of starting afresh;
     `on_epoch` receives each epoch's history row (loss, time, epsilon, validation metrics)."""
     device = device or pick_device()
     torch.manual_seed(config.seed)
@@ -224,6 +242,8 @@ def train(
     else:  # DP-SGD replaces this with Poisson sampling over all users
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False)
     optimizer = _optimizer(model, config)
+    if optimizer_state:
+        _load_moments(optimizer, optimizer_state)
     criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight)
     ledger = engine = None
     net = model
@@ -360,6 +380,7 @@ def train(
         result.steps = steps
     if ema is not None and not (select_best and best[1] is not None):
         model.load_state_dict(ema.module.state_dict())
+    result.optimizer_state = _moments(optimizer.original_optimizer if engine is not None else optimizer)
     result.train_seconds = train_seconds
     result.examples_per_second = examples / train_seconds if train_seconds > 0 else 0.0
     if validate:

@@ -107,27 +107,40 @@ def paired_comparison(run: RunConfig, num_merchants: int, federated_model: str |
     catalogue), with a paired bootstrap interval over users; the per-user figures are kept in the run folder
     (PAIRED_FILE) so that seeds can be pooled. It needs every merchant's customers in one place, which only a
     simulation has: nothing here is part of a federated reply."""
-    from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
-    from shared_model.evaluation import held_out_ranks, ndcg_at, paired_ratio
-    from shared_model.training import pick_device
+    from shared_model.evaluation import paired_ratio
     from simulations.datasets import simulated_merchants
 
-    config, shared, manifest = load_global_model(resolve_model_folder(federated_model))
-    device = pick_device()
-    merchants = simulated_merchants(run, num_merchants)
-    global_model = model_for_catalogue(config, shared, merchants[0].sequences.catalogue).to(device)
-    centralized.to(device)
-    federated, central = [], []
-    for merchant in merchants:
-        for model, into in ((global_model, federated), (centralized, central)):
-            model.set_catalogue(merchant.sequences.catalogue.descriptors)
-            into.append(ndcg_at(held_out_ranks(model, merchant.sequences.test, device=device), 10).numpy())
-    federated, central = np.concatenate(federated), np.concatenate(central)
+    federated, manifest = published_per_user_ndcg(run, num_merchants, federated_model)
+    central = per_user_ndcg(centralized, simulated_merchants(run, num_merchants))
     np.savez_compressed(run.run_path / PAIRED_FILE, federated=federated, centralized=central)
     summary = {"metric": "ndcg@10", "federated_version": manifest.get("version"), "users": len(central)}
     if not central.sum() > 0:
         return {**summary, "ratio": None, "why": "the centralized model ranks no test user's item in its top 10"}
     return {**summary, **paired_ratio(federated, central, seed=run.seed)}
+
+
+def per_user_ndcg(model, merchants) -> np.ndarray:
+    """Test NDCG@10 of every merchant's test users, each scored on its own merchant's catalogue, merchant by merchant."""
+    from shared_model.evaluation import held_out_ranks, ndcg_at
+    from shared_model.training import pick_device
+
+    device = pick_device()
+    model.to(device)
+    scores = []
+    for merchant in merchants:
+        model.set_catalogue(merchant.sequences.catalogue.descriptors)
+        scores.append(ndcg_at(held_out_ranks(model, merchant.sequences.test, device=device), 10).numpy())
+    return np.concatenate(scores)
+
+
+def published_per_user_ndcg(run: RunConfig, num_merchants: int, model_folder: str | Path) -> tuple[np.ndarray, dict]:
+    """`per_user_ndcg` of a published global model (a run folder, models folder or one version), and its manifest."""
+    from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
+    from simulations.datasets import simulated_merchants
+
+    config, shared, manifest = load_global_model(resolve_model_folder(model_folder))
+    merchants = simulated_merchants(run, num_merchants)
+    return per_user_ndcg(model_for_catalogue(config, shared, merchants[0].sequences.catalogue), merchants), manifest
 
 
 def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized: bool = False, on_round=None,

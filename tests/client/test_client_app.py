@@ -60,3 +60,33 @@ def test_a_deployed_merchant_keeps_each_global_model_for_its_service(tmp_path):
     row = int(engine.current.catalogue.index_of([item])[0])
     assert torch.allclose(served[name][row], saved["state"][name][5])
     store.close()
+
+
+def test_a_merchant_keeps_its_optimizer_moments_between_rounds_and_never_sends_them(tmp_path):
+    """keep-optimizer-state: each merchant's Adam carries on over rounds (its step count is every step it took
+    under DP, as its ledger counts them); the moments stay in the node's context.state, out of every reply."""
+    from client.client_app import STATE_OPTIMIZER
+    from shared_model.model import is_shared
+
+    replies = []
+
+    def spy(node, reply):
+        replies.append((node, reply))
+        return reply
+
+    grid = InProcessGrid(client_app, 2, tamper=spy)
+    run_federation(grid, tiny_run(tmp_path, num_rounds=2, keep_optimizer_state=True, fraction_evaluate=0.0))
+    for node, context in grid.contexts.items():
+        moments = context.state[STATE_OPTIMIZER].to_torch_state_dict()
+        trained = [r for n, r in replies if n == node and r.metadata.message_type == "train"]
+        assert len(trained) == 2
+        steps_over_both_rounds = int(trained[-1].content.metric_records["metrics"]["steps"])  # the ledger's count
+        assert {float(v) for k, v in moments.items() if k.endswith(".step")} == {float(steps_over_both_rounds)}
+        for reply in trained:
+            assert all(is_shared(name) for name in reply.content.array_records["arrays"].keys())
+            assert not any(name.endswith(("exp_avg", "exp_avg_sq", "step"))
+                           for name in reply.content.array_records["arrays"].keys())
+    # without the setting nothing is kept
+    plain = InProcessGrid(client_app, 2)
+    run_federation(plain, tiny_run(tmp_path / "plain", num_rounds=1, fraction_evaluate=0.0))
+    assert all(STATE_OPTIMIZER not in context.state for context in plain.contexts.values())

@@ -176,3 +176,28 @@ def test_a_scheduled_run_trains_differently_from_a_constant_one(small_log):
         train(model, data, config, device=torch.device("cpu"), validate=False)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert not torch.allclose(weights[0], weights[1])
+
+
+def test_optimizer_moments_carry_over_from_one_call_to_the_next(small_log):
+    """A merchant with keep-optimizer-state starts a round with its Adam moments from the last one."""
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    cpu = torch.device("cpu")
+    config = TrainConfig(epochs=1, batch_size=len(data.train), negatives=64, show_progress=False, keep_best=False,
+                         lr=1e-2)
+    torch.manual_seed(0)
+    model = ProfileTransformer(CONFIG, data.catalogue.descriptors)
+    first = train(model, data, config, device=cpu, validate=False)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    assert first.optimizer_state["0.step"].item() == 1
+
+    def second_round(moments):
+        model.load_state_dict(start)
+        result = train(model, data, config, device=cpu, validate=False, optimizer_state=moments)
+        return result.optimizer_state, model.blocks[0].attn.qkv.weight.detach().clone()
+
+    carried, carried_weights = second_round(first.optimizer_state)
+    fresh, fresh_weights = second_round(None)
+    assert carried["0.step"].item() == 2 and fresh["0.step"].item() == 1
+    # the second step's first moment mixes both rounds' gradients: not what a fresh optimizer holds
+    assert not torch.allclose(carried["0.exp_avg"], fresh["0.exp_avg"])
+    assert not torch.allclose(carried_weights, fresh_weights)
