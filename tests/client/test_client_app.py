@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from client.client_app import app as client_app
+from client.client_app import STATE_OPTIMIZER, app as client_app
 from server.coordinator import run_federation
 from shared_model.synthetic import SyntheticConfig, generate, write
 from tests.conftest import tiny_run
@@ -21,7 +21,8 @@ def test_deployed_merchants_read_their_files_and_keep_their_ledger_on_disk(tmp_p
          "state-dir": str(tmp_path / "b-state"), "max-epsilon": 2.0},  # this merchant allows less than the run
     ]
     run = tiny_run(tmp_path, num_rounds=2, target_epsilon=6.0)
-    result = run_federation(InProcessGrid(client_app, 2, node_configs=nodes), run)
+    grid = InProcessGrid(client_app, 2, node_configs=nodes)
+    result = run_federation(grid, run)
     assert set(result.epsilon) == {"shop-a", "shop-b"}
     assert result.epsilon["shop-a"] <= 6.0 * 1.001 and result.epsilon["shop-a"] > 5.0
     assert result.epsilon["shop-b"] <= 2.0 * 1.001  # its own ceiling, not the run's target
@@ -29,6 +30,8 @@ def test_deployed_merchants_read_their_files_and_keep_their_ledger_on_disk(tmp_p
         saved = json.loads((tmp_path / folder / "privacy-ledger.json").read_text())
         assert [r[1] for r in saved["rounds"]] == [1, 2]
         assert saved["ledger"]["target_epsilon"] == (6.0 if name == "shop-a" else 2.0)
+    # keep-optimizer-state is off: no optimizer moments are kept between rounds
+    assert all(STATE_OPTIMIZER not in context.state for context in grid.contexts.values())
 
 
 def test_a_deployed_merchant_keeps_each_global_model_for_its_service(tmp_path):
@@ -64,8 +67,8 @@ def test_a_deployed_merchant_keeps_each_global_model_for_its_service(tmp_path):
 
 def test_a_merchant_keeps_its_optimizer_moments_between_rounds_and_never_sends_them(tmp_path):
     """keep-optimizer-state: each merchant's Adam carries on over rounds (its step count is every step it took
-    under DP, as its ledger counts them); the moments stay in the node's context.state, out of every reply."""
-    from client.client_app import STATE_OPTIMIZER
+    under DP, as its ledger counts them); the moments stay in the node's context.state, out of every reply.
+    (Without the setting nothing is kept: the deployed-merchant test above checks that.)"""
     from shared_model.model import is_shared
 
     replies = []
@@ -86,7 +89,3 @@ def test_a_merchant_keeps_its_optimizer_moments_between_rounds_and_never_sends_t
             assert all(is_shared(name) for name in reply.content.array_records["arrays"].keys())
             assert not any(name.endswith(("exp_avg", "exp_avg_sq", "step"))
                            for name in reply.content.array_records["arrays"].keys())
-    # without the setting nothing is kept
-    plain = InProcessGrid(client_app, 2)
-    run_federation(plain, tiny_run(tmp_path / "plain", num_rounds=1, fraction_evaluate=0.0))
-    assert all(STATE_OPTIMIZER not in context.state for context in plain.contexts.values())
