@@ -24,11 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared_model.checkpoint import load_global_model, model_for_catalogue  # noqa: E402
 from shared_model.evaluation import paired_ratio  # noqa: E402
-from shared_model.model import ProfileTransformer  # noqa: E402
 from shared_model.run_config import RunConfig  # noqa: E402
-from shared_model.training import pick_device, train  # noqa: E402
-from simulations.datasets import simulated_merchants, union  # noqa: E402
-from simulations.simulate import PAIRED_FILE, per_user_ndcg  # noqa: E402
+from shared_model.training import pick_device  # noqa: E402
+from simulations.datasets import simulated_merchants  # noqa: E402
+from simulations.simulate import PAIRED_FILE, per_user_ndcg, train_centralized  # noqa: E402
 
 
 def mean_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -64,19 +63,14 @@ def main() -> None:
         if not np.array_equal(federated[1], stored["federated"]):
             sys.exit(f"{folder}: the last published model does not score as stored in {PAIRED_FILE}")
 
-        batch_size = m.get("centralized", {}).get("batch_size", args.centralized_batch_size)
-        data = union(run, m["merchants"])
-        central_run = run.replace(local_table=False, batch_size=batch_size)
-        torch.manual_seed(run.seed)
-        model = ProfileTransformer(central_run.model_config(), data.catalogue.descriptors)
         kept: list[dict[str, torch.Tensor]] = []
 
-        def keep_epoch_end(row: dict) -> None:
+        def keep_epoch_end(model) -> None:
             kept.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
             del kept[:-max(args.last)]
 
-        train(model, data, central_run.train_config(epochs=run.num_rounds * run.local_epochs), device=device,
-              validate=False, on_epoch=keep_epoch_end)
+        batch_size = m.get("centralized", {}).get("batch_size", args.centralized_batch_size)
+        model, _, _ = train_centralized(run, m["merchants"], batch_size=batch_size, on_epoch=keep_epoch_end)
         centralized = {}
         for k in [1, *args.last]:
             model.load_state_dict(mean_state(kept[-k:]))

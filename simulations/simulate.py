@@ -63,28 +63,37 @@ def run_simulation(run: RunConfig, num_merchants: int, *, on_round=None, cpus_pe
     return outcome["result"]
 
 
-def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int | None = None,
-                         federated_model: str | Path | None = None) -> dict:
-    """One model trained on the union of the merchants' customers with the federation's epoch budget
-    (rounds x local epochs) and the same privacy setting, evaluated like the federation: on each merchant's
-    own test users and catalogue, weighted by test users. `batch_size` (default: the merchants') lets the
-    baseline keep its own best batch when merchants train on smaller local batches. With `federated_model`
-    (the federation's published model), `paired` compares the two user by user (see `paired_comparison`)."""
-    from shared_model.federated import local_evaluate
+def train_centralized(run: RunConfig, num_merchants: int, *, batch_size: int | None = None, on_epoch=None):
+    """The centralized model: trained on the union of the merchants' customers with the federation's epoch budget
+    (rounds x local epochs) and the same privacy setting; `batch_size` (default: the merchants') lets it keep its
+    own best batch. `on_epoch(model)` is called at each epoch's end. Returns (model, TrainResult, seconds)."""
     from shared_model.model import ProfileTransformer
     from shared_model.training import pick_device, train
-    from simulations.datasets import simulated_merchants, union
+    from simulations.datasets import union
 
     data = union(run, num_merchants)
     central = run.replace(local_table=False, batch_size=batch_size or run.batch_size)
     torch.manual_seed(run.seed)
     model = ProfileTransformer(central.model_config(), data.catalogue.descriptors)
-    epochs = run.num_rounds * run.local_epochs
     privacy = run.privacy_config(num_users=len(data.train))  # planned over the same rounds x local epochs
-    device = pick_device()
     started = time.perf_counter()
-    result = train(model, data, central.train_config(epochs=epochs), privacy=privacy, device=device, validate=False)
-    seconds = time.perf_counter() - started
+    result = train(model, data, central.train_config(epochs=run.num_rounds * run.local_epochs), privacy=privacy,
+                   device=pick_device(), validate=False,
+                   on_epoch=(lambda row: on_epoch(model)) if on_epoch is not None else None)
+    return model, result, time.perf_counter() - started
+
+
+def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int | None = None,
+                         federated_model: str | Path | None = None) -> dict:
+    """`train_centralized`, evaluated like the federation: on each merchant's own test users and catalogue,
+    weighted by test users. With `federated_model` (the federation's published model), `paired` compares the two
+    user by user (see `paired_comparison`)."""
+    from shared_model.federated import local_evaluate
+    from shared_model.training import pick_device
+    from simulations.datasets import simulated_merchants, union
+
+    model, result, seconds = train_centralized(run, num_merchants, batch_size=batch_size)
+    device = pick_device()
     per_merchant, total = {}, 0
     for merchant in simulated_merchants(run, num_merchants):
         model.set_catalogue(merchant.sequences.catalogue.descriptors)
@@ -92,8 +101,9 @@ def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int 
         total += per_merchant[merchant.name]["users"]
     metrics = {key: sum(m[key] * m["users"] for m in per_merchant.values()) / max(total, 1)
                for key in ("hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10")}
-    out = {**metrics, "epochs": epochs, "batch_size": central.batch_size, "epsilon": result.epsilon,
-           "delta": result.delta, "train_seconds": seconds, "users": len(data.train), "merchant_metrics": per_merchant}
+    out = {**metrics, "epochs": run.num_rounds * run.local_epochs, "batch_size": batch_size or run.batch_size,
+           "epsilon": result.epsilon, "delta": result.delta, "train_seconds": seconds,
+           "users": len(union(run, num_merchants).train), "merchant_metrics": per_merchant}
     if federated_model is not None and not run.local_table:  # with local tables the federated model is per merchant
         out["paired"] = paired_comparison(run, num_merchants, federated_model, model)
     return out
