@@ -1,4 +1,4 @@
-"""Customer segments (k-means over profile vectors and value features) with readable summaries, and audiences."""
+"""Customer segments (lifecycle stages, then latent value classes) with readable summaries, and audiences."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.special import logsumexp
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 
@@ -33,47 +34,149 @@ def value_features(described: pd.DataFrame) -> pd.DataFrame:
 
 
 @dataclass
+class ValueClasses:
+    """A latent-class model of customers' value (fitted by EM): each class has its own purchase and cart/fav
+    rates per event (Poisson counts given the customer's events), log number of events (Gaussian) and price
+    percentile (Gaussian whose variance shrinks with the customer's events, as an average of item prices does),
+    and optionally the profile vectors' principal components (Gaussian, their log-likelihood scaled by a weight)."""
+
+    weight: np.ndarray  # (k,) class shares
+    buy_rate: np.ndarray  # (k,) purchases per event
+    engage_rate: np.ndarray  # (k,) carts and favourites per event
+    events_mean: np.ndarray  # (k,) mean log events
+    events_var: np.ndarray  # (k,)
+    price_mean: np.ndarray  # (k,) mean price percentile (events-weighted)
+    price_var: np.ndarray  # (k,) variance of one event's price percentile: a customer's is this / events
+    vector_mean: np.ndarray  # (k, P)
+    vector_var: np.ndarray  # (k, P)
+    vector_weight: float
+
+    @staticmethod
+    def columns(described: pd.DataFrame) -> tuple[np.ndarray, ...]:
+        events = np.maximum(described["events"].to_numpy(dtype=np.float64), 1.0)
+        return (events, described["purchases"].to_numpy(dtype=np.float64),
+                described["engagements"].to_numpy(dtype=np.float64),
+                described["price_percentile"].fillna(0.5).to_numpy(dtype=np.float64))
+
+    def log_likelihood(self, described: pd.DataFrame, components: np.ndarray) -> np.ndarray:
+        """(U, k) log P(customer, class)."""
+        n, buys, engaged, price = self.columns(described)
+        log_n = np.log(n)[:, None]
+        price_var = self.price_var[None, :] / n[:, None]  # (U, k)
+        ll = (np.log(self.weight)[None, :]
+              + buys[:, None] * np.log(self.buy_rate)[None, :] - n[:, None] * self.buy_rate[None, :]
+              + engaged[:, None] * np.log(self.engage_rate)[None, :] - n[:, None] * self.engage_rate[None, :]
+              - 0.5 * ((log_n - self.events_mean) ** 2 / self.events_var + np.log(self.events_var))
+              - 0.5 * ((price[:, None] - self.price_mean) ** 2 / price_var + np.log(price_var)))
+        if components.shape[1] and self.vector_weight > 0:
+            diff = components[:, None, :] - self.vector_mean[None]  # (U, k, P)
+            ll = ll - 0.5 * self.vector_weight * (diff ** 2 / self.vector_var[None] + np.log(self.vector_var[None])).sum(-1)
+        return ll
+
+    @classmethod
+    def fit(cls, described: pd.DataFrame, components: np.ndarray, start: np.ndarray, *, k: int, vector_weight: float,
+            iterations: int = 500, tolerance: float = 1e-7) -> tuple["ValueClasses", np.ndarray]:
+        """EM from the hard assignment `start` (U,) in 0..k-1; returns the model and each customer's class."""
+        n, buys, engaged, price = cls.columns(described)
+        log_n = np.log(n)
+        resp = np.eye(k)[start]  # (U, k)
+        model = None
+        for _ in range(iterations):
+            mass = resp.sum(axis=0) + 1e-9  # (k,)
+            exposure = resp.T @ n + 1e-9
+            events_mean = resp.T @ log_n / mass
+            price_mean = resp.T @ (price * n) / exposure
+            vector_mean = resp.T @ components / mass[:, None]
+            model = cls(
+                weight=mass / mass.sum(),
+                buy_rate=resp.T @ buys / exposure + 1e-9,
+                engage_rate=resp.T @ engaged / exposure + 1e-9,
+                events_mean=events_mean,
+                events_var=(resp * (log_n[:, None] - events_mean) ** 2).sum(axis=0) / mass + 1e-4,
+                price_mean=price_mean,
+                price_var=(resp * n[:, None] * (price[:, None] - price_mean) ** 2).sum(axis=0) / mass + 1e-6,
+                vector_mean=vector_mean,
+                vector_var=(resp.T @ components ** 2) / mass[:, None] - vector_mean ** 2 + 1e-4,
+                vector_weight=vector_weight,
+            )
+            ll = model.log_likelihood(described, components)
+            new = np.exp(ll - logsumexp(ll, axis=1, keepdims=True))
+            converged = np.abs(new - resp).max() < tolerance
+            resp = new
+            if converged:
+                break
+        return model, resp.argmax(axis=1)
+
+
+@dataclass
 class Segmenter:
-    """Fitted segment space: standardised value features beside the top principal components of the profile
-    vectors, scaled so the vectors weigh `vector_weight` of the total; k-means centroids in that space."""
+    """Fitted segment model. Customers are first split into lifecycle stages by recency and tenure (k-means, 3
+    stages, typically new, active and lapsing), then the stage with the longest, most recent activity is split
+    into `k - 2` value classes (`ValueClasses`). Segment ids: the two other stages first, then the value classes."""
 
     mean: np.ndarray
     scale: np.ndarray
+    stages: KMeans
+    active_stage: int
     pca: PCA | None
-    vector_weight: float
-    kmeans: KMeans
+    classes: ValueClasses
 
-    def space(self, described: pd.DataFrame, vectors: np.ndarray) -> np.ndarray:
-        values = (value_features(described).to_numpy() - self.mean) / self.scale  # (U, F)
-        parts = [values * (1.0 - self.vector_weight)]
-        if self.pca is not None:
-            comp = self.pca.transform(vectors) / np.sqrt(self.pca.explained_variance_[None, :])  # (U, P) unit variance
-            # equal total variance per block before weighting, so the weight means what it says
-            parts.append(comp * self.vector_weight * np.sqrt(values.shape[1] / comp.shape[1]))
-        return np.concatenate(parts, axis=1)
+    def components(self, vectors: np.ndarray) -> np.ndarray:
+        if self.pca is None:
+            return np.zeros((len(vectors), 0))
+        return self.pca.transform(vectors) / np.sqrt(self.pca.explained_variance_[None, :])  # (U, P) unit variance
 
     def assign(self, described: pd.DataFrame, vectors: np.ndarray) -> np.ndarray:
-        return self.kmeans.predict(self.space(described, vectors))
+        stage = self.stages.predict(_stage_space(described, self.mean, self.scale))
+        others = [s for s in range(self.stages.n_clusters) if s != self.active_stage]
+        labels = np.searchsorted(others, stage)  # the other stages: 0, 1
+        active = stage == self.active_stage
+        if active.any():
+            ll = self.classes.log_likelihood(described[active], self.components(vectors[active]))
+            labels[active] = len(others) + ll.argmax(axis=1)
+        return labels
 
 
-def fit_segments(described: pd.DataFrame, vectors: np.ndarray, *, k: int = 5, vector_weight: float = 0.3,
+def _stage_space(described: pd.DataFrame, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    values = value_features(described)[["recency", "tenure"]].to_numpy()
+    return (values - mean) / scale
+
+
+def fit_segments(described: pd.DataFrame, vectors: np.ndarray, *, k: int = 5, vector_weight: float = 0.1,
                  components: int = 8, seed: int = 0, fit_on: np.ndarray | None = None) -> tuple[Segmenter, np.ndarray]:
     """Fit `k` segments on the users where `fit_on` is true (default all; the engine leaves out suspected bots,
-    whose extreme behaviour would otherwise take a segment of its own) and assign every user to one."""
+    whose extreme behaviour would otherwise take a segment of its own) and assign every user to one. With k < 3
+    there are no lifecycle stages: all k segments are value classes."""
+    if k < 1:
+        raise ValueError(f"k = {k}: there must be at least one segment")
     if fit_on is not None and fit_on.sum() >= k:
         segmenter, _ = fit_segments(described[fit_on], vectors[fit_on], k=k, vector_weight=vector_weight,
                                     components=components, seed=seed)
         return segmenter, segmenter.assign(described, vectors)
     if len(described) < k:
         raise ValueError(f"{len(described)} users cannot make {k} segments; lower k")
-    values = value_features(described).to_numpy()
-    mean, scale = values.mean(axis=0), values.std(axis=0) + 1e-9
+    life = value_features(described)[["recency", "tenure"]].to_numpy()
+    mean, scale = life.mean(axis=0), life.std(axis=0) + 1e-9
+    n_stages = 3 if k >= 3 else 1
+    stages = KMeans(n_clusters=n_stages, n_init=10, random_state=seed).fit((life - mean) / scale)
+    stage = stages.labels_
+    centres = np.array([life[stage == s].mean(axis=0) for s in range(n_stages)])  # (stages, 2) recency, tenure
+    active_stage = int(np.argmax(centres[:, 1] - centres[:, 0]))
+    active = stage == active_stage
     pca = None
     if vector_weight > 0:
-        pca = PCA(n_components=min(components, vectors.shape[1], len(vectors)), random_state=seed).fit(vectors)
-    seg = Segmenter(mean, scale, pca, vector_weight, KMeans(n_clusters=k, n_init=10, random_state=seed))
-    labels = seg.kmeans.fit_predict(seg.space(described, vectors))
-    return seg, labels
+        pca = PCA(n_components=min(components, vectors.shape[1], int(active.sum())), random_state=seed).fit(vectors[active])
+    segmenter = Segmenter(mean, scale, stages, active_stage, pca, classes=None)
+    in_stage = described[active]
+    # a small shop may have fewer active customers than value classes asked for: then fewer classes
+    k_value = min(k - (n_stages - 1), len(in_stage))
+    # start EM from k-means over the standardised rates and price level
+    start_space = value_features(in_stage)[["buy_rate", "engage_rate", "price_percentile"]].to_numpy()
+    start_space = (start_space - start_space.mean(axis=0)) / (start_space.std(axis=0) + 1e-9)
+    start = KMeans(n_clusters=k_value, n_init=10, random_state=seed).fit_predict(start_space)
+    segmenter.classes, _ = ValueClasses.fit(in_stage, segmenter.components(vectors[active]), start, k=k_value,
+                                            vector_weight=vector_weight)
+    return segmenter, segmenter.assign(described, vectors)
 
 
 def summarize_segments(described: pd.DataFrame, labels: np.ndarray, propensity: np.ndarray | None = None,
@@ -86,6 +189,7 @@ def summarize_segments(described: pd.DataFrame, labels: np.ndarray, propensity: 
         for category, weight in items:
             overall[category] += weight
     overall_sum = sum(overall.values()) or 1.0
+    overall_mix = described["value_segment"].value_counts(normalize=True)
     for segment in range(int(labels.max()) + 1 if total else 0):
         members = described[labels == segment]
         interests = Counter()
@@ -111,7 +215,9 @@ def summarize_segments(described: pd.DataFrame, labels: np.ndarray, propensity: 
         }
         if propensity is not None:
             row["mean_propensity"] = round(float(np.mean(propensity[labels == segment])), 4) if len(members) else 0.0
-        main = mix.index[0] if len(mix) else "empty"
+        # named, like its interests, by the value segment it holds more of than the merchant does (share x log
+        # lift), so a segment half high-value and half regular customers is not called regular
+        main = max(mix.index, key=lambda v: (mix[v] * np.log(mix[v] / overall_mix[v]), mix[v])) if len(mix) else "empty"
         row["name"] = f"{main.replace('_', ' ')}: " + ", ".join(row["distinctive_interests"] or row["top_interests"])
         rows.append(row)
     return rows

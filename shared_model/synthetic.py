@@ -37,6 +37,11 @@ class SyntheticConfig:
     start_timestamp: int = 1_511_568_000  # 2017-11-25 00:00 UTC, like the Taobao sample
     median_events: float = 71.0  # gives a median of about 75 events per user (Taobao sample: 75)
     events_sigma: float = 0.85  # log-normal spread; Taobao p10/p90 = 19/223
+    visit_views: float = 2.5  # a visit is 2 + Poisson(2.5) views (Taobao: 15 visits of 6 events, 30-minute gaps)
+    category_stay: float = 0.4  # chance the next view in a visit stays in the category: Taobao runs are 1.6 events
+    core_interests: int = 3  # each customer's planted interests: this many core categories ...
+    core_share: float = 0.8  # ... taking this share of their browsing, the rest spread like the shop's customers
+    core_concentration: float = 4.0  # Dirichlet concentration of the weights among the core categories
     view_to_cart: float = 0.052
     view_to_fav: float = 0.026
     view_to_buy: float = 0.015
@@ -92,15 +97,17 @@ def _merchant(m, focus, gender_skew, age_skew, base_price, brand_tier, cfg: Synt
     bot_kind = np.where(rng.random(U) < 2 / 3, "click_farm", "fake_reviewer")
     peak_hour = np.where(rng.random(U) < 0.7, rng.normal(13, 2.5, U), rng.normal(3, 2.5, U)) % 24  # UTC
 
+    stocked = np.array([len(ix) > 0 for ix in by_cat], dtype=np.float64)
     rows, truth = [], {}
     for u in range(U):
         user_id = f"m{m}-u{u}"
         g = 1.0 if gender[u] == "F" else -1.0
         z = (age[u] - 36) / 12
-        prior = 0.15 * np.exp(0.9 * g * gender_skew + 0.7 * z * age_skew) * focus * C
-        theta = rng.dirichlet(prior)
-        theta = np.where(np.array([len(ix) for ix in by_cat]) > 0, theta, 0)
-        theta = theta / theta.sum()
+        prior = np.exp(0.9 * g * gender_skew + 0.7 * z * age_skew) * focus * stocked
+        prior = prior / prior.sum()
+        core = rng.choice(len(prior), size=cfg.core_interests, replace=False, p=prior)
+        theta = (1.0 - cfg.core_share) * prior
+        theta[core] += cfg.core_share * rng.dirichlet(np.full(cfg.core_interests, cfg.core_concentration))
         traits = SEGMENT_TRAITS[segment[u]]
         entry = {
             "merchant": name,
@@ -133,28 +140,31 @@ def _user_events(user_id, theta, traits, peak, by_cat, pop, item_ids, item_cat, 
     n_target = max(4, int(rng.lognormal(np.log(cfg.median_events * traits["activity"]), cfg.events_sigma)))
     lo, hi = traits["window"]
     period = cfg.days * 86_400
-    views_item, views_time = [], []
-    made = 0
-    while made < n_target:
-        c = rng.choice(len(theta), p=theta)
-        length = min(n_target - made, 2 + rng.poisson(6))
-        day = rng.uniform(lo, hi) * period // 86_400
-        hour = rng.normal(peak, 2.5) % 24
-        t0 = cfg.start_timestamp + day * 86_400 + hour * 3600
+    visits = 2 + rng.poisson(cfg.visit_views, size=n_target)  # more than enough; cut at n_target views
+    visits = visits[: int(np.searchsorted(np.cumsum(visits), n_target)) + 1]
+    visits[-1] -= visits.sum() - n_target
+    visits = visits[visits > 0]
+    n = int(visits.sum())
+    first = np.zeros(n, dtype=bool)
+    first[np.r_[0, np.cumsum(visits)[:-1]]] = True
+    # within a visit the customer wanders between categories: each view stays in the last one's category
+    # with probability category_stay, else draws a category from the interest mixture again
+    run = np.cumsum(first | (rng.random(n) >= cfg.category_stay)) - 1
+    category = rng.choice(len(theta), size=int(run[-1]) + 1, p=theta)[run]
+    item = np.empty(n, dtype=np.int64)
+    for c in np.unique(category):
+        at = np.flatnonzero(category == c)
         ix = by_cat[c]
         # price preference: high-tier users favour expensive items in the category
         weights = pop[c] * (item_price[ix] / item_price[ix].mean()) ** (traits["price"] - 1)
-        picks = rng.choice(ix, size=length, p=weights / weights.sum())
-        again = rng.random(length) < 0.3  # re-viewing the previous item is common
-        for k in range(1, length):
-            if again[k]:
-                picks[k] = picks[k - 1]
-        views_item.append(picks)
-        views_time.append(t0 + np.cumsum(rng.exponential(50, length)))
-        made += length
-    item = np.concatenate(views_item)
-    t = np.concatenate(views_time).astype(np.int64)
-    n = len(item)
+        item[at] = rng.choice(ix, size=len(at), p=weights / weights.sum())
+    day = rng.uniform(lo, hi, len(visits)) * period // 86_400
+    hour = rng.normal(peak, 2.5, len(visits)) % 24
+    start = cfg.start_timestamp + day * 86_400 + hour * 3600
+    gaps = rng.exponential(50, n)
+    gaps[first] = 0.0
+    visit = np.cumsum(first) - 1
+    t = (start[visit] + np.cumsum(gaps) - np.cumsum(gaps)[first][visit]).astype(np.int64)
     beh = [np.full(n, Behavior.VIEW)]
     it, ts = [item], [t]
     for kind, p in (
