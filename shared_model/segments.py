@@ -114,6 +114,7 @@ class Segmenter:
     stages, typically new, active and lapsing), then the stage with the longest, most recent activity is split
     into `k - 2` value classes (`ValueClasses`). Segment ids: the two other stages first, then the value classes."""
 
+    window_days: float  # recency and tenure are shares of the merchant's window as it was at fitting
     mean: np.ndarray
     scale: np.ndarray
     stages: KMeans
@@ -127,7 +128,7 @@ class Segmenter:
         return self.pca.transform(vectors) / np.sqrt(self.pca.explained_variance_[None, :])  # (U, P) unit variance
 
     def assign(self, described: pd.DataFrame, vectors: np.ndarray) -> np.ndarray:
-        stage = self.stages.predict(_stage_space(described, self.mean, self.scale))
+        stage = self.stages.predict((_lifecycle(described, self.window_days) - self.mean) / self.scale)
         others = [s for s in range(self.stages.n_clusters) if s != self.active_stage]
         labels = np.searchsorted(others, stage)  # the other stages: 0, 1
         active = stage == self.active_stage
@@ -137,9 +138,10 @@ class Segmenter:
         return labels
 
 
-def _stage_space(described: pd.DataFrame, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    values = value_features(described)[["recency", "tenure"]].to_numpy()
-    return (values - mean) / scale
+def _lifecycle(described: pd.DataFrame, window_days: float) -> np.ndarray:
+    """(U, 2) recency and tenure as shares of the window: fixed at fitting, so that one customer assigned alone
+    lands where they would among everyone."""
+    return described[["recency_days", "tenure_days"]].to_numpy(dtype=np.float64) / window_days
 
 
 def fit_segments(described: pd.DataFrame, vectors: np.ndarray, *, k: int = 5, vector_weight: float = 0.1,
@@ -155,7 +157,8 @@ def fit_segments(described: pd.DataFrame, vectors: np.ndarray, *, k: int = 5, ve
         return segmenter, segmenter.assign(described, vectors)
     if len(described) < k:
         raise ValueError(f"{len(described)} users cannot make {k} segments; lower k")
-    life = value_features(described)[["recency", "tenure"]].to_numpy()
+    window_days = max(float(described["tenure_days"].max()), 1e-9)
+    life = _lifecycle(described, window_days)
     mean, scale = life.mean(axis=0), life.std(axis=0) + 1e-9
     n_stages = 3 if k >= 3 else 1
     stages = KMeans(n_clusters=n_stages, n_init=10, random_state=seed).fit((life - mean) / scale)
@@ -166,7 +169,7 @@ def fit_segments(described: pd.DataFrame, vectors: np.ndarray, *, k: int = 5, ve
     pca = None
     if vector_weight > 0:
         pca = PCA(n_components=min(components, vectors.shape[1], int(active.sum())), random_state=seed).fit(vectors[active])
-    segmenter = Segmenter(mean, scale, stages, active_stage, pca, classes=None)
+    segmenter = Segmenter(window_days, mean, scale, stages, active_stage, pca, classes=None)
     in_stage = described[active]
     # a small shop may have fewer active customers than value classes asked for: then fewer classes
     k_value = min(k - (n_stages - 1), len(in_stage))

@@ -41,6 +41,8 @@ def test_assigning_the_fitted_customers_gives_their_labels_and_new_customers_get
     segmenter, labels = fit_segments(described, vectors, k=5)
     assert set(np.unique(labels)) == set(range(5))
     assert np.array_equal(segmenter.assign(described, vectors), labels)
+    for row in range(0, 40, 7):  # one customer alone (a profile refreshed by new events) lands where it did
+        assert segmenter.assign(described.iloc[[row]], vectors[[row]])[0] == labels[row]
     newcomer = described.iloc[:1].assign(events=3, purchases=0, engagements=0, recency_days=0.0, tenure_days=0.1)
     assert 0 <= segmenter.assign(newcomer, vectors[:1])[0] < 5
 
