@@ -119,6 +119,8 @@ def describe_users(events: pd.DataFrame, catalogue: Catalogue, *, now: int | Non
     priced = frame.dropna(subset=["price_pct"])
     level = (priced["price_pct"] * priced["w"]).groupby(priced["user_id"]).sum() / priced.groupby("user_id")["w"].sum()
     out["price_percentile"] = level.reindex(out.index)
+    # the long-run level (every event alike), for segments: value is a lasting trait, not this week's taste
+    out["lifetime_price_percentile"] = priced.groupby("user_id")["price_pct"].mean().reindex(out.index)
     lo, hi = settings.price_tiers
     out["price_tier"] = np.where(out["price_percentile"].isna(), "unknown",
                                  np.where(out["price_percentile"] < lo, "low",

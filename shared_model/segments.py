@@ -36,8 +36,8 @@ def value_features(described: pd.DataFrame) -> pd.DataFrame:
 @dataclass
 class ValueClasses:
     """A latent-class model of customers' value (fitted by EM): each class has its own purchase and cart/fav
-    rates per event (Poisson counts given the customer's events), log number of events (Gaussian) and price
-    percentile (Gaussian whose variance shrinks with the customer's events, as an average of item prices does),
+    rates per event (Poisson counts given the customer's events), log number of events (Gaussian) and lifetime
+    price percentile (Gaussian whose variance shrinks with the customer's events, as an average of item prices does),
     and optionally the profile vectors' principal components (Gaussian, their log-likelihood scaled by a weight)."""
 
     weight: np.ndarray  # (k,) class shares
@@ -56,7 +56,8 @@ class ValueClasses:
         events = np.maximum(described["events"].to_numpy(dtype=np.float64), 1.0)
         return (events, described["purchases"].to_numpy(dtype=np.float64),
                 described["engagements"].to_numpy(dtype=np.float64),
-                described["price_percentile"].fillna(0.5).to_numpy(dtype=np.float64))
+                described.get("lifetime_price_percentile", described["price_percentile"]).fillna(0.5)
+                .to_numpy(dtype=np.float64))
 
     def log_likelihood(self, described: pd.DataFrame, components: np.ndarray) -> np.ndarray:
         """(U, k) log P(customer, class)."""
