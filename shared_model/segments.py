@@ -44,9 +44,9 @@ class ValueClasses:
     buy_rate: np.ndarray  # (k,) purchases per event
     engage_rate: np.ndarray  # (k,) carts and favourites per event
     events_mean: np.ndarray  # (k,) mean log events
-    events_var: np.ndarray  # (k,)
+    events_var: np.ndarray  # (k,) one spread shared by every class (fewer parameters: steadier on a few hundred customers)
     price_mean: np.ndarray  # (k,) mean price percentile (events-weighted)
-    price_var: np.ndarray  # (k,) variance of one event's price percentile: a customer's is this / events
+    price_var: np.ndarray  # (k,) variance of one event's price percentile (shared): a customer's is this / events
     vector_mean: np.ndarray  # (k, P)
     vector_var: np.ndarray  # (k, P)
     vector_weight: float
@@ -93,9 +93,9 @@ class ValueClasses:
                 buy_rate=resp.T @ buys / exposure + 1e-9,
                 engage_rate=resp.T @ engaged / exposure + 1e-9,
                 events_mean=events_mean,
-                events_var=(resp * (log_n[:, None] - events_mean) ** 2).sum(axis=0) / mass + 1e-4,
+                events_var=np.full(k, (resp * (log_n[:, None] - events_mean) ** 2).sum() / mass.sum() + 1e-4),
                 price_mean=price_mean,
-                price_var=(resp * n[:, None] * (price[:, None] - price_mean) ** 2).sum(axis=0) / mass + 1e-6,
+                price_var=np.full(k, (resp * n[:, None] * (price[:, None] - price_mean) ** 2).sum() / mass.sum() + 1e-6),
                 vector_mean=vector_mean,
                 vector_var=(resp.T @ components ** 2) / mass[:, None] - vector_mean ** 2 + 1e-4,
                 vector_weight=vector_weight,
@@ -110,16 +110,69 @@ class ValueClasses:
 
 
 @dataclass
-class Segmenter:
-    """Fitted segment model. Customers are first split into lifecycle stages by recency and tenure (k-means, 3
-    stages, typically new, active and lapsing), then the stage with the longest, most recent activity is split
-    into `k - 2` value classes (`ValueClasses`). Segment ids: the two other stages first, then the value classes."""
+class LifecycleStages:
+    """Stages of a customer's life with the merchant, each an activity window [start, end] (shares of the
+    merchant's window): a customer's events are taken as spread evenly over their stage's window, so n events
+    between first and last seen are likelier under a narrow window that holds them (density (end - start)^-n)
+    and impossible under one that does not. Fitted by hard EM from a k-means start on recency and tenure."""
 
-    window_days: float  # recency and tenure are shares of the merchant's window as it was at fitting
-    mean: np.ndarray
-    scale: np.ndarray
-    stages: KMeans
-    active_stage: int
+    window_days: float  # the merchant's window at fitting: recency and tenure are shares of it
+    share: np.ndarray  # (S,) stage shares
+    start: np.ndarray  # (S,) window start per stage
+    end: np.ndarray  # (S,)
+
+    SLACK = 0.02  # a customer may spill this far outside a stage's window
+    QUANTILE = 0.05  # window edges: this quantile of the members' first seen, 1 - it of their last seen
+
+    def seen(self, described: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """First and last seen as shares of the window (0 its start, 1 now), and the number of events."""
+        first = 1.0 - described["tenure_days"].to_numpy(dtype=np.float64) / self.window_days
+        last = 1.0 - described["recency_days"].to_numpy(dtype=np.float64) / self.window_days
+        return first, last, np.maximum(described["events"].to_numpy(dtype=np.float64), 1.0)
+
+    def log_likelihood(self, described: pd.DataFrame) -> np.ndarray:
+        first, last, n = self.seen(described)
+        width = np.maximum(self.end - self.start, 1e-3)
+        outside = (np.maximum(self.start[None, :] - self.SLACK - first[:, None], 0.0)
+                   + np.maximum(last[:, None] - self.end[None, :] - self.SLACK, 0.0))  # (U, S)
+        # outside a window is all but impossible, yet ranked by how far, so everyone lands somewhere
+        return np.log(self.share)[None, :] - n[:, None] * np.log(width)[None, :] - 1e4 * outside
+
+    def assign(self, described: pd.DataFrame) -> np.ndarray:
+        return self.log_likelihood(described).argmax(axis=1)
+
+    @property
+    def active(self) -> int:
+        """The stage of customers active throughout: the widest window."""
+        return int(np.argmax(self.end - self.start))
+
+    @classmethod
+    def fit(cls, described: pd.DataFrame, *, stages: int = 3, seed: int = 0, iterations: int = 50) -> "LifecycleStages":
+        model = cls(max(float(described["tenure_days"].max()), 1e-9), np.ones(1), np.zeros(1), np.ones(1))
+        first, last, _ = model.seen(described)
+        life = np.column_stack([first, last])
+        labels = KMeans(n_clusters=stages, n_init=10, random_state=seed).fit_predict(
+            (life - life.mean(axis=0)) / (life.std(axis=0) + 1e-9))
+        for _ in range(iterations):
+            present = [s for s in range(stages) if (labels == s).any()]
+            model = cls(model.window_days,
+                        share=np.array([np.mean(labels == s) for s in present]),
+                        start=np.array([np.quantile(first[labels == s], cls.QUANTILE) for s in present]),
+                        end=np.array([np.quantile(last[labels == s], 1.0 - cls.QUANTILE) for s in present]))
+            new = model.assign(described)
+            if len(present) == stages and np.array_equal(new, labels):
+                break
+            labels = new
+        return model
+
+
+@dataclass
+class Segmenter:
+    """Fitted segment model. Customers are first split into lifecycle stages (`LifecycleStages`, 3: typically
+    new, active and lapsing), then the stage active throughout is split into `k - 2` value classes
+    (`ValueClasses`). Segment ids: the other stages first, then the value classes."""
+
+    stages: LifecycleStages
     pca: PCA | None
     classes: ValueClasses
 
@@ -129,20 +182,14 @@ class Segmenter:
         return self.pca.transform(vectors) / np.sqrt(self.pca.explained_variance_[None, :])  # (U, P) unit variance
 
     def assign(self, described: pd.DataFrame, vectors: np.ndarray) -> np.ndarray:
-        stage = self.stages.predict((_lifecycle(described, self.window_days) - self.mean) / self.scale)
-        others = [s for s in range(self.stages.n_clusters) if s != self.active_stage]
+        stage = self.stages.assign(described)
+        others = [s for s in range(len(self.stages.share)) if s != self.stages.active]
         labels = np.searchsorted(others, stage)  # the other stages: 0, 1
-        active = stage == self.active_stage
+        active = stage == self.stages.active
         if active.any():
             ll = self.classes.log_likelihood(described[active], self.components(vectors[active]))
             labels[active] = len(others) + ll.argmax(axis=1)
         return labels
-
-
-def _lifecycle(described: pd.DataFrame, window_days: float) -> np.ndarray:
-    """(U, 2) recency and tenure as shares of the window: fixed at fitting, so that one customer assigned alone
-    lands where they would among everyone."""
-    return described[["recency_days", "tenure_days"]].to_numpy(dtype=np.float64) / window_days
 
 
 def fit_segments(described: pd.DataFrame, vectors: np.ndarray, *, k: int = 5, vector_weight: float = 0.1,
@@ -158,22 +205,15 @@ def fit_segments(described: pd.DataFrame, vectors: np.ndarray, *, k: int = 5, ve
         return segmenter, segmenter.assign(described, vectors)
     if len(described) < k:
         raise ValueError(f"{len(described)} users cannot make {k} segments; lower k")
-    window_days = max(float(described["tenure_days"].max()), 1e-9)
-    life = _lifecycle(described, window_days)
-    mean, scale = life.mean(axis=0), life.std(axis=0) + 1e-9
-    n_stages = 3 if k >= 3 else 1
-    stages = KMeans(n_clusters=n_stages, n_init=10, random_state=seed).fit((life - mean) / scale)
-    stage = stages.labels_
-    centres = np.array([life[stage == s].mean(axis=0) for s in range(n_stages)])  # (stages, 2) recency, tenure
-    active_stage = int(np.argmax(centres[:, 1] - centres[:, 0]))
-    active = stage == active_stage
+    stages = LifecycleStages.fit(described, stages=3 if k >= 3 else 1, seed=seed)
+    active = stages.assign(described) == stages.active
     pca = None
     if vector_weight > 0:
         pca = PCA(n_components=min(components, vectors.shape[1], int(active.sum())), random_state=seed).fit(vectors[active])
-    segmenter = Segmenter(window_days, mean, scale, stages, active_stage, pca, classes=None)
+    segmenter = Segmenter(stages, pca, classes=None)
     in_stage = described[active]
     # a small shop may have fewer active customers than value classes asked for: then fewer classes
-    k_value = min(k - (n_stages - 1), len(in_stage))
+    k_value = min(k - (len(stages.share) - 1), len(in_stage))
     # start EM from k-means over the standardised rates and price level
     start_space = value_features(in_stage)[["buy_rate", "engage_rate", "price_percentile"]].to_numpy()
     start_space = (start_space - start_space.mean(axis=0)) / (start_space.std(axis=0) + 1e-9)

@@ -28,9 +28,9 @@ def shop():
 def test_segments_recover_the_planted_value_segments(shop):
     described, planted, vectors = shop
     _, labels = fit_segments(described, vectors, k=5, vector_weight=0.0)
-    # measured 0.72 on this shop (0.64-0.74 on the four built-in shops, docs/benchmarks.md section 5); k-means over
+    # measured 0.77 on this shop (0.65-0.77 on the four built-in shops, docs/benchmarks.md section 5); k-means over
     # the same value features, the segmentation before this one, scored 0.63 here
-    assert adjusted_rand_score(planted, labels) > 0.65
+    assert adjusted_rand_score(planted, labels) > 0.7
     for stage in ("new", "at_risk"):  # lifecycle stages are separated almost perfectly
         members = labels[planted == stage]
         assert np.bincount(members).max() / len(members) > 0.95, stage
