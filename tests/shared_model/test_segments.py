@@ -68,3 +68,19 @@ def test_a_segment_is_named_by_the_value_segment_it_holds_more_of_than_the_merch
     labels = np.array([0] * 60 + [1] * 20 + [2] * 20)  # segment 1: mostly regular, but the high-value customers are here
     names = [row["name"].split(":")[0] for row in summarize_segments(described, labels)]
     assert names == ["regular", "high value", "new"]
+
+
+def test_lifecycle_stages_weigh_how_many_events_show_a_customer_has_lapsed(shop):
+    from shared_model.segments import LifecycleStages
+
+    described, planted, _ = shop
+    stages = LifecycleStages.fit(described)
+    window = stages.window_days
+    lapsed = stages.assign(described[planted == "at_risk"])
+    lapsing = np.bincount(lapsed).argmax()
+    assert lapsing != stages.active
+    # two customers last seen two thirds of the window ago, first seen at its start: ten events there say
+    # "lapsing", one event says little (an active customer's one visit may fall anywhere)
+    base = described.iloc[:2].assign(tenure_days=window, recency_days=window * 2 / 3, events=[10, 1])
+    many, one = stages.assign(base)
+    assert many == lapsing and one == stages.active
