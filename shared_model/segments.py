@@ -124,14 +124,15 @@ class LifecycleStages:
     SLACK = 0.02  # a customer may spill this far outside a stage's window
     QUANTILE = 0.05  # window edges: this quantile of the members' first seen, 1 - it of their last seen
 
-    def seen(self, described: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    @staticmethod
+    def seen(described: pd.DataFrame, window_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """First and last seen as shares of the window (0 its start, 1 now), and the number of events."""
-        first = 1.0 - described["tenure_days"].to_numpy(dtype=np.float64) / self.window_days
-        last = 1.0 - described["recency_days"].to_numpy(dtype=np.float64) / self.window_days
+        first = 1.0 - described["tenure_days"].to_numpy(dtype=np.float64) / window_days
+        last = 1.0 - described["recency_days"].to_numpy(dtype=np.float64) / window_days
         return first, last, np.maximum(described["events"].to_numpy(dtype=np.float64), 1.0)
 
     def log_likelihood(self, described: pd.DataFrame) -> np.ndarray:
-        first, last, n = self.seen(described)
+        first, last, n = self.seen(described, self.window_days)
         width = np.maximum(self.end - self.start, 1e-3)
         outside = (np.maximum(self.start[None, :] - self.SLACK - first[:, None], 0.0)
                    + np.maximum(last[:, None] - self.end[None, :] - self.SLACK, 0.0))  # (U, S)
@@ -148,14 +149,14 @@ class LifecycleStages:
 
     @classmethod
     def fit(cls, described: pd.DataFrame, *, stages: int = 3, seed: int = 0, iterations: int = 50) -> "LifecycleStages":
-        model = cls(max(float(described["tenure_days"].max()), 1e-9), np.ones(1), np.zeros(1), np.ones(1))
-        first, last, _ = model.seen(described)
+        window_days = max(float(described["tenure_days"].max()), 1e-9)
+        first, last, _ = cls.seen(described, window_days)
         life = np.column_stack([first, last])
         labels = KMeans(n_clusters=stages, n_init=10, random_state=seed).fit_predict(
             (life - life.mean(axis=0)) / (life.std(axis=0) + 1e-9))
         for _ in range(iterations):
             present = [s for s in range(stages) if (labels == s).any()]
-            model = cls(model.window_days,
+            model = cls(window_days,
                         share=np.array([np.mean(labels == s) for s in present]),
                         start=np.array([np.quantile(first[labels == s], cls.QUANTILE) for s in present]),
                         end=np.array([np.quantile(last[labels == s], 1.0 - cls.QUANTILE) for s in present]))
