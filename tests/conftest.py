@@ -30,6 +30,18 @@ def small_log(small_merchants):
     return merge_merchants(small_merchants)
 
 
+@pytest.fixture(scope="session")
+def first_builtin_shop():
+    """The first of the built-in synthetic shops (500 customers, planted truth) and its readable profile fields."""
+    from shared_model.features import HashSpec, build_catalogue
+    from shared_model.profile import describe_users
+    from shared_model.synthetic import SyntheticConfig, generate
+
+    shop = generate(SyntheticConfig(merchants=1))[0]
+    events = shop.events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
+    return shop, describe_users(events, build_catalogue(events, HashSpec(64, 64, 64, 8, 16, 64)))
+
+
 def tiny_run(tmp_path, **changes):
     """A federation small enough for a test: two synthetic shops of 60 customers, a narrow model."""
     from shared_model.run_config import RunConfig

@@ -53,13 +53,8 @@ def test_a_burst_of_repeated_purchases_is_flagged_with_reasons():
     assert "within one minute" in reasons and "same item" in reasons
 
 
-def test_readable_fields_recover_what_the_generator_planted():
-    from shared_model.synthetic import SyntheticConfig, generate
-
-    shop = generate(SyntheticConfig(merchants=1))[0]  # the first built-in shop: 500 customers
-    events = shop.events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    catalogue = build_catalogue(events, HashSpec(64, 64, 64, 8, 16, 64))
-    described = describe_users(events, catalogue)
+def test_readable_fields_recover_what_the_generator_planted(first_builtin_shop):
+    shop, described = first_builtin_shop
     truth = {u: t for u, t in shop.truth["users"].items() if t["bot"] is None}
     humans = [u for u in described.index if u in truth]
     precision = [len({c for c, _ in described.loc[u, "interests"][:3]} & set(list(truth[u]["interests"])[:3])) / 3

@@ -7,18 +7,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from shared_model.features import HashSpec, build_catalogue
-from shared_model.profile import describe_users
 from shared_model.segments import fit_segments
-from shared_model.synthetic import SyntheticConfig, generate
 
 
 @pytest.fixture(scope="module")
-def shop():
+def shop(first_builtin_shop):
     """The first built-in shop's customers described (bots left out), their planted segments, random vectors."""
-    merchant = generate(SyntheticConfig(merchants=1))[0]
-    events = merchant.events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
-    described = describe_users(events, build_catalogue(events, HashSpec(64, 64, 64, 8, 16, 64)))
+    merchant, described = first_builtin_shop
     humans = [u for u in described.index if merchant.truth["users"][u]["bot"] is None]
     planted = np.array([merchant.truth["users"][u]["segment"] for u in humans])
     vectors = np.random.default_rng(0).normal(size=(len(humans), 16))
