@@ -1,10 +1,13 @@
 # Two entry points do all set-up on a fresh machine with Python 3.11: `make run` and `make test`.
+# `make test-fast` is the lane to run while working: no Ray, no processes, no real data (under 3 minutes).
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test install clean
+.PHONY: run test test-fast install clean
+
+FAST_LANE := not slow and not ray and not processes and not deployment and not realdata
 
 $(BIN)/fedprofile: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -23,6 +26,9 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "$(FAST_LANE)"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -20,10 +20,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared_model.device import pick_device  # noqa: E402
 from shared_model.evaluation import evaluate  # noqa: E402
 from shared_model.model import ProfileTransformer  # noqa: E402
 from shared_model.run_config import RunConfig  # noqa: E402
-from shared_model.training import pick_device, train  # noqa: E402
+from shared_model.training import train  # noqa: E402
 from simulations.datasets import union  # noqa: E402
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared/data/amazon-beauty"

@@ -24,11 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared_model.batching import trim_padding  # noqa: E402
+from shared_model.device import pick_device  # noqa: E402
 from shared_model.evaluation import evaluate  # noqa: E402
+from shared_model.loss import ProfileLoss  # noqa: E402
 from shared_model.model import ProfileTransformer  # noqa: E402
 from shared_model.privacy import PrivacyConfig  # noqa: E402
 from shared_model.run_config import RunConfig  # noqa: E402
-from shared_model.training import ProfileLoss, pick_device, train, trim_padding  # noqa: E402
+from shared_model.training import train  # noqa: E402
 from simulations.datasets import simulated_merchants  # noqa: E402
 
 BEAUTY = Path(__file__).resolve().parents[2] / "shared/data/amazon-beauty"

@@ -33,13 +33,13 @@ from sklearn.preprocessing import StandardScaler
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from client.onsite.profile import describe_users, profile_users  # noqa: E402
+from client.onsite.segments import fit_segments, value_features  # noqa: E402
 from shared_model.checkpoint import open_model  # noqa: E402
+from shared_model.data.loaders import load_events  # noqa: E402
+from shared_model.data.synthetic import SyntheticConfig, generate, merge_merchants, write  # noqa: E402
 from shared_model.features import build_catalogue, build_sequences  # noqa: E402
-from shared_model.loaders import load_events  # noqa: E402
 from shared_model.model import ProfileConfig, ProfileTransformer  # noqa: E402
-from shared_model.profile import describe_users, profile_users  # noqa: E402
-from shared_model.segments import fit_segments, value_features  # noqa: E402
-from shared_model.synthetic import SyntheticConfig, generate, merge_merchants, write  # noqa: E402
 from shared_model.training import TrainConfig, train  # noqa: E402
 
 MOVIELENS = ROOT.parent / "shared" / "data" / "movielens-100k"

@@ -37,10 +37,10 @@ def _free_port() -> int:
 
 async def _drive(port: int, users: list[str], *, rpc: str, concurrency: int, requests: int) -> dict:
     import grpc
-
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from client.proto import merchant_pb2 as pb, merchant_pb2_grpc as pb_grpc
+    from client.onsite.proto import merchant_pb2 as pb
+    from client.onsite.proto import merchant_pb2_grpc as pb_grpc
 
     latencies: list[float] = []
     failures = 0
@@ -81,7 +81,8 @@ async def _freshness(port: int, user: str, item: str, category: str, last: int, 
     """Seconds from sending one event until GetProfile shows it (the stream returns after the update)."""
     import grpc
 
-    from client.proto import merchant_pb2 as pb, merchant_pb2_grpc as pb_grpc
+    from client.onsite.proto import merchant_pb2 as pb
+    from client.onsite.proto import merchant_pb2_grpc as pb_grpc
 
     out = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -122,10 +123,10 @@ def main() -> None:
     import torch
 
     from shared_model.checkpoint import save_global_model
-    from shared_model.federated import initial_shared_state
-    from shared_model.loaders import load_events
+    from shared_model.data.loaders import load_events
+    from shared_model.data.synthetic import SyntheticConfig, generate, write
     from shared_model.model import ProfileConfig
-    from shared_model.synthetic import SyntheticConfig, generate, write
+    from shared_model.shared_weights import initial_shared_state
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; server and load "
           "client share the cores")

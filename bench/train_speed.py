@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from shared_model.data.loaders import load_events  # noqa: E402
 from shared_model.evaluation import evaluate  # noqa: E402
 from shared_model.features import build_sequences  # noqa: E402
-from shared_model.loaders import load_events  # noqa: E402
 from shared_model.model import ProfileConfig, ProfileTransformer  # noqa: E402
 from shared_model.training import TrainConfig, train  # noqa: E402
 

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared_model.checkpoint import load_global_model, model_for_catalogue  # noqa: E402
+from shared_model.device import pick_device  # noqa: E402
 from shared_model.evaluation import paired_ratio  # noqa: E402
 from shared_model.run_config import RunConfig  # noqa: E402
-from shared_model.training import pick_device  # noqa: E402
 from simulations.datasets import simulated_merchants  # noqa: E402
 from simulations.simulate import PAIRED_FILE, per_user_ndcg, train_centralized  # noqa: E402
 

@@ -1,1 +1,1 @@
-"""Merchant side: the Flower ClientApp and the merchant daemon (federation issue)."""
+"""Merchant side: the Flower ClientApp, the merchant's state and keys, the daemon, and the on-site service."""

@@ -11,9 +11,10 @@ from flwr.clientapp import ClientApp
 
 from client.state import MerchantState, keep_global_model
 from shared_model.checkpoint import model_for_catalogue
-from shared_model.federated import local_evaluate, local_round
+from shared_model.device import pick_device
+from shared_model.merchant_data import load_merchant, simulated_merchants
+from shared_model.merchant_round import local_evaluate, local_round
 from shared_model.run_config import RunConfig
-from shared_model.training import pick_device
 
 app = ClientApp()
 
@@ -80,13 +81,9 @@ def _merchant(context: Context, run: RunConfig):
     `partition-id` of the run's data set."""
     node = context.node_config
     if "data-path" in node:
-        from client.merchant_data import load_merchant
-
         return load_merchant(str(node["data-path"]), str(node.get("format", "events")), run,
                              cache_dir=node.get("state-dir"),
                              name=str(node.get("merchant-name", Path(str(node["data-path"])).stem)))
-    from simulations.datasets import simulated_merchants
-
     merchants = simulated_merchants(run, int(node["num-partitions"]))
     return merchants[int(node["partition-id"])]
 

@@ -7,12 +7,10 @@ import subprocess
 import threading
 from pathlib import Path
 
-from client.onsite import OnsiteEngine
-from client.service import serve
+from client.onsite.engine import open_engine
+from client.onsite.service import serve
 from client.state import MODELS
-from client.store import SQLiteStore
-from fedprofile.processes import config_string, env_with_our_bin, flower_binary
-from shared_model.loaders import load_catalogue, load_events
+from shared_model.processes import config_string, env_with_our_bin, flower_binary
 
 log = logging.getLogger("fedprofile.daemon")
 
@@ -54,11 +52,8 @@ class MerchantDaemon:
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        log_ = load_events(self.data, self.fmt, quarantine_path=self.state_dir / "quarantine.csv")
-        if self.catalogue is not None:
-            log_.items = load_catalogue(self.catalogue, quarantine_path=self.state_dir / "catalogue.quarantine.csv")
-        self.store = SQLiteStore(self.store_path)
-        self.engine = OnsiteEngine.from_log(self.store, log_)
+        self.engine, _ = open_engine(self.data, self.fmt, store=self.store_path,
+                                     quarantine=self.state_dir / "quarantine.csv", catalogue=self.catalogue)
         models = self.state_dir / MODELS
         initial = models if (models / "LATEST").exists() else self.model
         if initial:
@@ -101,7 +96,7 @@ class MerchantDaemon:
             except subprocess.TimeoutExpired:
                 self._process.kill()
         self.server.stop(grace=2).wait()
-        self.store.close()
+        self.engine.close()
 
 
 def refused_by_superlink(supernode_log: Path) -> bool:

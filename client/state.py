@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from shared_model.checkpoint import atomic_write
+from shared_model.checkpoint import publish_version
+from shared_model.files import atomic_torch_save, atomic_write
 
 
 @dataclass
@@ -61,16 +60,9 @@ class MerchantState:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.folder / self.LEDGER, json.dumps({"ledger": ledger, "rounds": self.rounds}).encode())
-        _atomic_torch_save(self.folder / self.LOCAL, local)
+        atomic_torch_save(self.folder / self.LOCAL, local)
         if reply is not None:
-            _atomic_torch_save(self.folder / self.LAST, {"run_id": run_id, "round": server_round, **reply})
-
-
-def _atomic_torch_save(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+            atomic_torch_save(self.folder / self.LAST, {"run_id": run_id, "round": server_round, **reply})
 
 
 MODELS = "models"
@@ -81,8 +73,6 @@ def keep_global_model(folder: Path, model, server_round: int, run_id: str, *, it
     """Keep the global model a round's evaluate message brought as `models/vNNNN` (with LATEST), where the
     merchant's on-site service picks it up; the merchant's own residual rows go beside it, keyed by item id so
     any catalogue can use them."""
-    from shared_model.checkpoint import publish_version
-
     local = model.local_state()
     extra = {LOCAL_WITH_IDS: {"item_ids": [str(i) for i in item_ids], "state": {k: v.cpu() for k, v in local.items()}}} \
         if local else None

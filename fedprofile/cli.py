@@ -35,8 +35,8 @@ Columns = Annotated[
 
 
 def _load(data: Optional[str], fmt: str, quarantine: Optional[Path], columns: Optional[str]):
-    from shared_model.loaders import load_events, parse_column_map
-    from shared_model.validation import DataFileError
+    from shared_model.data.loaders import load_events, parse_column_map
+    from shared_model.data.validation import DataFileError
 
     try:
         return load_events(data, fmt, quarantine_path=quarantine, column_map=parse_column_map(columns))
@@ -87,7 +87,7 @@ def data_synthesize(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Write synthetic merchants' logs with planted ground truth (interests, segments, bots)."""
-    from shared_model.synthetic import SyntheticConfig, generate, write
+    from shared_model.data.synthetic import SyntheticConfig, generate, write
 
     config = SyntheticConfig(merchants=merchants, users_per_merchant=users, items_per_merchant=items,
                              bot_share=bot_share, seed=seed)
@@ -150,10 +150,13 @@ def train(
     import torch
 
     from shared_model.checkpoint import save_model
+    from shared_model.device import pick_device
     from shared_model.features import build_sequences
     from shared_model.model import ProfileConfig, ProfileTransformer
     from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, delta_for
-    from shared_model.training import TrainConfig, pick_device, refit as refit_training, train as run_training
+    from shared_model.training import TrainConfig
+    from shared_model.training import refit as refit_training
+    from shared_model.training import train as run_training
 
     if refit and dp:
         fail("--refit trains on the validation events after choosing epochs by them: it is for plain training; "

@@ -12,7 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-from server.superlink import APP_DIR
+import grpc
+from cryptography.hazmat.primitives import serialization
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client.daemon import refused_by_superlink
+from client.keys import make_merchant_keys
+from client.onsite.proto import merchant_pb2 as pb
+from client.onsite.proto import merchant_pb2_grpc as pb_grpc
+from server.keys import make_server_certificates
+from server.superlink import APP_DIR, CONNECTION, SuperLinkSettings, flwr, register_merchant, run_args, start_superlink
+from shared_model.data.synthetic import SyntheticConfig, generate, write
+from shared_model.processes import env_with_our_bin, flower_binary
 
 log = logging.getLogger("fedprofile.federation")
 
@@ -53,10 +64,6 @@ class LocalFederation:
     # ---- set-up ---------------------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        from client.keys import make_merchant_keys
-        from server.keys import make_server_certificates
-        from shared_model.synthetic import SyntheticConfig, generate, write
-
         self.out.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(exist_ok=True)
         if not self.insecure:
@@ -69,8 +76,6 @@ class LocalFederation:
                 make_merchant_keys(self.out / "keys", name)
 
     def start_server(self) -> None:
-        from server.superlink import SuperLinkSettings, start_superlink
-
         self.port = getattr(self, "port", None) or free_port()  # a restarted server keeps its address
         self.settings = SuperLinkSettings(state_dir=self.out / "server", certs=None if self.insecure else self.out / "certs",
                                           insecure=self.insecure, host="127.0.0.1", port=self.port)
@@ -79,8 +84,6 @@ class LocalFederation:
         log.info("SuperLink on 127.0.0.1:%d (%s)", self.port, "insecure" if self.insecure else "TLS + authentication")
 
     def register(self) -> None:
-        from server.superlink import register_merchant
-
         if self.insecure:
             return
         for name in self.registered:
@@ -106,9 +109,6 @@ class LocalFederation:
 
     def wait_for_services(self, names, timeout: float = 180.0) -> None:
         """Until each merchant's on-site service answers health checks (it may still be NOT_SERVING)."""
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         deadline = time.time() + timeout
         for name in names:
             channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_ports[name]}")
@@ -123,8 +123,6 @@ class LocalFederation:
             channel.close()
 
     def connected_nodes(self) -> int:
-        from server.superlink import CONNECTION, flwr
-
         done = flwr(["supernode", "list", CONNECTION, "--format", "json"], self.flwr_home, timeout=60)
         if done.returncode != 0:
             return 0
@@ -137,9 +135,6 @@ class LocalFederation:
     # ---- the run ----------------------------------------------------------------------------------------------
 
     def submit(self, *, rounds: int, epsilon: float, timeout: float, extra: dict | None = None) -> subprocess.Popen:
-        from fedprofile.processes import env_with_our_bin, flower_binary
-        from server.superlink import run_args
-
         values = {"num-rounds": rounds, "run-dir": str(self.out / "server" / "run"), "dp": "true",
                   "target-epsilon": epsilon, "min-replies": 2, "local-epochs": 1, **(extra or {})}
         return subprocess.Popen([flower_binary("flwr"), *run_args(values)], stdout=open(self.logs / "flwr-run.log", "ab"), stderr=subprocess.STDOUT,
@@ -154,10 +149,6 @@ class LocalFederation:
         return {"round": int(folder.name.split("-")[-1]), **json.loads((folder / "state.json").read_text())}
 
     def served_versions(self) -> dict[str, str]:
-        import grpc
-
-        from client.proto import merchant_pb2 as pb, merchant_pb2_grpc as pb_grpc
-
         out = {}
         for name in self.daemons:
             with grpc.insecure_channel(f"127.0.0.1:{self.grpc_ports[name]}") as channel:
@@ -170,9 +161,7 @@ class LocalFederation:
     def refused(self) -> list[str]:
         """Merchants the SuperLink turned away: its log names their public key as unknown, and their own
         SuperNode log says it could not activate (both sides see it)."""
-        from cryptography.hazmat.primitives import serialization
 
-        from client.daemon import refused_by_superlink
 
         server_log = (self.out / "server" / "superlink.log").read_text(errors="replace") \
             if (self.out / "server" / "superlink.log").exists() else ""

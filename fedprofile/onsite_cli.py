@@ -32,29 +32,21 @@ Store = Annotated[Optional[Path], typer.Option(help="SQLite store of events and 
 def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet: bool = True,
             catalogue: Path | None = None):
     """An on-site engine over the merchant's data with `model` loaded (when given)."""
-    from client.onsite import OnsiteEngine
-    from client.store import SQLiteStore
-    from shared_model.loaders import load_events
-    from shared_model.validation import DataFileError
+    from client.onsite.engine import open_engine
+    from shared_model.data.validation import DataFileError
 
     with tempfile.TemporaryDirectory(prefix="fedprofile-store-") as tmp:
         path = store or Path(tmp) / "store.sqlite"
         quarantine = Path(tmp) / "quarantine.csv" if store is None else path.with_suffix(".quarantine.csv")
         try:
-            log = load_events(data, fmt, quarantine_path=quarantine)
-            if catalogue is not None:
-                from shared_model.loaders import load_catalogue
-
-                log.items = load_catalogue(catalogue, quarantine_path=quarantine.with_name("catalogue.quarantine.csv"))
+            engine, summary = open_engine(data, fmt, store=path, quarantine=quarantine, catalogue=catalogue)
         except (DataFileError, ValueError) as exc:
             fail(str(exc))
         if not quiet:
-            s = log.summary
+            s = summary
             typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
                        f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined -> {s.quarantine_path})", err=True)
-        sqlite = SQLiteStore(path)
         try:
-            engine = OnsiteEngine.from_log(sqlite, log)
             if model is not None:
                 try:
                     engine.load_model(model)
@@ -62,7 +54,7 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
                     fail(str(exc))
             yield engine
         finally:
-            sqlite.close()
+            engine.close()
 
 
 def _echo_json(obj) -> None:
@@ -77,7 +69,7 @@ def profile(
     store: Store = None,
 ) -> None:
     """Print one customer's profile as JSON: interests, price level, habits, propensity, value, risk."""
-    from client.onsite import UnknownUser
+    from client.onsite.engine import UnknownUser
 
     with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
         try:
@@ -103,7 +95,7 @@ def recommend(
     store: Store = None,
 ) -> None:
     """Print top-k recommendations (or a re-ranked candidate list) for a customer as JSON, with reasons."""
-    from client.onsite import UnknownUser
+    from client.onsite.engine import UnknownUser
 
     with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
         try:
@@ -198,7 +190,7 @@ def risk(
     store: Store = None,
 ) -> None:
     """Print suspected click-farming bots and fake reviewers with their scores and reasons (JSON)."""
-    from client.onsite import UnknownUser
+    from client.onsite.engine import UnknownUser
 
     with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
         try:
@@ -219,7 +211,7 @@ def merchant_serve(
     catalogue: CatalogueFile = None,
 ) -> None:
     """Run the on-site service alone on a published model (no federation), reloading newer versions."""
-    from client.service import serve
+    from client.onsite.service import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue) as engine:

@@ -20,8 +20,8 @@ from server.aggregation import (
     strategy_state,
 )
 from server.store import Checkpoint, RunStore
-from shared_model.federated import initial_shared_state
 from shared_model.run_config import RunConfig
+from shared_model.shared_weights import initial_shared_state
 
 log = logging.getLogger("fedprofile.server")
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from shared_model.checkpoint import LATEST, publish_version, write_pointer
+from shared_model.checkpoint import LATEST, publish_version
+from shared_model.files import atomic_folder, write_pointer
 from shared_model.model import ProfileConfig
-
 
 
 @dataclass
@@ -44,16 +43,12 @@ class RunStore:
         return self.root / "models"
 
     def save(self, checkpoint: Checkpoint) -> Path:
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
         final = self.checkpoints / f"round-{checkpoint.round:04d}"
-        tmp = Path(tempfile.mkdtemp(dir=self.checkpoints, prefix=".incomplete-"))
-        np.savez(tmp / "global.npz", **checkpoint.arrays)
-        np.savez(tmp / "strategy.npz", **checkpoint.strategy_state)
-        (tmp / "state.json").write_text(json.dumps({"round": checkpoint.round, **checkpoint.state}, indent=1, default=str))
-        _fsync_tree(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_folder(final) as tmp:
+            np.savez(tmp / "global.npz", **checkpoint.arrays)
+            np.savez(tmp / "strategy.npz", **checkpoint.strategy_state)
+            (tmp / "state.json").write_text(json.dumps({"round": checkpoint.round, **checkpoint.state}, indent=1,
+                                                       default=str))
         write_pointer(self.checkpoints / LATEST, final.name)
         for old in sorted(self.checkpoints.glob("round-*"))[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -87,9 +82,3 @@ class RunStore:
     def latest_model(self) -> Path | None:
         pointer = self.models / LATEST
         return self.models / pointer.read_text().strip() if pointer.exists() else None
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.iterdir():
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())

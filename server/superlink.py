@@ -8,8 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedprofile.processes import config_string, env_with_our_bin, flower_binary
 from server.keys import CA_CERT, SERVER_CERT, SERVER_KEY
+from shared_model.processes import config_string, env_with_our_bin, flower_binary
 
 CONNECTION = "fedprofile"  # the name of the SuperLink connection in the operator's flwr config
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: pyproject.toml with [tool.flwr.app]

@@ -1,1 +1,1 @@
-"""What merchants and the coordinator share: event data, features, the profile Transformer, training and privacy."""
+"""What merchants and the coordinator share, pure PyTorch: data (the ground floor), features, the model, training, privacy."""

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import torch
 
 from shared_model.features import Catalogue
+from shared_model.files import atomic_folder, write_pointer
 from shared_model.model import ProfileConfig, ProfileTransformer
 
 
@@ -63,36 +62,16 @@ def save_global_model(folder: str | Path, config: ProfileConfig, shared_state: d
                       extra: dict[str, object] | None = None) -> Path:
     """A published global model: the shared weights and their config (no catalogue: each merchant brings its
     own) plus a manifest (version, rounds, run config, metrics, epsilon per merchant) and any `extra` files
-    (name -> object for torch.save). Written to a temporary folder and renamed, so a reader never sees half a
-    model."""
+    (name -> object for torch.save). Written aside and renamed, so a reader never sees half a model."""
     folder = Path(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({"config": config.to_dict(), "shared_state": {k: torch.as_tensor(v).cpu() for k, v in shared_state.items()}},
-               tmp / GLOBAL_MODEL_FILE)
-    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
-    for name, obj in (extra or {}).items():
-        torch.save(obj, tmp / name)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        torch.save({"config": config.to_dict(),
+                    "shared_state": {k: torch.as_tensor(v).cpu() for k, v in shared_state.items()}},
+                   tmp / GLOBAL_MODEL_FILE)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
+        for name, obj in (extra or {}).items():
+            torch.save(obj, tmp / name)
     return folder
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Replace a file atomically: written aside, synced, renamed, so a reader sees the old or the new file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def write_pointer(path: Path, target: str) -> None:
-    """Point a LATEST file at `target` (a sibling folder name)."""
-    atomic_write(path, target.encode())
 
 
 def publish_version(models: str | Path, version: int, config: ProfileConfig, shared_state: dict, manifest: dict, *,

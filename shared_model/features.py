@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from shared_model.schema import Behavior
+from shared_model.data.schema import Behavior
 
 # Fixed 16-byte keys: hashes must agree across merchants and runs so shared tables mean the same thing.
 _KEY_ITEM_A = "fedprofile-itm-a"

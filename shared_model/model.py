@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from shared_model.data.schema import Behavior
 from shared_model.features import NUM_AGE_BANDS, NUM_GENDERS, HashSpec
-from shared_model.schema import Behavior
 
 # Parameters whose names start with these prefixes stay on the merchant and are never aggregated:
 # the residual tables are indexed by the merchant's own item ids, which mean nothing elsewhere.

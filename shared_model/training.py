@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
-from contextlib import contextmanager
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
+from shared_model.batching import EpochBatches, physical_batches, steps_for, trim_padding
+from shared_model.device import autocast_for, pick_device
+from shared_model.dp_engine import PrivateTraining, make_private
 from shared_model.evaluation import evaluate
 from shared_model.features import SequenceData
+from shared_model.loss import ProfileLoss
 from shared_model.model import ProfileTransformer
-from shared_model.privacy import PrivacyConfig, PrivacyLedger
-
+from shared_model.optimizers import OPTIMIZERS, load_moments, make_optimizer, optimizer_moments
+from shared_model.privacy import PrivacyConfig
+from shared_model.selection import Selection
 
 # Opacus notes that repeat on every call and say nothing about this run: fedprofile does not claim a secure
 # RNG, and ghost clipping's double backward fires hooks without input gradients by design.
@@ -30,15 +30,7 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
-def pick_device(preferred: str | None = None) -> torch.device:
-    """CUDA when present (or when asked for), CPU otherwise."""
-    if preferred:
-        return torch.device(preferred)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 LR_SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass(frozen=True)
@@ -84,71 +76,6 @@ def scheduled_lr(config: TrainConfig, epochs_done: float) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _contrastive(profiles, positives, negatives, target_ids, negative_ids) -> torch.Tensor:
-    """Softmax loss of each position's target against shared negatives (a negative equal to the target
-    is masked): profiles, positives (P, k), negatives (N, k), target_ids (P,), negative_ids (N,) -> (P,)."""
-    positive = (profiles * positives).sum(-1, keepdim=True)  # (P, 1)
-    negative = profiles @ negatives.T  # (P, N)
-    negative = negative.masked_fill(negative_ids.view(1, -1) == target_ids.unsqueeze(-1), float("-inf"))
-    logits = torch.cat([positive, negative], dim=-1).float()
-    return torch.logsumexp(logits, dim=-1) - logits[:, 0]
-
-
-class ProfileLoss(nn.Module):
-    """Per-user loss: sampled-softmax next-item loss + next-category softmax + purchase-propensity terms,
-    averaged over the user's positions. `reduction` is what Opacus' ghost clipping toggles ('none' gives (B,))."""
-
-    def __init__(self, *, category_weight: float, purchase_weight: float, reduction: str = "mean"):
-        super().__init__()
-        self.category_weight = category_weight
-        self.purchase_weight = purchase_weight
-        self.reduction = reduction
-
-    def forward(self, outputs, targets) -> torch.Tensor:
-        profiles, positives, target_category_vectors, negatives, category_vectors, purchase_logits = outputs
-        target_items, target_categories, target_purchase, negative_ids, category_ids = targets
-        # Score real positions only: on short-history data (Beauty: 6 of 50) padding would be most of the work.
-        users, steps = (target_items > 0).nonzero(as_tuple=True)  # (P,) each
-        here = profiles[users, steps]  # (P, k)
-        item_loss = _contrastive(here, positives[users, steps], negatives, target_items[users, steps], negative_ids)
-        category_loss = _contrastive(here, target_category_vectors[users, steps], category_vectors,
-                                     target_categories[users, steps], category_ids)
-        known = (target_purchase >= 0).float()
-        purchase_loss = F.binary_cross_entropy_with_logits(
-            purchase_logits.float(), target_purchase.clamp(min=0), reduction="none"
-        ) * known  # (B, T)
-        B = target_items.shape[0]
-        per_user_sum = torch.zeros(B, device=item_loss.device, dtype=item_loss.dtype).index_add(
-            0, users, item_loss + self.category_weight * category_loss
-        ) + self.purchase_weight * purchase_loss.sum(1)
-        per_user = per_user_sum / (target_items > 0).sum(1).clamp(min=1)  # (B,)
-        if self.reduction == "none":
-            return per_user
-        return per_user.sum() if self.reduction == "sum" else per_user.mean()
-
-
-def length_grouped_batches(lengths: torch.Tensor, batch_size: int, *, seed: int, group: int = 64):
-    """Shuffled batches of users with similar history lengths (plain training): each chunk of `group` batches
-    is sorted by length before it is cut, so a batch can be trimmed to its longest user; batch order is shuffled."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(lengths), generator=generator)
-    batches = []
-    for start in range(0, len(order), batch_size * group):
-        chunk = order[start:start + batch_size * group]
-        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
-        batches.extend(chunk[i:i + batch_size].tolist() for i in range(0, len(chunk), batch_size))
-    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-def trim_padding(batch: list[torch.Tensor], targets: torch.Tensor) -> list[torch.Tensor]:
-    """Cut the right padding the whole batch shares: (B, L) tensors -> (B, T), T = the most targets any user has
-    (`targets` (B, L), 0 = none). With right padding and causal attention, the kept positions do not change."""
-    if targets.shape[0] == 0:
-        return batch
-    T = max(1, int((targets > 0).sum(1).max()))
-    return [t[:, :T] if t.dim() == 2 else t for t in batch]
-
-
 @dataclass
 class TrainResult:
     history: list[dict] = field(default_factory=list)
@@ -173,38 +100,6 @@ class TrainResult:
         if self.selection_test is not None:
             out["selection_test"] = self.selection_test
         return out
-
-
-def _steps_for(epochs: float, batches_per_epoch: int) -> int:
-    """Whole epochs take every batch; a fraction rounds down (at least one step), so rounds of half an epoch never
-    take more steps than the privacy plan for the same number of epochs allowed."""
-    return max(1, int(epochs * batches_per_epoch))
-
-
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-
-
-def _moments(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """The optimizer's per-parameter state as flat tensors ("<parameter index>.<name>"), e.g. Adam's moments."""
-    return {f"{index}.{name}": value.detach().cpu().clone() for index, state in optimizer.state_dict()["state"].items()
-            for name, value in state.items() if torch.is_tensor(value)}
-
-
-def _load_moments(optimizer: torch.optim.Optimizer, flat: dict[str, torch.Tensor]) -> None:
-    """Carry on from `_moments` of the same model's optimizer; this call's learning rate and other settings hold."""
-    state: dict[int, dict] = {}
-    for key, value in flat.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-
-
-def _batch_to(batch, device):
-    return [t.to(device, non_blocking=True) for t in batch]
 
 
 def train(
@@ -233,129 +128,62 @@ def train(
     model.to(device)
     model.train()
     dataset = TensorDataset(*data.train.tensors())
-    num_items = data.catalogue.num_items
-    category_set = torch.unique(data.catalogue.descriptors[1:, 2]).to(device)  # the merchant's category buckets
     if len(dataset) == 0:
         raise ValueError("no training sequences: every user needs at least 2 events before the held-out ones")
     if privacy is None and config.group_by_length:
-        loader = DataLoader(dataset, batch_sampler=_EpochBatches(data.train.lengths, config.batch_size, config.seed))
+        loader = DataLoader(dataset, batch_sampler=EpochBatches(data.train.lengths, config.batch_size, config.seed))
     else:  # DP-SGD replaces this with Poisson sampling over all users
         loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=False)
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state:
-        _load_moments(optimizer, optimizer_state)
+        load_moments(optimizer, optimizer_state)
     criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight)
-    ledger = engine = None
+    selection = Selection(model, select_best=config.keep_best and privacy is None and validate,
+                          ema_decay=config.ema_decay, patience=config.patience)
+    private: PrivateTraining | None = None
     net = model
-    # The average is made from the weights alone, after each step: under DP it is post-processing (no privacy cost).
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay)) if config.ema_decay else None
-    scored = ema.module if ema is not None else model  # what validation sees and what is kept
     if privacy is not None:
-        if model.config.tie_item_tables:
-            raise ValueError(
-                "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one item table used for "
-                "both inputs and outputs; build the model with tie_item_tables=False"
-            )
-        from opacus import PrivacyEngine
+        private = make_private(model, optimizer, criterion, loader, privacy=privacy, epochs=config.epochs,
+                               ledger_state=ledger_state)
+        net, optimizer, criterion, loader = private.net, private.optimizer, private.criterion, private.loader
+    step = _Step(net, optimizer, criterion, config, data, device, private=privacy is not None,
+                 proximal_mu=proximal_mu, model=model)
 
-        from shared_model import embedding_norm
-
-        embedding_norm.install()
-
-        sample_rate = 1 / len(loader)
-        steps_now = _steps_for(config.epochs, len(loader))
-        if ledger_state is not None:
-            ledger = PrivacyLedger.from_state_dict(ledger_state)
-        else:
-            planned_epochs = privacy.planned_epochs or config.epochs
-            ledger = PrivacyLedger.plan(privacy, sample_rate=sample_rate, planned_steps=int(round(planned_epochs * len(loader))))
-        ledger.check_budget(steps_now)
-        engine = PrivacyEngine(accountant=ledger.accountant_name)
-        if ledger.accountant_state:
-            engine.accountant.load_state_dict(copy.deepcopy(ledger.accountant_state))
-        mode = "ghost" if privacy.ghost_clipping else "hooks"
-        wrapped = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            criterion=criterion,
-            data_loader=loader,
-            noise_multiplier=ledger.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm,
-            poisson_sampling=True,
-            grad_sample_mode=mode,
-            loss_reduction="mean",
-        )
-        if mode == "ghost":
-            net, optimizer, criterion, loader = wrapped
-        else:
-            net, optimizer, loader = wrapped
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     result = TrainResult(delta=privacy.target_delta if privacy else 0.0)
-    # Under DP the weights returned are the last ones: picking a checkpoint by the users' validation
-    # items would spend privacy that the accountant does not count.
-    select_best = config.keep_best and privacy is None and validate
-    # FedProx's proximal term mu/2 |w - w_global|^2, applied as a decoupled step after each optimizer step:
-    # it does not depend on any user's data, so DP-SGD's per-user clipping and noise are untouched.
-    anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad] if proximal_mu > 0 else []
-    best = (-1.0, None, 0)
-    stale = 0
     examples, train_seconds = 0, 0.0
     last = math.ceil(config.epochs)
-    total_steps, steps = _steps_for(config.epochs, len(loader)), 0  # optimizer steps; under DP, logical steps
+    total_steps, steps = steps_for(config.epochs, len(loader)), 0  # optimizer steps; under DP, logical steps
     epochs = tqdm(range(1, last + 1), desc="train", unit="epoch", disable=not config.show_progress)
     for epoch in epochs:
         started = time.perf_counter()
         total_loss, batches = 0.0, 0
-        with _physical_batches(loader, optimizer, config, privacy) as physical:
+        with physical_batches(loader, optimizer, physical_batch_size=config.physical_batch_size,
+                              batch_size=config.batch_size, private=privacy is not None) as physical:
             for batch in physical:
                 if batch[0].shape[0] == 0 and privacy is None:
                     continue
-                *inputs, target_items, target_categories, target_purchase = _batch_to(trim_padding(list(batch), batch[-3]), device)
-                B, T = target_items.shape
-                if config.full_softmax:  # every other catalogue item is a negative
-                    negatives = torch.arange(1, num_items + 1, device=device)
-                else:
-                    negatives = torch.randint(1, num_items + 1, (config.negatives,), device=device)
                 if config.lr_schedule != "constant":
                     for group in optimizer.param_groups:
                         group["lr"] = scheduled_lr(config, steps / len(loader))
-                optimizer.zero_grad(set_to_none=True)
-                with autocast:
-                    outputs = net(*inputs, target_items, negatives, target_categories, category_set,
-                                  train_negatives=privacy is None)
-                    loss = criterion(outputs, (target_items, target_categories, target_purchase, negatives, category_set))
-                loss.backward()
-                optimizer.step()
-                stepped = not getattr(optimizer, "_is_last_step_skipped", False)
-                if anchor and stepped:
-                    with torch.no_grad():
-                        for param, start in anchor:
-                            param.sub_(config.lr * proximal_mu * (param - start))
-                if ema is not None and stepped:
-                    ema.update_parameters(model)
-                total_loss += float(loss.item()) if B else 0.0
+                loss, size, stepped = step(batch)
+                if stepped:
+                    selection.after_step(model)
+                total_loss += loss
                 batches += 1
-                examples += B
+                examples += size
                 steps += stepped
                 if steps >= total_steps:  # a fractional epoch ends here, after a whole (logical) step
                     break
         train_seconds += time.perf_counter() - started
         row = {"epoch": epoch, "loss": total_loss / max(batches, 1), "seconds": round(train_seconds, 2)}
-        if engine is not None:
-            ledger.record(engine.accountant)
-            row["epsilon"] = ledger.epsilon()
+        if private is not None:
+            row["epsilon"] = private.epsilon()
         last_epoch = epoch == last or (config.max_seconds is not None and train_seconds >= config.max_seconds)
         if validate and ((config.eval_every and epoch % config.eval_every == 0) or last_epoch):
-            row["valid"] = evaluate(scored, data.valid, device=device, ks=(10,))
+            row["valid"] = evaluate(selection.scored, data.valid, device=device, ks=(10,))
             if config.track_test:
-                row["test"] = evaluate(scored, data.test, device=device, ks=(10,))
-            if row["valid"]["ndcg@10"] > best[0]:
-                best = (row["valid"]["ndcg@10"], copy.deepcopy(scored.state_dict()) if select_best else None, epoch)
-                stale = 0
-            else:
-                stale += 1
-                last_epoch = last_epoch or (select_best and config.patience is not None and stale >= config.patience)
+                row["test"] = evaluate(selection.scored, data.test, device=device, ks=(10,))
+            last_epoch = selection.observe(epoch, row["valid"]["ndcg@10"]) or last_epoch
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -364,23 +192,17 @@ def train(
                              ("eps", row.get("epsilon", 0.0))]})
         if last_epoch:
             break
-    if select_best and best[1] is not None:
-        model.load_state_dict(best[1])
-        result.best_epoch = best[2]
-    else:
-        result.best_epoch = result.history[-1]["epoch"]
-    if engine is not None:
-        ledger.record(engine.accountant)
-        result.epsilon = ledger.epsilon()
-        result.noise_multiplier = ledger.noise_multiplier
-        result.steps = ledger.steps_taken()
-        result.privacy_state = ledger.state_dict()
-        net._close()  # removes Opacus hooks and per-sample attributes; `model` is plain again
+    result.best_epoch = selection.restore_best(model, result.history[-1]["epoch"])
+    if private is not None:
+        result.epsilon = private.epsilon()
+        result.noise_multiplier = private.ledger.noise_multiplier
+        result.steps = private.ledger.steps_taken()
+        result.privacy_state = private.ledger.state_dict()
+        private.close()
     else:
         result.steps = steps
-    if ema is not None and not (select_best and best[1] is not None):
-        model.load_state_dict(ema.module.state_dict())
-    result.optimizer_state = _moments(optimizer.original_optimizer if engine is not None else optimizer)
+    selection.keep_average(model)
+    result.optimizer_state = optimizer_moments(optimizer.original_optimizer if private is not None else optimizer)
     result.train_seconds = train_seconds
     result.examples_per_second = examples / train_seconds if train_seconds > 0 else 0.0
     if validate:
@@ -388,6 +210,47 @@ def train(
     if validate and evaluate_test:
         result.test = evaluate(model, data.test, device=device)
     return result
+
+
+class _Step:
+    """One optimizer step on one (physical) batch: fresh negatives, forward and backward under the device's
+    autocast, the step, then FedProx's pull. Returns (loss, users, whether the optimizer stepped)."""
+
+    def __init__(self, net, optimizer, criterion, config: TrainConfig, data: SequenceData, device: torch.device, *,
+                 private: bool, proximal_mu: float, model: ProfileTransformer):
+        self.net, self.optimizer, self.criterion, self.config, self.device = net, optimizer, criterion, config, device
+        self.private = private
+        self.num_items = data.catalogue.num_items
+        self.category_set = torch.unique(data.catalogue.descriptors[1:, 2]).to(device)  # the merchant's categories
+        self.autocast = autocast_for(device)
+        self.proximal_mu = proximal_mu
+        # FedProx's proximal term mu/2 |w - w_global|^2, applied as a decoupled step after each optimizer step:
+        # it does not depend on any user's data, so DP-SGD's per-user clipping and noise are untouched.
+        self.anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad] if proximal_mu > 0 else []
+
+    def __call__(self, batch) -> tuple[float, int, bool]:
+        config, device = self.config, self.device
+        batch = [t.to(device, non_blocking=True) for t in trim_padding(list(batch), batch[-3])]
+        *inputs, target_items, target_categories, target_purchase = batch
+        B = target_items.shape[0]
+        if config.full_softmax:  # every other catalogue item is a negative
+            negatives = torch.arange(1, self.num_items + 1, device=device)
+        else:
+            negatives = torch.randint(1, self.num_items + 1, (config.negatives,), device=device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            outputs = self.net(*inputs, target_items, negatives, target_categories, self.category_set,
+                               train_negatives=not self.private)
+            loss = self.criterion(outputs, (target_items, target_categories, target_purchase, negatives,
+                                            self.category_set))
+        loss.backward()
+        self.optimizer.step()
+        stepped = not getattr(self.optimizer, "_is_last_step_skipped", False)
+        if self.anchor and stepped:
+            with torch.no_grad():
+                for param, start in self.anchor:
+                    param.sub_(config.lr * self.proximal_mu * (param - start))
+        return (float(loss.item()) if B else 0.0), B, stepped
 
 
 def refit(model: ProfileTransformer, data: SequenceData, selected: TrainResult, config: TrainConfig, *,
@@ -403,30 +266,3 @@ def refit(model: ProfileTransformer, data: SequenceData, selected: TrainResult, 
     result.history = selected.history + [{**row, "refit": True} for row in result.history]
     result.train_seconds += selected.train_seconds
     return result
-
-
-class _EpochBatches:
-    """A batch sampler that draws new length-grouped batches every epoch."""
-
-    def __init__(self, lengths: torch.Tensor, batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
-
-    def __iter__(self):
-        self.epoch += 1
-        return iter(length_grouped_batches(self.lengths, self.batch_size, seed=self.seed * 100_003 + self.epoch))
-
-    def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
-
-
-@contextmanager
-def _physical_batches(loader, optimizer, config: TrainConfig, privacy):
-    """Under DP, split each sampled (logical) batch into physical ones; accounting stays per logical batch."""
-    if privacy is None or not config.physical_batch_size or config.physical_batch_size >= config.batch_size:
-        yield loader
-        return
-    from opacus.utils.batch_memory_manager import BatchMemoryManager
-
-    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=config.physical_batch_size,
-                            optimizer=optimizer) as physical:
-        yield physical

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared_model.run_config import RunConfig
+from simulations.simulate import simulate
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,6 @@ def load_scenario(path: str | Path) -> tuple[str, list[Variant]]:
 
 
 def run_scenario(path: str | Path, out: str | Path, *, on_round=None, only: list[str] | None = None) -> dict:
-    from simulations.simulate import simulate
-
     name, variants = load_scenario(path)
     out = Path(out)
     rows = []

@@ -11,8 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from flwr.serverapp import ServerApp
+from flwr.simulation import run_simulation as flower_run_simulation
 
+from client.client_app import app as client_app
+from server.coordinator import run_federation
+from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
+from shared_model.device import pick_device
+from shared_model.evaluation import held_out_ranks, ndcg_at, paired_ratio
+from shared_model.merchant_data import simulated_merchants
+from shared_model.merchant_round import local_evaluate
+from shared_model.model import ProfileTransformer
 from shared_model.run_config import RunConfig
+from shared_model.training import train
+from simulations.datasets import union
+from simulations.report import write_report
 
 log = logging.getLogger("fedprofile.simulation")
 
@@ -20,7 +33,6 @@ log = logging.getLogger("fedprofile.simulation")
 class _HideRunSimulationDeprecation(logging.Filter):
     """fedprofile calls flwr.simulation.run_simulation on purpose (flwr is pinned); say it once in the docs,
     not twice on every run."""
-
     def filter(self, record: logging.LogRecord) -> bool:
         return "`run_simulation` function is deprecated" not in record.getMessage()
 
@@ -37,12 +49,6 @@ def backend_config(num_merchants: int, *, cpus_per_merchant: int | None = None, 
 def run_simulation(run: RunConfig, num_merchants: int, *, on_round=None, cpus_per_merchant: int | None = None,
                    gpu_fraction: float | None = None):
     """Run the federation with `num_merchants` simulated SuperNodes; returns the coordinator's FederationResult."""
-    from flwr.serverapp import ServerApp
-    from flwr.simulation import run_simulation as flower_run_simulation
-
-    from client.client_app import app as client_app
-    from server.coordinator import run_federation
-
     # Ray's future default (do not touch CUDA_VISIBLE_DEVICES for actors without a GPU share); silences its warning
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     flower_log = logging.getLogger("flwr")
@@ -67,10 +73,6 @@ def train_centralized(run: RunConfig, num_merchants: int, *, batch_size: int | N
     """The centralized model: trained on the union of the merchants' customers with the federation's epoch budget
     (rounds x local epochs) and the same privacy setting; `batch_size` (default: the merchants') lets it keep its
     own best batch. `on_epoch(model)` is called at each epoch's end. Returns (model, TrainResult, seconds)."""
-    from shared_model.model import ProfileTransformer
-    from shared_model.training import pick_device, train
-    from simulations.datasets import union
-
     data = union(run, num_merchants)
     central = run.replace(local_table=False, batch_size=batch_size or run.batch_size)
     torch.manual_seed(run.seed)
@@ -88,10 +90,6 @@ def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int 
     """`train_centralized`, evaluated like the federation: on each merchant's own test users and catalogue,
     weighted by test users. With `federated_model` (the federation's published model), `paired` compares the two
     user by user (see `paired_comparison`)."""
-    from shared_model.federated import local_evaluate
-    from shared_model.training import pick_device
-    from simulations.datasets import simulated_merchants, union
-
     model, result, seconds = train_centralized(run, num_merchants, batch_size=batch_size)
     device = pick_device()
     per_merchant, total = {}, 0
@@ -117,9 +115,6 @@ def paired_comparison(run: RunConfig, num_merchants: int, federated_model: str |
     catalogue), with a paired bootstrap interval over users; the per-user figures are kept in the run folder
     (PAIRED_FILE) so that seeds can be pooled. It needs every merchant's customers in one place, which only a
     simulation has: nothing here is part of a federated reply."""
-    from shared_model.evaluation import paired_ratio
-    from simulations.datasets import simulated_merchants
-
     federated, manifest = published_per_user_ndcg(run, num_merchants, federated_model)
     central = per_user_ndcg(centralized, simulated_merchants(run, num_merchants))
     np.savez_compressed(run.run_path / PAIRED_FILE, federated=federated, centralized=central)
@@ -131,9 +126,6 @@ def paired_comparison(run: RunConfig, num_merchants: int, federated_model: str |
 
 def per_user_ndcg(model, merchants) -> np.ndarray:
     """Test NDCG@10 of every merchant's test users, each scored on its own merchant's catalogue, merchant by merchant."""
-    from shared_model.evaluation import held_out_ranks, ndcg_at
-    from shared_model.training import pick_device
-
     device = pick_device()
     model.to(device)
     scores = []
@@ -145,9 +137,6 @@ def per_user_ndcg(model, merchants) -> np.ndarray:
 
 def published_per_user_ndcg(run: RunConfig, num_merchants: int, model_folder: str | Path) -> tuple[np.ndarray, dict]:
     """`per_user_ndcg` of a published global model (a run folder, models folder or one version), and its manifest."""
-    from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
-    from simulations.datasets import simulated_merchants
-
     config, shared, manifest = load_global_model(resolve_model_folder(model_folder))
     merchants = simulated_merchants(run, num_merchants)
     return per_user_ndcg(model_for_catalogue(config, shared, merchants[0].sequences.catalogue), merchants), manifest
@@ -158,8 +147,6 @@ def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized
              centralized_batch_size: int | None = None) -> dict:
     """Run a simulation into `out`: metrics.json (history, final HR@10/NDCG@10, epsilon per merchant, and the
     centralized baseline when asked) and report.md with its plots."""
-    from simulations.report import write_report
-
     out = Path(out)
     if not run.resume:  # a fresh simulation replaces the folder's earlier one (it is scratch output)
         for name in ("checkpoints", "models", "merchants", "archive"):

@@ -18,14 +18,14 @@ def real_data() -> Path:
 
 @pytest.fixture(scope="session")
 def small_merchants():
-    from shared_model.synthetic import SyntheticConfig, generate
+    from shared_model.data.synthetic import SyntheticConfig, generate
 
     return generate(SyntheticConfig(merchants=2, users_per_merchant=60, items_per_merchant=400, seed=1))
 
 
 @pytest.fixture(scope="session")
 def small_log(small_merchants):
-    from shared_model.synthetic import merge_merchants
+    from shared_model.data.synthetic import merge_merchants
 
     return merge_merchants(small_merchants)
 
@@ -33,9 +33,9 @@ def small_log(small_merchants):
 @pytest.fixture(scope="session")
 def first_builtin_shop():
     """The first of the built-in synthetic shops (500 customers, planted truth) and its readable profile fields."""
+    from client.onsite.profile import describe_users
+    from shared_model.data.synthetic import SyntheticConfig, generate
     from shared_model.features import HashSpec, build_catalogue
-    from shared_model.profile import describe_users
-    from shared_model.synthetic import SyntheticConfig, generate
 
     shop = generate(SyntheticConfig(merchants=1))[0]
     events = shop.events.sort_values(["user_id", "timestamp"], kind="stable").reset_index(drop=True)
@@ -59,10 +59,10 @@ def onsite(tmp_path_factory):
     import torch
 
     from shared_model.checkpoint import save_global_model
+    from shared_model.data.loaders import load_events
+    from shared_model.data.synthetic import SyntheticConfig, generate, write
     from shared_model.features import build_sequences
-    from shared_model.loaders import load_events
     from shared_model.model import ProfileConfig, ProfileTransformer
-    from shared_model.synthetic import SyntheticConfig, generate, write
     from shared_model.training import TrainConfig, train
 
     root = tmp_path_factory.mktemp("onsite")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 
-from client.client_app import STATE_OPTIMIZER, app as client_app
+import pytest
+
+from client.client_app import STATE_OPTIMIZER
+from client.client_app import app as client_app
 from server.coordinator import run_federation
-from shared_model.synthetic import SyntheticConfig, generate, write
+from shared_model.data.synthetic import SyntheticConfig, generate, write
 from tests.conftest import tiny_run
 from tests.fake_grid import InProcessGrid
 
 
+@pytest.mark.slow
 def test_deployed_merchants_read_their_files_and_keep_their_ledger_on_disk(tmp_path):
     shops = write(generate(SyntheticConfig(merchants=2, users_per_merchant=50, items_per_merchant=300, seed=4)),
                   tmp_path / "shops")
@@ -34,14 +38,15 @@ def test_deployed_merchants_read_their_files_and_keep_their_ledger_on_disk(tmp_p
     assert all(STATE_OPTIMIZER not in context.state for context in grid.contexts.values())
 
 
+@pytest.mark.slow
 def test_a_deployed_merchant_keeps_each_global_model_for_its_service(tmp_path):
     """Each evaluate message's global model lands in state-dir/models (with LATEST), the local residual rows
     beside it keyed by item id; the on-site engine serves it with those rows in place."""
     import torch
 
-    from client.onsite import OnsiteEngine
-    from client.store import SQLiteStore
-    from shared_model.loaders import load_events
+    from client.onsite.engine import OnsiteEngine
+    from client.onsite.store import SQLiteStore
+    from shared_model.data.loaders import load_events
 
     shops = write(generate(SyntheticConfig(merchants=2, users_per_merchant=50, items_per_merchant=300, seed=4)),
                   tmp_path / "shops")
@@ -65,6 +70,7 @@ def test_a_deployed_merchant_keeps_each_global_model_for_its_service(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_a_merchant_keeps_its_optimizer_moments_between_rounds_and_never_sends_them(tmp_path):
     """keep-optimizer-state: each merchant's Adam carries on over rounds (its step count is every step it took
     under DP, as its ledger counts them); the moments stay in the node's context.state, out of every reply.

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = {"d-model": 32, "profile-dim": 32, "n-heads": 1, "n-layers": 1, "max-len": 20, "item-buckets": 2048,
         "negatives": 64, "batch-size": 32}
 
-pytestmark = pytest.mark.deployment
+pytestmark = [pytest.mark.deployment, pytest.mark.processes]
 
 
 def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):

@@ -18,6 +18,7 @@ from tests.conftest import tiny_run
 from tests.fake_grid import InProcessGrid
 
 
+@pytest.mark.slow
 def test_only_shared_parameters_leave_a_merchant(tmp_path):
     run = tiny_run(tmp_path, num_rounds=1, local_table=True, fraction_evaluate=0.0)
     seen = []
@@ -66,13 +67,14 @@ def test_a_round_below_quorum_is_not_aggregated(tmp_path):
     drop_one = lambda node, reply: None if node == 2 and reply.metadata.message_type == "train" else reply  # noqa: E731
     result = run_federation(InProcessGrid(client_app, 2, tamper=drop_one), run)
     assert result.history[0]["aggregated"] is False
-    from shared_model.federated import initial_shared_state
+    from shared_model.shared_weights import initial_shared_state
 
     initial = initial_shared_state(run.model_config(), seed=run.seed)
     published = RunStore(run.run_path).latest().arrays
     assert all(np.array_equal(published[k], v.numpy()) for k, v in initial.items())
 
 
+@pytest.mark.slow
 def test_epsilon_accumulates_over_rounds_and_never_passes_the_target(tmp_path):
     run = tiny_run(tmp_path, num_rounds=2, target_epsilon=4.0, fraction_evaluate=0.0)
     result = run_federation(InProcessGrid(client_app, 2), run)
@@ -95,6 +97,7 @@ class _Crash(RuntimeError):
     pass
 
 
+@pytest.mark.slow
 def test_a_restarted_server_resumes_and_no_merchant_pays_twice_for_a_round(tmp_path):
     run = tiny_run(tmp_path, num_rounds=2)
 

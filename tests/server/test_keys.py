@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
 from client.keys import make_merchant_keys
-from fedprofile.processes import config_string
 from server.keys import make_server_certificates
 from server.superlink import SuperLinkSettings
+from shared_model.processes import config_string
 
 
 def test_server_certificate_is_signed_by_the_ca_for_the_given_hosts(tmp_path):

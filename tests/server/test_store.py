@@ -9,8 +9,8 @@ import torch
 from server.store import Checkpoint, RunStore
 from shared_model.checkpoint import load_global_model, model_for_catalogue
 from shared_model.features import build_sequences
-from shared_model.federated import initial_shared_state
 from shared_model.model import ProfileConfig
+from shared_model.shared_weights import initial_shared_state
 
 
 def _checkpoint(round_, value):

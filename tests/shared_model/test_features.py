@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from shared_model.data.schema import Behavior
 from shared_model.features import build_sequences, gap_bucket, price_bucket, stable_bucket, title_tokens
 from shared_model.model import ProfileConfig
-from shared_model.schema import Behavior
 
 SPEC = ProfileConfig().hash_spec
 

@@ -9,8 +9,8 @@ from opacus.grad_sample import GradSampleModuleFastGradientClipping
 from opacus.validators import ModuleValidator
 
 from shared_model.features import build_sequences
+from shared_model.loss import ProfileLoss
 from shared_model.model import LOCAL_PARAMETER_PREFIXES, ProfileConfig, ProfileTransformer, is_shared
-from shared_model.training import ProfileLoss
 
 TINY = ProfileConfig(max_len=12, d_model=16, n_heads=2, n_layers=2, profile_dim=8, dropout=0.0, item_buckets=64,
                      category_buckets=32, brand_buckets=32, price_buckets=8, gap_buckets=8)

@@ -91,7 +91,7 @@ def test_unsafe_privacy_settings_are_refused(kwargs, message):
 
 
 def test_empty_poisson_batches_are_private_steps_too():
-    from shared_model.synthetic import SyntheticConfig, generate, merge_merchants
+    from shared_model.data.synthetic import SyntheticConfig, generate, merge_merchants
 
     log = merge_merchants(generate(SyntheticConfig(merchants=1, users_per_merchant=12, items_per_merchant=100)))
     data = build_sequences(log.events, log.users, SMALL.hash_spec, max_len=SMALL.max_len)

@@ -77,44 +77,6 @@ def test_fixed_item_vectors_train_only_the_sequence_model_under_dp(small_log):
     assert not torch.equal(after["category_vectors.mix.weight"], before["category_vectors.mix.weight"])
 
 
-def test_trimming_shared_padding_changes_neither_profiles_nor_loss(small_log):
-    from shared_model.training import ProfileLoss, trim_padding
-
-    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
-    torch.manual_seed(0)
-    model = ProfileTransformer(CONFIG, data.catalogue.descriptors).eval()
-    short = torch.argsort(data.train.lengths)[:8]  # users far shorter than the window
-    full = [t[short] for t in data.train.tensors()]
-    trimmed = trim_padding(list(full), full[-3])
-    assert trimmed[0].shape[1] == int(data.train.lengths[short].max()) < full[0].shape[1]
-    negatives = torch.arange(1, 40)
-    categories = torch.unique(data.catalogue.descriptors[1:, 2])
-    loss = ProfileLoss(category_weight=0.5, purchase_weight=0.5, reduction="none")
-    per_user = []
-    for batch in (full, trimmed):
-        *inputs, items, cats, purchase = batch
-        with torch.no_grad():
-            out = model(*inputs, items, negatives, cats, categories)
-            per_user.append((out[0], loss(out, (items, cats, purchase, negatives, categories))))
-    T = trimmed[0].shape[1]
-    torch.testing.assert_close(per_user[0][0][:, :T], per_user[1][0])
-    torch.testing.assert_close(per_user[0][1], per_user[1][1])
-
-
-def test_length_grouped_batches_cover_every_user_once_with_less_padding():
-    from shared_model.training import length_grouped_batches
-
-    generator = torch.Generator().manual_seed(0)
-    lengths = torch.cat([torch.randint(1, 8, (900,), generator=generator), torch.full((100,), 50)])
-    batches = length_grouped_batches(lengths, 32, seed=1, group=8)
-    flat = [i for b in batches for i in b]
-    assert sorted(flat) == list(range(1000)) and all(len(b) <= 32 for b in batches)
-    assert length_grouped_batches(lengths, 32, seed=2, group=8) != batches  # reshuffled each epoch
-    padded = sum(32 * int(lengths[b].max()) for b in batches)
-    random = sum(32 * int(lengths[torch.randperm(1000, generator=generator)[i:i + 32]].max()) for i in range(0, 1000, 32))
-    assert padded < 0.5 * random
-
-
 def test_the_weight_average_is_what_training_returns(small_log):
     data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
     cpu = torch.device("cpu")

@@ -33,7 +33,7 @@ def test_a_bad_variant_is_named(tmp_path):
         load_scenario(bad)
 
 
-@pytest.mark.slow
+@pytest.mark.ray
 def test_a_scenario_runs_every_variant_and_summarises(tmp_path):
     import json
     import subprocess

@@ -1,0 +1,1 @@
+"""One reader per log format; each returns schema rows in chunks with its files' accounting."""

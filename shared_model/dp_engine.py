@@ -1,0 +1,80 @@
+"""Attaching Opacus to one training call: user-level DP-SGD on a ledger that carries epsilon across calls."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from opacus import PrivacyEngine
+
+from shared_model import embedding_norm
+from shared_model.batching import steps_for
+from shared_model.model import ProfileTransformer
+from shared_model.privacy import PrivacyConfig, PrivacyLedger
+
+
+@dataclass
+class PrivateTraining:
+    """The Opacus-wrapped module, optimizer, criterion and Poisson loader of one DP-SGD call, and its ledger."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    loader: torch.utils.data.DataLoader
+    engine: PrivacyEngine
+    ledger: PrivacyLedger
+
+    def epsilon(self) -> float:
+        """Record the steps taken so far in the ledger and return the epsilon spent over every call."""
+        self.ledger.record(self.engine.accountant)
+        return self.ledger.epsilon()
+
+    def close(self) -> None:
+        """Remove Opacus' hooks and per-sample attributes: the model is plain again."""
+        self.net._close()
+
+
+def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                 loader: torch.utils.data.DataLoader, *, privacy: PrivacyConfig, epochs: float,
+                 ledger_state: dict | None) -> PrivateTraining:
+    """Wrap one call's training for DP-SGD: one user = one example, Poisson sampling at 1 / batches per epoch.
+
+    The noise multiplier is fixed once, for the planned steps over every call (`privacy.planned_epochs`), and
+    kept in the ledger; `ledger_state` continues an earlier call's ledger. Raises PrivacyBudgetExhausted before
+    any step when this call's steps would take epsilon past the target."""
+    if model.config.tie_item_tables:
+        raise ValueError(
+            "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one item table used for "
+            "both inputs and outputs; build the model with tie_item_tables=False"
+        )
+    embedding_norm.install()
+    sample_rate = 1 / len(loader)
+    if ledger_state is not None:
+        ledger = PrivacyLedger.from_state_dict(ledger_state)
+    else:
+        planned_epochs = privacy.planned_epochs or epochs
+        ledger = PrivacyLedger.plan(privacy, sample_rate=sample_rate,
+                                    planned_steps=int(round(planned_epochs * len(loader))))
+    ledger.check_budget(steps_for(epochs, len(loader)))
+    engine = PrivacyEngine(accountant=ledger.accountant_name)
+    if ledger.accountant_state:
+        engine.accountant.load_state_dict(copy.deepcopy(ledger.accountant_state))
+    mode = "ghost" if privacy.ghost_clipping else "hooks"
+    wrapped = engine.make_private(
+        module=model,
+        optimizer=optimizer,
+        criterion=criterion,
+        data_loader=loader,
+        noise_multiplier=ledger.noise_multiplier,
+        max_grad_norm=privacy.max_grad_norm,
+        poisson_sampling=True,
+        grad_sample_mode=mode,
+        loss_reduction="mean",
+    )
+    if mode == "ghost":  # ghost clipping wraps the criterion too (its two backward passes)
+        net, optimizer, criterion, loader = wrapped
+    else:
+        net, optimizer, loader = wrapped
+    return PrivateTraining(net, optimizer, criterion, loader, engine, ledger)

@@ -1,0 +1,36 @@
+"""The merchant daemon's pieces: the SuperNode command it runs, and how it tells that the SuperLink refused it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from client.daemon import refused_by_superlink, supernode_command
+
+
+def test_the_supernode_runs_with_tls_and_its_key_unless_told_insecure(tmp_path):
+    node = {"data-path": "/d/events.csv", "format": "events", "state-dir": "/s", "merchant-name": "shop a",
+            "max-epsilon": 2.0}
+    cmd = supernode_command(superlink="coord:9092", node_config=node, root_certificates=Path("ca.crt"),
+                            auth_key=Path("shop.key"), clientapp_port=9100)
+    assert Path(cmd[0]).name == "flower-supernode"
+    assert cmd[cmd.index("--superlink") + 1] == "coord:9092"
+    assert cmd[cmd.index("--root-certificates") + 1] == "ca.crt" and "--insecure" not in cmd
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == "shop.key"
+    assert cmd[cmd.index("--node-config") + 1] == ('data-path="/d/events.csv" format="events" state-dir="/s" '
+                                                   'merchant-name="shop a" max-epsilon=2.0')
+    insecure = supernode_command(superlink="127.0.0.1:9092", node_config={"max-epsilon": None}, root_certificates=None,
+                                 auth_key=None, clientapp_port=9100)
+    assert "--insecure" in insecure and "--auth-supernode-private-key" not in insecure
+    assert insecure[insecure.index("--node-config") + 1] == ""  # unset settings are left out
+
+
+def test_a_refusal_is_read_from_the_end_of_the_supernode_log(tmp_path):
+    log = tmp_path / "supernode.log"
+    assert not refused_by_superlink(log)
+    log.write_text("connecting\n" * 5000)
+    assert not refused_by_superlink(log)
+    log.write_text("Failed to activate SuperNode\n" + "retrying\n" * 2000)  # long ago, then fine
+    assert not refused_by_superlink(log)
+    with log.open("a") as handle:
+        handle.write("ERROR: [code: 2004] public key not recognised\n")
+    assert refused_by_superlink(log)
