@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.policy import PolicyRefusal, PrivacyPolicy
 from client.state import MerchantState, keep_global_model
 from shared_model.checkpoint import model_for_catalogue
 from shared_model.device import pick_device
 from shared_model.merchant_data import load_merchant, simulated_merchants
 from shared_model.merchant_round import local_evaluate, local_round
+from shared_model.privacy import PrivacyLedger
 from shared_model.run_config import RunConfig
 
 app = ClientApp()
+log = logging.getLogger("fedprofile.merchant")
 
 # Keys of `context.state`
 STATE_PRIVACY = "fedprofile.privacy"
@@ -26,26 +31,33 @@ STATE_OPTIMIZER = "fedprofile.optimizer"
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    run, server_round, run_id = _settings(msg)
+    try:
+        run, server_round, run_id = _settings(msg)
+    except ValueError as exc:  # a run config out of bounds is refused, not trained
+        return _refuse(msg, context, str(exc), train=True)
     merchant = _merchant(context, run)
     state = _load_state(context, run, run_id, merchant.name)
     stored = state.stored_update(run_id, server_round)
     if stored is not None:  # this round was paid for already (the server restarted): send the same update again
         return _train_reply(msg, merchant.name, stored["shared_state"], stored["metrics"], refused=stored.get("refused"))
-    model = _model(run, merchant, state, msg.content["arrays"])
+    policy = PrivacyPolicy.for_node(context.node_config, run)
+    ledger = PrivacyLedger.from_state_dict(state.ledger) if state.ledger else None
+    try:  # the merchant's own policy decides, whatever the run config says
+        policy.check(run, num_users=len(merchant.sequences.train), steps_taken=ledger.steps_taken() if ledger else 0)
+        model = _model(run, merchant, state, msg.content["arrays"])
+    except PolicyRefusal as exc:
+        log.warning("%s refused round %d of run %s: %s", merchant.name, server_round, run_id, exc)
+        metrics = _metrics(num_examples=len(merchant.sequences.train), epsilon=ledger.epsilon() if ledger else 0.0,
+                           delta=ledger.target_delta if ledger else 0.0, refused=True)
+        return _train_reply(msg, merchant.name, None, metrics, refused=str(exc))
     update = local_round(model, merchant.sequences, run, ledger_state=state.ledger, server_round=server_round,
-                         epsilon_cap=_float(context.node_config.get("max-epsilon")),
+                         epsilon_cap=policy.max_epsilon, delta_cap=policy.max_delta,
                          proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
                          optimizer_state=_optimizer_state(context), device=pick_device())
-    metrics = {
-        "num-examples": update.num_examples,
-        "train-loss": update.loss if math.isfinite(update.loss) else 0.0,
-        "epsilon": update.epsilon,
-        "delta": update.delta,
-        "steps": update.steps,
-        "train-seconds": update.seconds,
-        "refused": int(update.refused is not None),
-    }
+    metrics = _metrics(num_examples=update.num_examples, loss=update.loss, epsilon=update.epsilon,
+                       delta=update.delta, steps=update.steps, seconds=update.seconds, refused=update.refused is not None)
+    if update.refused:
+        log.warning("%s refused round %d of run %s: %s", merchant.name, server_round, run_id, update.refused)
     state.record(run_id, server_round, ledger=update.ledger_state, local=update.local_state,
                  reply={"shared_state": update.shared_state, "metrics": metrics, "refused": update.refused})
     _save_state(context, state)
@@ -56,10 +68,19 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    run, server_round, run_id = _settings(msg)
+    try:
+        run, server_round, run_id = _settings(msg)
+    except ValueError as exc:
+        return _refuse(msg, context, str(exc), train=False)
     merchant = _merchant(context, run)
     state = _load_state(context, run, run_id, merchant.name)
-    model = _model(run, merchant, state, msg.content["arrays"])
+    try:
+        PrivacyPolicy.for_node(context.node_config, run).check_model(run)
+        model = _model(run, merchant, state, msg.content["arrays"])
+    except PolicyRefusal as exc:  # no metrics: the coordinator counts this merchant out of the round's figures
+        log.warning("%s refused to evaluate round %d of run %s: %s", merchant.name, server_round, run_id, exc)
+        return Message(RecordDict({"merchant": ConfigRecord({"name": merchant.name, "refused": str(exc)})}),
+                       reply_to=msg)
     if "state-dir" in context.node_config:  # deployment: the merchant's own service serves this version next
         keep_global_model(Path(str(context.node_config["state-dir"])), model, server_round, run_id,
                           item_ids=merchant.sequences.catalogue.item_ids)
@@ -68,6 +89,16 @@ def evaluate(msg: Message, context: Context) -> Message:
     record = RecordDict({"metrics": MetricRecord({"num-examples": users, **metrics}),
                          "merchant": ConfigRecord({"name": merchant.name})})
     return Message(record, reply_to=msg)
+
+
+def _refuse(msg: Message, context: Context, reason: str, *, train: bool) -> Message:
+    """A refusal before the run's settings could be read: the reason, and for training zero figures."""
+    name = str(context.node_config.get("merchant-name", f"node-{context.node_id}"))
+    log.warning("%s refused a %s message: %s", name, "train" if train else "evaluate", reason)
+    if train:
+        return _train_reply(msg, name, None, _metrics(num_examples=0, epsilon=0.0, delta=0.0, refused=True),
+                            refused=reason)
+    return Message(RecordDict({"merchant": ConfigRecord({"name": name, "refused": reason})}), reply_to=msg)
 
 
 def _settings(msg: Message) -> tuple[RunConfig, int, str]:
@@ -117,9 +148,27 @@ def _optimizer_state(context: Context):
 
 
 def _model(run: RunConfig, merchant, state: MerchantState, arrays: ArrayRecord):
+    """The received global weights over this merchant's catalogue; weights that are not all finite, or not
+    the run's names and shapes, are refused (a NaN model would score every metric 1.0 and be served)."""
+    shared = arrays.to_torch_state_dict()
+    bad = sorted(name for name, tensor in shared.items()
+                 if not (tensor.is_floating_point() and bool(torch.isfinite(tensor).all())))
+    if bad:
+        raise PolicyRefusal(f"the global weights hold non-finite or non-float values in {bad[:3]}"
+                            + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
     catalogue = merchant.sequences.catalogue
-    return model_for_catalogue(run.model_config(local_items=catalogue.num_items + 1), arrays.to_torch_state_dict(),
-                               catalogue, state.local)
+    try:
+        return model_for_catalogue(run.model_config(local_items=catalogue.num_items + 1), shared, catalogue,
+                                   state.local)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise PolicyRefusal(f"the global weights do not fit the run's model: {str(exc)[:300]}") from None
+
+
+def _metrics(*, num_examples: int, epsilon: float, delta: float, refused: bool, loss: float = float("nan"),
+             steps: int = 0, seconds: float = 0.0) -> dict:
+    """A train reply's metrics: always these seven keys, every value a finite number."""
+    return {"num-examples": num_examples, "train-loss": loss if math.isfinite(loss) else 0.0, "epsilon": epsilon,
+            "delta": delta, "steps": steps, "train-seconds": seconds, "refused": int(refused)}
 
 
 def _train_reply(msg: Message, name: str, shared_state, metrics: dict, *, refused: str | None) -> Message:
@@ -127,7 +176,3 @@ def _train_reply(msg: Message, name: str, shared_state, metrics: dict, *, refuse
     if shared_state is not None:  # only the shared weights leave the merchant; local ones never do
         content["arrays"] = ArrayRecord(shared_state)
     return Message(RecordDict(content), reply_to=msg)
-
-
-def _float(value) -> float | None:
-    return float(value) if value not in (None, "") else None

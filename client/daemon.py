@@ -9,6 +9,7 @@ from pathlib import Path
 
 from client.onsite.engine import open_engine
 from client.onsite.service import serve
+from client.policy import PrivacyPolicy
 from client.state import MODELS
 from shared_model.processes import config_string, env_with_our_bin, flower_binary
 
@@ -32,7 +33,7 @@ class MerchantDaemon:
     on-site service carries on answering."""
 
     def __init__(self, *, data: str, fmt: str, superlink: str, state_dir: Path, root_certificates: Path | None = None,
-                 auth_key: Path | None = None, name: str | None = None, max_epsilon: float | None = None,
+                 auth_key: Path | None = None, name: str | None = None, policy: PrivacyPolicy = PrivacyPolicy(),
                  grpc_port: int = 50051, host: str = "127.0.0.1", clientapp_port: int = 9094,
                  store: Path = Path("merchant.sqlite"), model: str | None = None, catalogue: Path | None = None,
                  watch_interval: float = 1.0,
@@ -41,7 +42,7 @@ class MerchantDaemon:
         self.state_dir = Path(state_dir).resolve()
         self.root_certificates, self.auth_key = root_certificates, auth_key
         self.name = name or Path(data).stem
-        self.max_epsilon = max_epsilon
+        self.policy = policy
         self.grpc_port, self.host, self.clientapp_port = grpc_port, host, clientapp_port
         self.store_path, self.model, self.catalogue = Path(store), model, catalogue
         self.watch_interval, self.max_backoff = watch_interval, max_backoff
@@ -52,6 +53,7 @@ class MerchantDaemon:
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.policy.save(self.state_dir)  # what the ClientApp enforces on every message of every run
         self.engine, _ = open_engine(self.data, self.fmt, store=self.store_path,
                                      quarantine=self.state_dir / "quarantine.csv", catalogue=self.catalogue)
         models = self.state_dir / MODELS
@@ -69,7 +71,7 @@ class MerchantDaemon:
             superlink=self.superlink, root_certificates=self.root_certificates, auth_key=self.auth_key,
             clientapp_port=self.clientapp_port,
             node_config={"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
-                         "merchant-name": self.name, "max-epsilon": self.max_epsilon})
+                         "merchant-name": self.name})
         logs = open(self.state_dir / "supernode.log", "ab")
         while not self._stop.is_set():
             log.info("starting SuperNode: %s", " ".join(cmd))

@@ -48,7 +48,7 @@ class MerchantState:
         """The update sent for this round before, if it is the last one and kept on disk."""
         if self.folder is None or not (self.folder / self.LAST).exists():
             return None
-        last = torch.load(self.folder / self.LAST, weights_only=False)
+        last = torch.load(self.folder / self.LAST, weights_only=True)  # data, never code
         return last if (last.get("run_id"), last.get("round")) == (run_id, server_round) else None
 
     def record(self, run_id: str, server_round: int, *, ledger: dict | None, local: dict, reply: dict | None) -> None:

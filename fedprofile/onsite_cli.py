@@ -237,7 +237,15 @@ def merchant_run(
     insecure: Annotated[bool, typer.Option(help="No TLS (local experiments only).")] = False,
     auth_key: Annotated[Optional[Path], typer.Option(help="The merchant's private key (`fedprofile merchant keys`).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Merchant name in the federation's logs.")] = None,
-    max_epsilon: Annotated[Optional[float], typer.Option(help="This merchant's own epsilon ceiling.")] = None,
+    max_epsilon: Annotated[float, typer.Option(help="Privacy policy: epsilon per customer over every run, "
+                                                    "whatever a run asks.")] = 8.0,
+    max_delta: Annotated[float, typer.Option(help="Privacy policy: the largest delta.")] = 1e-5,
+    max_sample_rate: Annotated[float, typer.Option(help="Privacy policy: the largest share of customers in one "
+                                                        "DP step.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Privacy policy: DP steps over every run.")] = 100_000,
+    max_parameters: Annotated[int, typer.Option(help="Privacy policy: the largest shared model it trains.")] = 50_000_000,
+    allow_no_dp: Annotated[bool, typer.Option("--allow-no-dp", help="Privacy policy: also train in runs without "
+                                                                     "DP (off: such runs are refused).")] = False,
     grpc_port: Annotated[int, typer.Option(help="Port of the on-site gRPC service.", envvar="FEDPROFILE_GRPC_PORT")] = 50051,
     host: Annotated[str, typer.Option(help="Interface the on-site service listens on.")] = "127.0.0.1",
     clientapp_port: Annotated[int, typer.Option(help="Local port of the SuperNode's ClientApp API.")] = 9094,
@@ -248,12 +256,18 @@ def merchant_run(
     """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
     service, which serves each global model version the federation sends as soon as it arrives."""
     from client.daemon import MerchantDaemon
+    from client.policy import PrivacyPolicy
 
     if insecure == (root_certificates is not None):
         fail("give either --root-certificates CA.pem (TLS) or --insecure")
+    try:
+        policy = PrivacyPolicy(require_dp=not allow_no_dp, max_epsilon=max_epsilon, max_delta=max_delta,
+                               max_sample_rate=max_sample_rate, max_steps=max_steps, max_parameters=max_parameters)
+    except ValueError as exc:
+        fail(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     daemon = MerchantDaemon(data=data, fmt=fmt, superlink=superlink, state_dir=state_dir,
-                            root_certificates=root_certificates, auth_key=auth_key, name=name, max_epsilon=max_epsilon,
+                            root_certificates=root_certificates, auth_key=auth_key, name=name, policy=policy,
                             grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model,
                             catalogue=catalogue)
     daemon.start()

@@ -1,18 +1,13 @@
-"""Choosing Flower's aggregation strategy from the run config, screening replies, and the strategy's state."""
+"""Choosing Flower's aggregation strategy from the run config, the row-wise table average, and the strategy's state."""
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
-
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
 from shared_model.run_config import AVERAGING_STRATEGIES, RunConfig
 from shared_model.shared_weights import embedding_table_names
-
-log = logging.getLogger("fedprofile.server")
 
 
 def touched_row_average(sent: np.ndarray, returned: list[np.ndarray], weights: list[float]) -> np.ndarray:
@@ -125,65 +120,3 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, np.ndarray]) -> 
         values = [state[k] for k in sorted(k for k in state if k.startswith(attribute + "/"))]
         if values:
             setattr(strategy, attribute, values)
-
-
-@dataclass
-class ScreenedReplies:
-    accepted: list[Message] = field(default_factory=list)
-    refused: list[tuple[str, str]] = field(default_factory=list)  # (merchant, why): privacy budget spent
-    rejected: list[tuple[str, str]] = field(default_factory=list)  # (merchant, why): broken replies
-    merchants: dict[int, str] = field(default_factory=dict)  # node id -> merchant name
-
-
-def merchant_name(msg: Message) -> str:
-    if not msg.has_error() and "merchant" in msg.content.config_records:
-        return str(msg.content.config_records["merchant"]["name"])
-    return f"node-{msg.metadata.src_node_id}"
-
-
-def screen_train_replies(replies: list[Message], expected: dict[str, tuple[int, ...]]) -> ScreenedReplies:
-    """Keep replies whose weights have exactly the expected names and shapes and are all finite; merchants that
-    refused (spent budget) and broken replies are set aside with their reason and never averaged."""
-    out = ScreenedReplies()
-    for msg in replies:
-        name = merchant_name(msg)
-        out.merchants[msg.metadata.src_node_id] = name
-        if msg.has_error():
-            out.rejected.append((name, f"error reply: {msg.error.reason}"))
-            continue
-        content = msg.content
-        metrics = content.metric_records.get("metrics")
-        if metrics is not None and int(metrics.get("refused", 0)):
-            out.refused.append((name, str(content.config_records["merchant"].get("refused", "budget spent"))))
-            continue
-        problem = _weights_problem(content, expected, metrics)
-        if problem:
-            out.rejected.append((name, problem))
-        else:
-            out.accepted.append(msg)
-    for name, why in out.rejected:
-        log.warning("rejected the update of %s: %s", name, why)
-    for name, why in out.refused:
-        log.info("%s did not train: %s", name, why)
-    return out
-
-
-def _weights_problem(content, expected: dict[str, tuple[int, ...]], metrics) -> str | None:
-    if metrics is None or "num-examples" not in metrics:
-        return "no metrics with num-examples"
-    if not (float(metrics["num-examples"]) > 0):
-        return f"num-examples must be positive, got {metrics['num-examples']}"
-    if len(content.array_records) != 1:
-        return f"expected one array record, got {len(content.array_records)}"
-    arrays = next(iter(content.array_records.values()))
-    names = set(arrays.keys())
-    if names != set(expected):
-        missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
-        return f"wrong weights: missing {missing[:3]}, unexpected {extra[:3]}"
-    for key in expected:
-        value = arrays[key].numpy()
-        if tuple(value.shape) != tuple(expected[key]):
-            return f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key])}"
-        if not np.isfinite(value).all():
-            return f"{key} holds NaN or infinite values"
-    return None

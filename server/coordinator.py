@@ -9,15 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
-from server.aggregation import (
-    make_strategy,
-    merchant_name,
-    restore_strategy_state,
+from server.aggregation import make_strategy, restore_strategy_state, strategy_state
+from server.screening import (
+    MerchantRegistry,
+    bound_updates,
+    screen_evaluate_replies,
     screen_train_replies,
-    strategy_state,
+    weighted_evaluation,
 )
 from server.store import Checkpoint, RunStore
 from shared_model.run_config import RunConfig
@@ -50,6 +51,7 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         state = checkpoint.state
         result = FederationResult(state["run_id"], checkpoint.round, state["history"], state["epsilon"],
                                   state.get("delta", {}), state.get("final", {}), resumed_from=checkpoint.round)
+        registry = MerchantRegistry.from_state_dict(state.get("merchants"))
         log.info("resuming run %s after round %d from %s", result.run_id, checkpoint.round, store.checkpoints)
     else:
         archived = store.archive_previous()
@@ -57,6 +59,7 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
             log.warning("%s held an earlier run; moved it to %s (resume = true continues a run)", store.root, archived)
         arrays = {k: v.numpy() for k, v in initial_shared_state(model_config, seed=run.seed).items()}
         result = FederationResult(uuid.uuid4().hex[:12], 0)
+        registry = MerchantRegistry()
     expected = {k: v.shape for k, v in arrays.items()}
     settings = {**run.to_flat(), "run-id": result.run_id}
 
@@ -67,22 +70,17 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         messages = strategy.configure_train(server_round, ArrayRecord(_torch(arrays)), ConfigRecord(settings), grid)
         replies = list(grid.send_and_receive(messages, timeout=run.round_timeout))
         row["train-phase-seconds"] = time.perf_counter() - started
-        screened = screen_train_replies(replies, expected)
-        for msg in screened.accepted:
-            metrics = msg.content.metric_records["metrics"]
-            name = merchant_name(msg)
-            result.epsilon[name] = float(metrics["epsilon"])
-            result.delta[name] = float(metrics["delta"])
-        for msg in replies:  # a refusing merchant still reports what it has spent
-            if not msg.has_error() and int(msg.content.metric_records["metrics"].get("refused", 0)):
-                metrics = msg.content.metric_records["metrics"]
-                result.epsilon[merchant_name(msg)] = float(metrics["epsilon"])
-        row["merchants-trained"] = [merchant_name(m) for m in screened.accepted]
+        screened = screen_train_replies(replies, expected, registry=registry, max_examples=run.max_examples)
+        for name, metrics in screened.metrics.items():  # a refusing merchant still reports what it has spent
+            result.epsilon[name] = metrics["epsilon"]
+            result.delta[name] = metrics["delta"]
+        row["merchants-trained"] = [registry.label(m) for m in screened.accepted]
         row["refused"] = dict(screened.refused)
         row["rejected"] = dict(screened.rejected)
-        row["local-train-seconds"] = {merchant_name(m): float(m.content.metric_records["metrics"]["train-seconds"])
+        row["local-train-seconds"] = {registry.label(m): screened.metrics[registry.label(m)]["train-seconds"]
                                       for m in screened.accepted}
         if len(screened.accepted) >= run.min_replies:
+            row["clipped"] = bound_updates(screened.accepted, arrays, factor=run.update_norm_bound, registry=registry)
             aggregated, train_metrics = strategy.aggregate_train(server_round, screened.accepted)
             if aggregated is not None:
                 arrays = {k: v.numpy() for k, v in aggregated.items()}
@@ -96,7 +94,11 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         if run.fraction_evaluate > 0:
             eval_started = time.perf_counter()
             messages = strategy.configure_evaluate(server_round, ArrayRecord(_torch(arrays)), ConfigRecord(settings), grid)
-            row.update(_evaluation(list(grid.send_and_receive(messages, timeout=run.round_timeout))))
+            kept, dropped = screen_evaluate_replies(list(grid.send_and_receive(messages, timeout=run.round_timeout)),
+                                                    registry=registry, max_examples=run.max_examples)
+            row.update(weighted_evaluation(kept))
+            if dropped:
+                row["evaluation-left-out"] = dropped
             row["evaluate-phase-seconds"] = time.perf_counter() - eval_started
             result.final = {k: row[k] for k in ("hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10") if k in row}
         row["epsilon"] = dict(result.epsilon)
@@ -104,7 +106,8 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         result.history.append(row)
         result.rounds_completed = server_round
         state = {"run_id": result.run_id, "run_config": run.to_flat(), "history": result.history,
-                 "epsilon": result.epsilon, "delta": result.delta, "final": result.final}
+                 "epsilon": result.epsilon, "delta": result.delta, "final": result.final,
+                 "merchants": registry.state_dict()}
         store.save(Checkpoint(server_round, arrays, strategy_state(strategy), state))
         manifest = {"run_id": result.run_id, "round": server_round, "rounds_planned": run.num_rounds,
                     "strategy": run.strategy, "run_config": run.to_flat(), "metrics": result.final,
@@ -114,19 +117,6 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         if on_round is not None:
             on_round(row)
     return result
-
-
-def _evaluation(replies: list[Message]) -> dict:
-    """Test-user-weighted means of the merchants' metrics, and each merchant's own figures."""
-    good = [m for m in replies if not m.has_error() and "metrics" in m.content.metric_records]
-    per_merchant = {merchant_name(m): dict(m.content.metric_records["metrics"]) for m in good}
-    total = sum(float(v["num-examples"]) for v in per_merchant.values())
-    out: dict = {"evaluated-merchants": len(per_merchant), "merchant-metrics": per_merchant}
-    if total > 0:
-        keys = [k for k in next(iter(per_merchant.values())) if k != "num-examples"]
-        for key in keys:
-            out[key] = sum(float(v[key]) * float(v["num-examples"]) for v in per_merchant.values()) / total
-    return out
 
 
 def _torch(arrays: dict[str, np.ndarray]):

@@ -4,53 +4,60 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from shared_model.features import Catalogue
-from shared_model.files import atomic_folder, write_pointer
+from shared_model.files import atomic_folder, atomic_torch_save, write_pointer
 from shared_model.model import ProfileConfig, ProfileTransformer
 
 
 def save_model(path: str | Path, model: ProfileTransformer, catalogue: Catalogue, *, metadata: dict | None = None) -> Path:
+    """A `fedprofile train` model: weights, config, the catalogue it was trained on and metadata (as JSON), all
+    readable by a weights-only load."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "config": model.config.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "catalogue": {
-                "item_ids": catalogue.item_ids.tolist(),
-                "categories": catalogue.categories.tolist(),
-                "brands": catalogue.brands.tolist(),
-                "prices": catalogue.prices.tolist(),
-                "descriptors": catalogue.descriptors,
-            },
-            "metadata": metadata or {},
-        },
-        path,
-    )
+    atomic_torch_save(path, {
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "catalogue": catalogue.state_dict(),
+        "metadata_json": json.dumps(metadata or {}, default=str),
+    })
     return path
 
 
 def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple[ProfileTransformer, Catalogue, dict]:
-    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+    blob = _load_weights(Path(path))
     config = ProfileConfig(**blob["config"])
-    cat = blob["catalogue"]
-    catalogue = Catalogue(
-        np.asarray(cat["item_ids"], dtype=object),
-        np.asarray(cat["categories"], dtype=object),
-        np.asarray(cat["brands"], dtype=object),
-        np.asarray(cat["prices"], dtype=np.float64),
-        cat["descriptors"],
-    )
+    catalogue = Catalogue.from_state_dict(blob["catalogue"])
     model = ProfileTransformer(config, catalogue.descriptors)
-    model.load_state_dict(blob["state_dict"])
-    return model.to(device), catalogue, blob.get("metadata", {})
+    model.load_state_dict(_finite(blob["state_dict"], path))
+    return model.to(device), catalogue, json.loads(blob.get("metadata_json", "{}"))
+
+
+def _load_weights(file: Path) -> dict:
+    """A model file read as data, never as code: weights-only unpickling (tensors, numbers, strings, lists)."""
+    try:
+        blob = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{file}: not a fedprofile model file (it holds more than weights and data; "
+                         f"refused: {str(exc).splitlines()[0][:200]})") from None
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{file}: not a readable model file ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(blob, dict) or "config" not in blob:
+        raise ValueError(f"{file}: not a fedprofile model file (no config)")
+    return blob
+
+
+def _finite(state: dict, file) -> dict:
+    """Refuse weights with NaN or infinite values: such a model ranks every item alike and looks perfect."""
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise ValueError(f"{file}: weights hold NaN or infinite values ({', '.join(bad[:3])}); refused")
+    return state
 
 
 GLOBAL_MODEL_FILE = "model.pt"
@@ -76,14 +83,18 @@ def save_global_model(folder: str | Path, config: ProfileConfig, shared_state: d
 
 def publish_version(models: str | Path, version: int, config: ProfileConfig, shared_state: dict, manifest: dict, *,
                     keep: int = 3, extra: dict[str, object] | None = None) -> Path:
-    """`models/vNNNN/` (see save_global_model) and `models/LATEST` pointing at it, written last; only the newest
-    `keep` versions stay. The coordinator publishes this way and a merchant keeps what it receives this way."""
+    """`models/vNNNN/` (see save_global_model) and `models/LATEST` pointing at it, written last; only the `keep`
+    most recently written versions stay, and never the one LATEST names (a second run's v0001 is newer than the
+    first run's v0005, whatever the names say). The coordinator publishes this way and a merchant keeps what it
+    receives this way."""
     models = Path(models)
     folder = save_global_model(models / f"v{version:04d}", config, shared_state, {"version": version, **manifest},
                                extra=extra)
     write_pointer(models / LATEST, folder.name)
-    for old in sorted(models.glob("v[0-9]*"))[:-keep]:  # readers load the newest
-        shutil.rmtree(old, ignore_errors=True)
+    versions = sorted((p for p in models.glob("v[0-9]*") if p.is_dir()), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    for old in versions[:-keep]:
+        if old.name != folder.name:  # readers load the one LATEST names
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -92,7 +103,8 @@ def load_global_model(folder: str | Path) -> tuple[ProfileConfig, dict[str, torc
     folder = Path(folder)
     if not (folder / GLOBAL_MODEL_FILE).exists():
         raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE} here; is this a published model version folder?")
-    blob = torch.load(folder / GLOBAL_MODEL_FILE, map_location="cpu", weights_only=True)
+    blob = _load_weights(folder / GLOBAL_MODEL_FILE)
+    _finite(blob["shared_state"], folder / GLOBAL_MODEL_FILE)
     manifest = json.loads((folder / MANIFEST_FILE).read_text()) if (folder / MANIFEST_FILE).exists() else {}
     return ProfileConfig(**blob["config"]), blob["shared_state"], manifest
 
@@ -147,7 +159,7 @@ class ModelSource:
             model = ProfileTransformer(config, catalogue.descriptors)
             model.load_state_dict({k: v for k, v in self.blob["state_dict"].items()
                                    if config.local_items or ".local." not in k})
-            manifest = {"metadata": self.blob.get("metadata", {})}
+            manifest = {"metadata": json.loads(self.blob.get("metadata_json", "{}"))}
             digest = hashlib.sha256(json.dumps(self.blob["config"], sort_keys=True).encode()
                                     + str(self.file.stat().st_mtime_ns).encode())
             version = f"train-{digest.hexdigest()[:8]}"
@@ -163,6 +175,7 @@ def open_model(path: str | Path) -> ModelSource:
     if not file.exists():
         raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE}; give a published model version, a run folder "
                                 "or a `fedprofile train` output folder")
-    blob = torch.load(file, map_location="cpu", weights_only=False)
+    blob = _load_weights(file)
+    _finite(blob["shared_state"] if "shared_state" in blob else blob["state_dict"], file)
     return ModelSource(file, blob, ProfileConfig(**blob["config"]))
 

@@ -42,8 +42,9 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
     """Wrap one call's training for DP-SGD: one user = one example, Poisson sampling at 1 / batches per epoch.
 
     The noise multiplier is fixed once, for the planned steps over every call (`privacy.planned_epochs`), and
-    kept in the ledger; `ledger_state` continues an earlier call's ledger. Raises PrivacyBudgetExhausted before
-    any step when this call's steps would take epsilon past the target."""
+    kept in the ledger; `ledger_state` continues an earlier call's ledger, whose targets drop to `privacy`'s when
+    those are lower. Raises PrivacyBudgetExhausted before any step when this call's steps, at the sample rate they
+    will use, would take epsilon past the target."""
     if model.config.tie_item_tables:
         raise ValueError(
             "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one item table used for "
@@ -51,13 +52,15 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
         )
     embedding_norm.install()
     sample_rate = 1 / len(loader)
-    if ledger_state is not None:
+    if ledger_state is not None:  # an earlier call's ledger: a ceiling lowered since then applies now
         ledger = PrivacyLedger.from_state_dict(ledger_state)
+        ledger.tighten(epsilon=privacy.target_epsilon, delta=privacy.target_delta)
     else:
         planned_epochs = privacy.planned_epochs or epochs
         ledger = PrivacyLedger.plan(privacy, sample_rate=sample_rate,
                                     planned_steps=int(round(planned_epochs * len(loader))))
-    ledger.check_budget(steps_for(epochs, len(loader)))
+    # projected at the rate these steps will use: a batch size changed since the plan changes it
+    ledger.check_budget(steps_for(epochs, len(loader)), sample_rate=sample_rate)
     engine = PrivacyEngine(accountant=ledger.accountant_name)
     if ledger.accountant_state:
         engine.accountant.load_state_dict(copy.deepcopy(ledger.accountant_state))

@@ -32,7 +32,9 @@ def held_out_ranks(model, sequences: SequenceSet, *, device: torch.device, batch
     """Each user's held-out item's rank over the whole catalogue: (U,) float64 on CPU, in the users' order.
 
     Items the user interacted with before the target are removed from the ranking (the target itself is kept
-    even if it was seen before); rank = number of remaining items scored strictly higher."""
+    even if it was seen before); rank = number of remaining items scored at least as high as the target.
+    Pessimistic where the scores cannot tell: a tie counts against the target, an item scored NaN ranks above
+    it, and a NaN target ranks below every item, so a broken model can never look good."""
     was_training = model.training
     model.eval()
     items = model.item_vectors(torch.arange(model.descriptors.shape[0], device=device)).float()  # (N+1, k)
@@ -45,13 +47,17 @@ def held_out_ranks(model, sequences: SequenceSet, *, device: torch.device, batch
         targets = sequences.target_items[part].to(device)
         rows = torch.arange(len(targets), device=device)
         target_scores = scores[rows, targets].clone()
+        scores = scores.nan_to_num(nan=float("inf"))  # a NaN item is ahead of the target
         history = sequences.history[part]
         hist_rows = np.repeat(np.arange(len(history)), [len(h) for h in history])
         hist_cols = np.concatenate(history) if len(history) else np.zeros(0, dtype=np.int64)
         scores[torch.from_numpy(hist_rows).to(device), torch.from_numpy(hist_cols).to(device)] = float("-inf")
         scores[:, 0] = float("-inf")  # padding index is not an item
         scores[rows, targets] = float("-inf")
-        ranks.append((scores > target_scores[:, None]).sum(dim=1).cpu())
+        candidates = torch.isfinite(scores) | (scores == float("inf"))  # every item left in the ranking
+        ahead = (scores >= target_scores[:, None]) & candidates  # ties count against the target
+        rank = torch.where(torch.isnan(target_scores), candidates.sum(dim=1), ahead.sum(dim=1))
+        ranks.append(rank.cpu())
     return torch.cat(ranks).double() if ranks else torch.zeros(0, dtype=torch.float64)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
@@ -87,6 +87,21 @@ class Catalogue:
     def index_of(self, item_ids) -> np.ndarray:
         lookup = pd.Series(np.arange(len(self.item_ids)), index=self.item_ids)
         return lookup.reindex(np.asarray(item_ids, dtype=object)).fillna(0).to_numpy(dtype=np.int64)
+
+    def state_dict(self) -> dict:
+        """Tensors, strings and lists only: what `torch.load(weights_only=True)` reads back."""
+        return {"item_ids": [str(v) for v in self.item_ids], "categories": [str(v) for v in self.categories],
+                "brands": [str(v) for v in self.brands], "prices": torch.from_numpy(np.asarray(self.prices, np.float64)),
+                "descriptors": self.descriptors,
+                "titles": None if self.titles is None else [str(v) for v in self.titles],
+                "in_stock": None if self.in_stock is None else torch.from_numpy(np.asarray(self.in_stock, bool))}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Catalogue":
+        text = lambda values: None if values is None else np.asarray(values, dtype=object)  # noqa: E731
+        return cls(text(state["item_ids"]), text(state["categories"]), text(state["brands"]),
+                   state["prices"].numpy(), state["descriptors"], text(state["titles"]),
+                   None if state["in_stock"] is None else state["in_stock"].numpy())
 
 
 def title_tokens(titles: np.ndarray, spec: HashSpec) -> np.ndarray:
@@ -176,6 +191,21 @@ class SequenceSet:
             return base
         return base + (self.target_items, self.target_categories, self.target_purchase)
 
+    def state_dict(self) -> dict:
+        """Tensors, strings and lists only: what `torch.load(weights_only=True)` reads back."""
+        return {"events": dict(self.events), "genders": self.genders, "ages": self.ages, "lengths": self.lengths,
+                "user_ids": [str(u) for u in self.user_ids], "target_items": self.target_items,
+                "target_categories": self.target_categories, "target_purchase": self.target_purchase,
+                "history": None if self.history is None else [torch.from_numpy(np.asarray(h, np.int64))
+                                                              for h in self.history]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "SequenceSet":
+        return cls(dict(state["events"]), state["genders"], state["ages"], state["lengths"],
+                   np.asarray(state["user_ids"], dtype=object), state["target_items"], state["target_categories"],
+                   state["target_purchase"],
+                   None if state["history"] is None else [h.numpy() for h in state["history"]])
+
     def select(self, rows: np.ndarray) -> "SequenceSet":
         """The rows (users) at integer positions `rows`, in that order."""
         index = torch.as_tensor(rows, dtype=torch.long)
@@ -203,6 +233,18 @@ class SequenceData:
     test: SequenceSet
     spec: HashSpec
     max_len: int
+
+    def state_dict(self) -> dict:
+        """Tensors, strings and numbers only (the data cache is read back with weights-only loading)."""
+        return {"catalogue": self.catalogue.state_dict(), "train": self.train.state_dict(),
+                "valid": self.valid.state_dict(), "test": self.test.state_dict(),
+                "spec": asdict(self.spec), "max_len": self.max_len}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "SequenceData":
+        return cls(Catalogue.from_state_dict(state["catalogue"]), SequenceSet.from_state_dict(state["train"]),
+                   SequenceSet.from_state_dict(state["valid"]), SequenceSet.from_state_dict(state["test"]),
+                   HashSpec(**state["spec"]), int(state["max_len"]))
 
     def for_users(self, user_ids) -> "SequenceData":
         """The same catalogue with only these users' sequences (a merchant's share of a split data set)."""

@@ -28,7 +28,8 @@ class MerchantData:
 
 def load_merchant(path: str, fmt: str, run: RunConfig, *, name: str, cache_dir: str | Path | None = None) -> MerchantData:
     """The merchant's data; with `cache_dir` (its state folder) the cleaned sequences are kept on disk and
-    reused while the data files are unchanged: in a deployment every message runs in a fresh process."""
+    reused while the data files are unchanged: in a deployment every message runs in a fresh process. The cache
+    holds tensors and strings only and is read back weights-only: a file planted there cannot run code."""
     spec = run.model_config().hash_spec
     if cache_dir is None:
         return _load(path, fmt, name, run.max_len, spec)
@@ -36,13 +37,13 @@ def load_merchant(path: str, fmt: str, run: RunConfig, *, name: str, cache_dir: 
     key = _fingerprint(path, fmt, name, run.max_len, spec)
     if cache.is_file():
         try:
-            saved = torch.load(cache, weights_only=False)
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
             if saved.get("key") == key:
-                return saved["data"]
-        except Exception:  # a torn or foreign file: rebuild it
+                return MerchantData(name, SequenceData.from_state_dict(saved["sequences"]))
+        except Exception:  # a torn, foreign or older file: rebuild it
             pass
     data = _load(path, fmt, name, run.max_len, spec)
-    atomic_torch_save(cache, {"key": key, "data": data})
+    atomic_torch_save(cache, {"key": key, "sequences": data.sequences.state_dict()})
     return data
 
 

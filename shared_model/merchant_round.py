@@ -40,6 +40,7 @@ def local_round(
     ledger_state: dict | None,
     server_round: int = 0,
     epsilon_cap: float | None = None,
+    delta_cap: float | None = None,
     proximal_mu: float = 0.0,
     optimizer_state: dict[str, torch.Tensor] | None = None,
     device: torch.device,
@@ -47,7 +48,11 @@ def local_round(
     """Train `model` (already holding the global shared weights) for the run's local epochs on this merchant's
     users. Under DP the ledger carries on from `ledger_state`, so epsilon accumulates over rounds; a round that
     would pass the merchant's target is refused before any step is taken."""
-    privacy = run.privacy_config(num_users=len(data.train), epsilon_cap=epsilon_cap)
+    privacy = run.privacy_config(num_users=len(data.train), epsilon_cap=epsilon_cap, delta_cap=delta_cap)
+    if privacy is not None and ledger_state:  # a ceiling lowered since the last round holds for the kept ledger too
+        ledger = PrivacyLedger.from_state_dict(ledger_state)
+        ledger.tighten(epsilon=privacy.target_epsilon, delta=privacy.target_delta)
+        ledger_state = ledger.state_dict()
     started = time.perf_counter()
     try:
         result = train(model, data, run.train_config(server_round=server_round), privacy=privacy,

@@ -82,16 +82,24 @@ class PrivacyLedger:
         acc = self.accountant()
         return float(acc.get_epsilon(self.target_delta)) if acc.history else 0.0
 
-    def epsilon_after(self, extra_steps: int) -> float:
-        """Epsilon if `extra_steps` more steps were taken at this ledger's noise and sample rate."""
+    def epsilon_after(self, extra_steps: int, *, sample_rate: float | None = None) -> float:
+        """Epsilon if `extra_steps` more steps were taken at this ledger's noise and `sample_rate` (the rate the
+        next steps will really use; the planned one when not given)."""
+        rate = self.sample_rate if sample_rate is None else sample_rate
         acc = self.accountant()
-        acc.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate) if extra_steps else None
+        acc.step(noise_multiplier=self.noise_multiplier, sample_rate=rate) if extra_steps else None
         if extra_steps > 1:
-            acc.history[-1] = (self.noise_multiplier, self.sample_rate, acc.history[-1][2] + extra_steps - 1)
+            acc.history[-1] = (self.noise_multiplier, rate, acc.history[-1][2] + extra_steps - 1)
         return float(acc.get_epsilon(self.target_delta)) if acc.history else 0.0
 
-    def check_budget(self, extra_steps: int) -> None:
-        projected = self.epsilon_after(extra_steps)
+    def tighten(self, *, epsilon: float, delta: float) -> None:
+        """Lower the ledger's targets to a ceiling set since it was planned (never raise them): what was spent
+        stays spent, and the next check is against the lower ceiling."""
+        self.target_epsilon = min(self.target_epsilon, epsilon)
+        self.target_delta = min(self.target_delta, delta)
+
+    def check_budget(self, extra_steps: int, *, sample_rate: float | None = None) -> None:
+        projected = self.epsilon_after(extra_steps, sample_rate=sample_rate)
         # the noise was solved to land on target within the accountant's tolerance; allow that slack only
         if projected > self.target_epsilon * (1 + 1e-3):
             raise PrivacyBudgetExhausted(

@@ -15,6 +15,11 @@ from shared_model.training import LR_SCHEDULES, TrainConfig
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 AVERAGING_STRATEGIES = ("fedavg", "fedavgm", "fedprox")  # weighted means of the replies (sparse-rows applies)
 PARTITIONINGS = ("natural", "iid", "dirichlet")
+# Upper bounds on what a run config may ask of a merchant: a message is data, and a model of item-buckets 2^34
+# or a negatives count in the billions would exhaust a merchant's memory before any check of its own.
+LIMITS = {"num_rounds": 100_000, "local_epochs": 1_000, "batch_size": 1_000_000, "negatives": 1_000_000,
+          "max_len": 4_096, "d_model": 2_048, "n_layers": 48, "n_heads": 64, "profile_dim": 2_048,
+          "item_buckets": 1 << 24, "synthetic_users": 10_000_000}
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,8 @@ class RunConfig:
     sparse_rows: bool = False  # fedavg/fedavgm/fedprox: average each table row over the merchants that changed it
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut from each end
     krum_byzantine: int = 0  # krum: merchants assumed malicious
+    update_norm_bound: float = 3.0  # each merchant's update clipped to this x the round's median update norm (0: off)
+    max_examples: int = 10_000_000  # a reply claiming more customers than this is rejected
     # local training on each merchant
     local_epochs: float = 4  # a fraction trains that share of the merchant's batches each round
     lr: float = 3e-3
@@ -77,9 +84,20 @@ class RunConfig:
             problems.append(f"partitioning {self.partitioning!r} is not one of {', '.join(PARTITIONINGS)}")
         if not self.local_epochs > 0:
             problems.append(f"local-epochs must be positive, got {self.local_epochs}")
-        for name in ("num_rounds", "batch_size", "negatives", "min_replies", "synthetic_users"):
+        for name in ("num_rounds", "batch_size", "negatives", "min_replies", "synthetic_users", "max_len", "d_model",
+                     "n_layers", "n_heads", "profile_dim", "item_buckets"):
             if getattr(self, name) < 1:
                 problems.append(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
+        for name, limit in LIMITS.items():
+            if getattr(self, name) > limit:
+                problems.append(f"{_key(name)} must be at most {limit}, got {getattr(self, name)}")
+        if self.d_model % self.n_heads:
+            problems.append(f"d-model ({self.d_model}) must be a multiple of n-heads ({self.n_heads})")
+        for name in ("lr", "max_grad_norm", "dropout", "proximal_mu", "server_lr", "server_tau", "round_timeout"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
+                problems.append(f"{_key(name)} must be a finite number >= 0, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
             problems.append("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
         if self.dp:
@@ -97,6 +115,10 @@ class RunConfig:
         if self.fixed_item_vectors and self.local_table:
             problems.append("fixed-item-vectors and local-table cannot both be true: the fixed catalogue features "
                             "have no merchant-local residual; turn one of them off")
+        if not (math.isfinite(self.update_norm_bound) and self.update_norm_bound >= 0):
+            problems.append(f"update-norm-bound must be a finite number >= 0 (0: off), got {self.update_norm_bound}")
+        if self.max_examples < 1:
+            problems.append(f"max-examples must be at least 1, got {self.max_examples}")
         if not 0 <= self.trim_beta < 0.5:
             problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
         if problems:
@@ -142,13 +164,17 @@ class RunConfig:
                            negatives=self.negatives, seed=self.seed * 1_000_003 + server_round, eval_every=0,
                            keep_best=False, show_progress=show_progress)
 
-    def privacy_config(self, *, num_users: int, epsilon_cap: float | None = None) -> PrivacyConfig | None:
-        """The merchant's DP settings for the whole run; `epsilon_cap` is the merchant's own ceiling."""
+    def privacy_config(self, *, num_users: int, epsilon_cap: float | None = None,
+                       delta_cap: float | None = None) -> PrivacyConfig | None:
+        """The merchant's DP settings for the whole run; `epsilon_cap` and `delta_cap` are the merchant's own
+        ceilings (its privacy policy), which the run's targets never exceed."""
         if not self.dp:
             return None
         epsilon = min(self.target_epsilon, epsilon_cap) if epsilon_cap else self.target_epsilon
-        return PrivacyConfig(target_epsilon=epsilon, target_delta=self.target_delta or delta_for(num_users),
-                             max_grad_norm=self.max_grad_norm, planned_epochs=self.num_rounds * self.local_epochs)
+        delta = self.target_delta or delta_for(num_users)
+        delta = min(delta, delta_cap) if delta_cap else delta
+        return PrivacyConfig(target_epsilon=epsilon, target_delta=delta, max_grad_norm=self.max_grad_norm,
+                             planned_epochs=self.num_rounds * self.local_epochs)
 
 
 def _key(name: str) -> str:

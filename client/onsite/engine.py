@@ -331,7 +331,7 @@ def _local_rows(folder: Path, catalogue: Catalogue) -> dict | None:
     file = Path(folder) / LOCAL_WITH_IDS
     if not file.is_file():
         return None
-    saved = torch.load(file, map_location="cpu", weights_only=False)
+    saved = torch.load(file, map_location="cpu", weights_only=True)  # data, never code
     source = {item: row for row, item in enumerate(saved["item_ids"])}
     rows = np.array([source.get(str(item), -1) for item in catalogue.item_ids])
     rows[0] = -1  # padding

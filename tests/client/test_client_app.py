@@ -10,8 +10,8 @@ from client.client_app import STATE_OPTIMIZER
 from client.client_app import app as client_app
 from server.coordinator import run_federation
 from shared_model.data.synthetic import SyntheticConfig, generate, write
+from simulations.inprocess import InProcessGrid
 from tests.conftest import tiny_run
-from tests.fake_grid import InProcessGrid
 
 
 @pytest.mark.slow
@@ -56,7 +56,7 @@ def test_a_deployed_merchant_keeps_each_global_model_for_its_service(tmp_path):
     models = tmp_path / "state-0" / "models"
     assert (models / "LATEST").read_text() == "v0002"
     assert json.loads((models / "v0002" / "manifest.json").read_text())["run_id"] == result.run_id
-    saved = torch.load(models / "v0002" / "local.pt", weights_only=False)
+    saved = torch.load(models / "v0002" / "local.pt", weights_only=True)
     assert any(v.abs().sum() > 0 for v in saved["state"].values())  # trained residuals, not zeros
     log = load_events(shops / "merchant-0" / "events.csv", "events")
     store = SQLiteStore(tmp_path / "s.sqlite")

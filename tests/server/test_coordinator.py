@@ -14,8 +14,8 @@ from server.coordinator import run_federation
 from server.store import RunStore
 from shared_model.model import LOCAL_PARAMETER_PREFIXES, is_shared
 from shared_model.privacy import PrivacyLedger
+from simulations.inprocess import InProcessGrid
 from tests.conftest import tiny_run
-from tests.fake_grid import InProcessGrid
 
 
 @pytest.mark.slow

@@ -66,3 +66,47 @@ def test_a_folder_without_a_model_is_named(tmp_path):
         resolve_model_folder(tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no model.pt"):
         open_model(tmp_path)
+
+
+def test_a_second_runs_first_version_is_kept_and_latest_stays_valid(tmp_path, catalogue):
+    """Before: versions were pruned by name, so a second run's v0001 was deleted as soon as it was written and
+    LATEST named a missing folder (the merchant's service stopped taking new models)."""
+    model = ProfileTransformer(CONFIG, catalogue.descriptors)
+    models = tmp_path / "models"
+    for version in range(1, 6):
+        publish_version(models, version, CONFIG, model.shared_state(), {"run_id": "first"}, keep=3)
+    publish_version(models, 1, CONFIG, model.shared_state(), {"run_id": "second"}, keep=3)
+    latest = resolve_model_folder(models)
+    assert latest.name == "v0001" and latest.is_dir()
+    assert load_global_model(latest)[2]["run_id"] == "second"
+    assert sorted(p.name for p in models.glob("v*")) == ["v0001", "v0004", "v0005"]
+    publish_version(models, 2, CONFIG, model.shared_state(), {"run_id": "second"}, keep=3)
+    assert sorted(p.name for p in models.glob("v*")) == ["v0001", "v0002", "v0005"]
+
+
+def test_model_files_are_read_as_data_never_as_code(tmp_path, catalogue):
+    """Before: `merchant serve`, the daemon and the CLI unpickled model.pt in full: a crafted file ran a command."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    torch.save({"config": CONFIG.to_dict(), "shared_state": {}, "payload": Payload()}, folder / "model.pt")
+    for opener in (open_model, load_model, load_global_model):
+        with pytest.raises(ValueError, match="not a fedprofile model file"):
+            opener(folder if opener is not load_model else folder / "model.pt")
+    assert not marker.exists()
+
+
+def test_non_finite_weights_are_refused(tmp_path, catalogue):
+    model = ProfileTransformer(CONFIG, catalogue.descriptors)
+    shared = {k: v.clone() for k, v in model.shared_state().items()}
+    next(iter(shared.values())).view(-1)[0] = float("inf")
+    publish_version(tmp_path / "models", 1, CONFIG, shared, {})
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        open_model(tmp_path / "models")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_global_model(tmp_path / "models" / "v0001")

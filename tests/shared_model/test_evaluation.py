@@ -108,3 +108,23 @@ def test_profiles_come_back_in_the_users_order_whatever_their_lengths(small_log)
             inputs = [alone.events[name] for name in EVENT_FIELDS]
             full = model.encode(*inputs, alone.genders, alone.ages)[0, int(alone.lengths[0]) - 1]
         torch.testing.assert_close(together[u], full)
+
+
+def test_ties_nan_scores_and_a_nan_target_rank_against_the_model():
+    """Before: a NaN model scored HR@10 = NDCG@10 = MRR = 1.0 (NaN compares false, so nothing ranked ahead)."""
+    cpu = torch.device("cpu")
+    tied = torch.tensor([[0.0, 0.5, 0.5, 0.1, 0.0]])  # target 1 tied with item 2: item 2 counts ahead
+    assert held_out_ranks(FixedScores(tied), _heldout([1], [[]]), device=cpu).tolist() == [1.0]
+    broken = torch.full((1, 5), float("nan"))  # a model of NaNs: the target ranks below all 3 other items
+    assert held_out_ranks(FixedScores(broken), _heldout([1], [[]]), device=cpu).tolist() == [3.0]
+    metrics = evaluate(FixedScores(broken), _heldout([1], [[]]), device=cpu, ks=(1,))
+    assert metrics["hr@1"] == 0.0 and metrics["ndcg@1"] == 0.0 and metrics["mrr"] == 0.25
+
+    class NaNItem(FixedScores):  # item 2's vector is NaN: it scores NaN for everyone
+        def item_vectors(self, items):
+            vectors = super().item_vectors(items).clone()
+            vectors[items == 2] = float("nan")
+            return vectors
+
+    fine = torch.tensor([[0.0, 0.2, 0.9, 0.1, 0.0]])
+    assert held_out_ranks(NaNItem(fine), _heldout([1], [[]]), device=cpu).tolist() == [1.0]

@@ -42,6 +42,13 @@ def test_parses_strings_from_the_command_line():
         ({"server-momentum": 1.0}, "server-momentum must be in"),
         ({"sparse-rows": "true", "strategy": "krum"}, "sparse-rows works with the averaging strategies"),
         ({"fixed-item-vectors": "true", "local-table": "true"}, "fixed-item-vectors and local-table cannot both"),
+        ({"item-buckets": 1 << 34}, "item-buckets must be at most 16777216"),  # a message is data: bounded
+        ({"d-model": 4096}, "d-model must be at most 2048"),
+        ({"d-model": 30, "n-heads": 4}, "d-model \\(30\\) must be a multiple of n-heads"),
+        ({"lr": "nan"}, "lr must be a finite number"),
+        ({"negatives": 10**9}, "negatives must be at most"),
+        ({"max-examples": 0}, "max-examples must be at least 1"),
+        ({"update-norm-bound": -1}, "update-norm-bound must be a finite number >= 0"),
     ],
 )
 def test_refuses_bad_settings_with_the_key_named(values, message):
@@ -54,6 +61,7 @@ def test_privacy_plan_covers_every_round_and_honours_the_merchant_cap():
     privacy = run.privacy_config(num_users=1000, epsilon_cap=3.0)
     assert privacy.planned_epochs == 10 and privacy.target_epsilon == 3.0
     assert privacy.target_delta == pytest.approx(1e-4 / 10)  # min(1e-5, 1/(10 x 1000))
+    assert run.replace(target_delta=1e-3).privacy_config(num_users=1000, delta_cap=1e-6).target_delta == 1e-6
     assert RunConfig(dp=False).privacy_config(num_users=10) is None
 
 

@@ -1,4 +1,4 @@
-"""An in-process Flower Grid that hands messages straight to ClientApps: coordinator tests without Ray."""
+"""An in-process Flower Grid that hands messages straight to ClientApps: the real apps without Ray (tests, attack benchmarks)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,218 @@
+"""Replies that cannot hurt: every train and evaluate reply checked in full, merchants known by their node, weights
+and updates bounded before Flower's strategy sees them."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, Message
+
+log = logging.getLogger("fedprofile.server")
+
+# The whole metric set of a train reply and of an evaluate reply: a missing or extra key sets the reply aside.
+TRAIN_METRICS = frozenset({"num-examples", "train-loss", "epsilon", "delta", "steps", "train-seconds", "refused"})
+EVALUATE_METRICS = frozenset({"num-examples", "hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10", "valid-mrr"})
+RATES = frozenset({"hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10", "valid-mrr"})  # in [0, 1]
+
+
+class MerchantRegistry:
+    """A merchant is its node (authenticated by its key in a deployment), not the name it declares: each node
+    keeps the label it first came with, and a node declaring a name another node holds gets its node id added,
+    so two nodes never share one epsilon entry. `declared` remembers each node's first training count, which
+    bounds its weight in every later round of the run."""
+
+    def __init__(self, labels: dict[int, str] | None = None, declared: dict[int, int] | None = None):
+        self.labels: dict[int, str] = dict(labels or {})
+        self.declared: dict[int, int] = dict(declared or {})
+
+    def label(self, msg: Message) -> str:
+        node = int(msg.metadata.src_node_id)
+        if node not in self.labels:
+            name = _declared_name(msg) or f"node-{node}"
+            taken = set(self.labels.values())
+            self.labels[node] = name if name not in taken else f"{name}#{node}"
+        return self.labels[node]
+
+    def state_dict(self) -> dict:
+        return {"labels": {str(k): v for k, v in self.labels.items()},
+                "declared": {str(k): v for k, v in self.declared.items()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict | None) -> "MerchantRegistry":
+        state = state or {}
+        return cls({int(k): v for k, v in state.get("labels", {}).items()},
+                   {int(k): int(v) for k, v in state.get("declared", {}).items()})
+
+
+def _declared_name(msg: Message) -> str:
+    if msg.has_error() or "merchant" not in msg.content.config_records:
+        return ""
+    return str(msg.content.config_records["merchant"].get("name", ""))[:100]
+
+
+@dataclass
+class ScreenedReplies:
+    accepted: list[Message] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (merchant, why): its own policy or budget
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (merchant, why): broken replies
+    merchants: dict[int, str] = field(default_factory=dict)  # node id -> merchant label
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> its checked metrics
+    clipped: dict[str, float] = field(default_factory=dict)  # label -> update norm before clipping
+
+
+def screen_train_replies(replies: list[Message], expected: dict[str, tuple[int, ...]], *,
+                         registry: MerchantRegistry, max_examples: int) -> ScreenedReplies:
+    """Keep replies whose metric set is whole and finite and whose weights have exactly the expected names and
+    shapes and are finite; refusals (a merchant's policy or budget) and broken replies are set aside with their
+    reason and never averaged. A kept reply's `num-examples` is bounded by `max_examples` and by what its node
+    declared the first time, so no merchant can outweigh the others by claiming more customers."""
+    out = ScreenedReplies()
+    for msg in replies:
+        name = registry.label(msg)
+        node = int(msg.metadata.src_node_id)
+        out.merchants[node] = name
+        if msg.has_error():
+            out.rejected.append((name, f"error reply: {str(msg.error.reason)[:300]}"))
+            continue
+        metrics, problem = _checked_metrics(msg, TRAIN_METRICS)
+        if problem is None and metrics["refused"] not in (0.0, 1.0):
+            problem = f"refused must be 0 or 1, got {metrics['refused']}"
+        if problem is None and metrics["refused"] == 1.0:
+            out.metrics[name] = metrics
+            reason = str(msg.content.config_records["merchant"].get("refused", ""))[:500] \
+                if "merchant" in msg.content.config_records else ""
+            out.refused.append((name, reason or "refused"))
+            continue
+        if problem is None:
+            problem = _count_problem(metrics["num-examples"], max_examples)
+        if problem is None:
+            problem = _weights_problem(msg.content, expected)
+        if problem:
+            out.rejected.append((name, problem))
+            continue
+        declared = registry.declared.setdefault(node, int(metrics["num-examples"]))
+        bounded = min(int(metrics["num-examples"]), declared)
+        msg.content.metric_records["metrics"]["num-examples"] = bounded
+        metrics["num-examples"] = float(bounded)
+        out.metrics[name] = metrics
+        out.accepted.append(msg)
+    for name, why in out.rejected:
+        log.warning("rejected the update of %s: %s", name, why)
+    for name, why in out.refused:
+        log.info("%s did not train: %s", name, why)
+    return out
+
+
+def bound_updates(accepted: list[Message], sent: dict[str, np.ndarray], *, factor: float,
+                  registry: MerchantRegistry) -> dict[str, float]:
+    """Clip each merchant's update (its weights minus the weights sent) to `factor` x the median update norm of
+    the round, in place; returns the norms of the updates it clipped. With three or more merchants, one
+    merchant's scaled update moves the average no further than an honest one could. `factor` 0: off."""
+    if factor <= 0 or not accepted:
+        return {}
+    records = [next(iter(m.content.array_records.values())) for m in accepted]
+    deltas = [{k: r[k].numpy().astype(np.float64) - sent[k] for k in sent} for r in records]
+    norms = np.array([math.sqrt(sum(float(np.square(d).sum()) for d in delta.values())) for delta in deltas])
+    bound = factor * float(np.median(norms))
+    clipped = {}
+    for msg, record, delta, norm in zip(accepted, records, deltas, norms, strict=True):
+        if norm > bound > 0:
+            scale = bound / norm
+            for key, d in delta.items():
+                dtype = record[key].numpy().dtype
+                record[key] = Array((sent[key] + scale * d).astype(dtype))
+            clipped[registry.label(msg)] = float(norm)
+    for name, norm in clipped.items():
+        log.warning("clipped the update of %s: norm %.4g > %.4g (%.1f x the median)", name, norm, bound, factor)
+    return clipped
+
+
+def screen_evaluate_replies(replies: list[Message], *, registry: MerchantRegistry,
+                            max_examples: int) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """(label -> checked metrics, label -> why set aside) of a round's evaluate replies. Rates must lie in
+    [0, 1]; a merchant's test users are bounded by what it declared for training (a merchant cannot have more
+    test users than customers), so one claim of 1e9 test users cannot set the published figure."""
+    kept, dropped = {}, {}
+    for msg in replies:
+        name = registry.label(msg)
+        if msg.has_error():
+            dropped[name] = f"error reply: {str(msg.error.reason)[:300]}"
+            continue
+        if "metrics" not in msg.content.metric_records:
+            refused = msg.content.config_records["merchant"].get("refused", "") \
+                if "merchant" in msg.content.config_records else ""
+            dropped[name] = f"refused: {str(refused)[:300]}" if refused else "no metrics"
+            continue
+        metrics, problem = _checked_metrics(msg, EVALUATE_METRICS)
+        if problem is None:
+            problem = next((f"{k} must be in [0, 1], got {metrics[k]}" for k in RATES if not 0 <= metrics[k] <= 1),
+                           None)
+        if problem is None:
+            problem = _count_problem(metrics["num-examples"], max_examples, allow_zero=True)
+        if problem:
+            dropped[name] = problem
+            continue
+        declared = registry.declared.get(int(msg.metadata.src_node_id), max_examples)
+        metrics["num-examples"] = float(min(metrics["num-examples"], declared))
+        kept[name] = metrics
+    for name, why in dropped.items():
+        log.warning("left the evaluation of %s out: %s", name, why)
+    return kept, dropped
+
+
+def weighted_evaluation(kept: dict[str, dict[str, float]]) -> dict:
+    """Test-user-weighted means of the kept merchants' metrics, and each merchant's own figures."""
+    total = sum(m["num-examples"] for m in kept.values())
+    out: dict = {"evaluated-merchants": len(kept), "merchant-metrics": kept}
+    if total > 0:
+        for key in sorted(EVALUATE_METRICS - {"num-examples"}):
+            out[key] = sum(m[key] * m["num-examples"] for m in kept.values()) / total
+    return out
+
+
+def _checked_metrics(msg: Message, keys: frozenset[str]) -> tuple[dict[str, float], str | None]:
+    records = msg.content.metric_records
+    if set(records) != {"metrics"}:
+        return {}, f"expected one metric record 'metrics', got {sorted(records)[:5]}"
+    metrics = records["metrics"]
+    names = set(metrics.keys())
+    if names != keys:
+        missing, extra = sorted(keys - names), sorted(names - keys)
+        return {}, f"wrong metrics: missing {missing[:5]}, unexpected {[e[:40] for e in extra[:5]]}"
+    out = {}
+    for key in keys:
+        value = metrics[key]
+        if isinstance(value, list) or not math.isfinite(float(value)) or float(value) < 0:
+            return {}, f"metric {key} must be a finite number >= 0, got {str(value)[:40]}"
+        out[key] = float(value)
+    return out, None
+
+
+def _count_problem(count: float, max_examples: int, *, allow_zero: bool = False) -> str | None:
+    if count != int(count) or count < (0 if allow_zero else 1):
+        return f"num-examples must be a {'non-negative' if allow_zero else 'positive'} integer, got {count}"
+    if count > max_examples:
+        return f"num-examples {int(count):,} is above the run's max-examples {max_examples:,}"
+    return None
+
+
+def _weights_problem(content, expected: dict[str, tuple[int, ...]]) -> str | None:
+    if len(content.array_records) != 1:
+        return f"expected one array record, got {len(content.array_records)}"
+    arrays = next(iter(content.array_records.values()))
+    names = set(arrays.keys())
+    if names != set(expected):
+        missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+        return f"wrong weights: missing {missing[:3]}, unexpected {[e[:60] for e in extra[:3]]}"
+    for key in expected:
+        value = arrays[key].numpy()
+        if tuple(value.shape) != tuple(expected[key]):
+            return f"{key} has shape {tuple(value.shape)}, expected {tuple(expected[key])}"
+        if not np.issubdtype(value.dtype, np.floating):
+            return f"{key} has dtype {value.dtype}, expected floating point"
+        if not np.isfinite(value).all():
+            return f"{key} holds NaN or infinite values"
+    return None
