@@ -7,8 +7,10 @@ import subprocess
 import threading
 from pathlib import Path
 
+from client.onsite.access import ServiceAccess
 from client.onsite.engine import open_engine
 from client.onsite.service import serve
+from client.onsite.store import Retention
 from client.policy import PrivacyPolicy
 from client.state import MODELS
 from shared_model.processes import config_string, env_with_our_bin, flower_binary
@@ -33,19 +35,20 @@ class MerchantDaemon:
     on-site service carries on answering."""
 
     def __init__(self, *, data: str, fmt: str, superlink: str, state_dir: Path, root_certificates: Path | None = None,
-                 auth_key: Path | None = None, name: str | None = None, policy: PrivacyPolicy = PrivacyPolicy(),
+                 auth_key: Path | None = None, name: str | None = None, policy: PrivacyPolicy = PrivacyPolicy(), access: ServiceAccess = ServiceAccess(),
+                 retention: Retention = Retention(),
                  grpc_port: int = 50051, host: str = "127.0.0.1", clientapp_port: int = 9094,
                  store: Path = Path("merchant.sqlite"), model: str | None = None, catalogue: Path | None = None,
-                 watch_interval: float = 1.0,
+                 watch_interval: float = 1.0, max_log_bytes: int = 50_000_000,
                  max_backoff: float = 60.0):
         self.data, self.fmt, self.superlink = str(Path(data).resolve()), fmt, superlink
         self.state_dir = Path(state_dir).resolve()
         self.root_certificates, self.auth_key = root_certificates, auth_key
         self.name = name or Path(data).stem
-        self.policy = policy
+        self.policy, self.access, self.retention = policy, access, retention
         self.grpc_port, self.host, self.clientapp_port = grpc_port, host, clientapp_port
         self.store_path, self.model, self.catalogue = Path(store), model, catalogue
-        self.watch_interval, self.max_backoff = watch_interval, max_backoff
+        self.watch_interval, self.max_backoff, self.max_log_bytes = watch_interval, max_backoff, max_log_bytes
         self.port: int | None = None
         self.restarts = 0
         self._stop = threading.Event()
@@ -55,12 +58,13 @@ class MerchantDaemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.policy.save(self.state_dir)  # what the ClientApp enforces on every message of every run
         self.engine, _ = open_engine(self.data, self.fmt, store=self.store_path,
-                                     quarantine=self.state_dir / "quarantine.csv", catalogue=self.catalogue)
+                                     quarantine=self.state_dir / "quarantine.csv", catalogue=self.catalogue,
+                                     retention=self.retention)
         models = self.state_dir / MODELS
         initial = models if (models / "LATEST").exists() else self.model
         if initial:
             self.engine.load_model(initial)
-        self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port)
+        self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port, access=self.access)
         self.engine.watch(models, interval=self.watch_interval, stop=self._stop)
         self._supervisor = threading.Thread(target=self._supervise, name="supernode", daemon=True)
         self._supervisor.start()
@@ -72,10 +76,10 @@ class MerchantDaemon:
             clientapp_port=self.clientapp_port,
             node_config={"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
                          "merchant-name": self.name})
-        logs = open(self.state_dir / "supernode.log", "ab")
         while not self._stop.is_set():
             log.info("starting SuperNode: %s", " ".join(cmd))
-            self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=env_with_our_bin())
+            with open_rotated(self.state_dir / "supernode.log", max_bytes=self.max_log_bytes) as logs:
+                self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=env_with_our_bin())
             code = self._process.wait()
             if self._stop.is_set():
                 break
@@ -87,7 +91,6 @@ class MerchantDaemon:
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, self.max_backoff)
-        logs.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -99,6 +102,14 @@ class MerchantDaemon:
                 self._process.kill()
         self.server.stop(grace=2).wait()
         self.engine.close()
+
+
+def open_rotated(path: Path, *, max_bytes: int):
+    """Open a log for appending; one over `max_bytes` is moved to `NAME.1` first (one old file is kept), so the
+    SuperNode's log, reopened at each start, stays within twice that size."""
+    if path.exists() and path.stat().st_size > max_bytes:
+        path.replace(path.with_name(path.name + ".1"))
+    return open(path, "ab")
 
 
 def refused_by_superlink(supernode_log: Path) -> bool:

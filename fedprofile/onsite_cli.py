@@ -25,12 +25,21 @@ CatalogueFile = Annotated[Optional[Path], typer.Option(
                         "mentions, and stock for --in-stock-only.", envvar="FEDPROFILE_CATALOGUE")]
 Store = Annotated[Optional[Path], typer.Option(help="SQLite store of events and profiles (default: a temporary one).",
                                                envvar="FEDPROFILE_STORE")]
+RetentionDays = Annotated[float, typer.Option(help="Days the store keeps its answer log and quarantined events "
+                                                   "(and at most a million rows of each).")]
+TlsCert = Annotated[Optional[Path], typer.Option(help="TLS certificate (PEM) of the on-site service; needed beyond "
+                                                      "loopback.", envvar="FEDPROFILE_TLS_CERT")]
+TlsKey = Annotated[Optional[Path], typer.Option(help="TLS private key (PEM) of the on-site service.",
+                                                envvar="FEDPROFILE_TLS_KEY")]
+TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the token callers must send (authorization: "
+                                                        "Bearer TOKEN); made, owner-readable, if missing. Needed beyond "
+                                                        "loopback.", envvar="FEDPROFILE_TOKEN_FILE")]
 
 
 
 @contextlib.contextmanager
 def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet: bool = True,
-            catalogue: Path | None = None):
+            catalogue: Path | None = None, retention=None):
     """An on-site engine over the merchant's data with `model` loaded (when given)."""
     from client.onsite.engine import open_engine
     from shared_model.data.validation import DataFileError
@@ -39,7 +48,8 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
         path = store or Path(tmp) / "store.sqlite"
         quarantine = Path(tmp) / "quarantine.csv" if store is None else path.with_suffix(".quarantine.csv")
         try:
-            engine, summary = open_engine(data, fmt, store=path, quarantine=quarantine, catalogue=catalogue)
+            engine, summary = open_engine(data, fmt, store=path, quarantine=quarantine, catalogue=catalogue,
+                                          retention=retention)
         except (DataFileError, ValueError) as exc:
             fail(str(exc))
         if not quiet:
@@ -209,13 +219,26 @@ def merchant_serve(
     store: Annotated[Path, typer.Option(help="SQLite store of events and profiles.", envvar="FEDPROFILE_STORE")] = Path("merchant.sqlite"),
     watch: Annotated[float, typer.Option(help="Seconds between checks for a newer model version (0: never).")] = 5.0,
     catalogue: CatalogueFile = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    token_file: TokenFile = None,
+    insecure: Annotated[bool, typer.Option(help="Listen beyond loopback without TLS and token (trusted networks "
+                                                "only).")] = False,
+    retention_days: RetentionDays = 90.0,
 ) -> None:
     """Run the on-site service alone on a published model (no federation), reloading newer versions."""
+    from client.onsite.access import service_access
     from client.onsite.service import serve
+    from client.onsite.store import Retention
 
+    try:
+        access = service_access(host, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
+        retention = Retention(days=retention_days)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue) as engine:
-        server, port = serve(engine, host=host, port=grpc_port)
+    with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue, retention=retention) as engine:
+        server, port = serve(engine, host=host, port=grpc_port, access=access)
         stop = threading.Event()
         if watch > 0:
             engine.watch(model, interval=watch, stop=stop)
@@ -234,7 +257,8 @@ def merchant_run(
     state_dir: Annotated[Path, typer.Option(help="The merchant's own folder: privacy ledger, local weights, "
                                                  "received global models.", envvar="FEDPROFILE_STATE_DIR")],
     root_certificates: Annotated[Optional[Path], typer.Option(help="CA certificate (PEM) of the SuperLink's TLS.")] = None,
-    insecure: Annotated[bool, typer.Option(help="No TLS (local experiments only).")] = False,
+    insecure: Annotated[bool, typer.Option(help="No TLS to the SuperLink, and the on-site service may listen "
+                                                "beyond loopback without TLS and token (local experiments only).")] = False,
     auth_key: Annotated[Optional[Path], typer.Option(help="The merchant's private key (`fedprofile merchant keys`).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Merchant name in the federation's logs.")] = None,
     max_epsilon: Annotated[float, typer.Option(help="Privacy policy: epsilon per customer over every run, "
@@ -252,6 +276,10 @@ def merchant_run(
     store: Annotated[Path, typer.Option(help="SQLite store of events and profiles.", envvar="FEDPROFILE_STORE")] = Path("merchant.sqlite"),
     model: Annotated[Optional[str], typer.Option(help="A model to serve until the federation sends one.")] = None,
     catalogue: CatalogueFile = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    token_file: TokenFile = None,
+    retention_days: RetentionDays = 90.0,
 ) -> None:
     """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
     service, which serves each global model version the federation sends as soon as it arrives."""
@@ -260,13 +288,18 @@ def merchant_run(
 
     if insecure == (root_certificates is not None):
         fail("give either --root-certificates CA.pem (TLS) or --insecure")
+    from client.onsite.access import service_access
+    from client.onsite.store import Retention
+
     try:
+        access = service_access(host, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
+        retention = Retention(days=retention_days)
         policy = PrivacyPolicy(require_dp=not allow_no_dp, max_epsilon=max_epsilon, max_delta=max_delta,
                                max_sample_rate=max_sample_rate, max_steps=max_steps, max_parameters=max_parameters)
-    except ValueError as exc:
+    except (OSError, ValueError) as exc:
         fail(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    daemon = MerchantDaemon(data=data, fmt=fmt, superlink=superlink, state_dir=state_dir,
+    daemon = MerchantDaemon(access=access, retention=retention, data=data, fmt=fmt, superlink=superlink, state_dir=state_dir,
                             root_certificates=root_certificates, auth_key=auth_key, name=name, policy=policy,
                             grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model,
                             catalogue=catalogue)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,13 +49,24 @@ def load_merchant(path: str, fmt: str, run: RunConfig, *, name: str, cache_dir: 
 
 
 def _fingerprint(path, fmt, name, max_len, spec) -> str:
-    """Changes when any data file (size, modification time), the format or the feature settings change."""
+    """Changes when any data file (size, modification time), the format or the feature settings change. The
+    folder is walked without following links, so a link that loops back cannot hang it."""
     source = Path(path)
-    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file()
-                                                     and not p.name.endswith(".quarantine.csv")
-                                                     and p.name != "quarantine.csv")
-    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    if source.is_file():
+        files = [source]
+    else:
+        files = sorted(Path(root) / f for root, _, names in os.walk(source, followlinks=False) for f in names
+                       if not f.endswith(".quarantine.csv") and f != "quarantine.csv")
+    stats = [(str(f), *_size_and_time(f)) for f in files]
     return hashlib.sha256(json.dumps([stats, fmt, name, max_len, repr(spec)]).encode()).hexdigest()
+
+
+def _size_and_time(file: Path) -> tuple[int, int]:
+    try:
+        stat = file.stat()
+    except OSError:  # a broken link: the loader will name it
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
 
 
 @functools.lru_cache(maxsize=2)

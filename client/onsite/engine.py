@@ -17,7 +17,7 @@ from client.onsite.profile_shapes import profile_record
 from client.onsite.recommend import ItemIndex, Scored
 from client.onsite.risk import replace_rows
 from client.onsite.segments import Segmenter, audience, fit_segments, summarize_segments
-from client.onsite.store import ProfileStore, SQLiteStore
+from client.onsite.store import ProfileStore, Retention, SQLiteStore
 from client.state import LOCAL_WITH_IDS
 from shared_model.checkpoint import open_model, resolve_model_folder
 from shared_model.data.catalogue import load_catalogue
@@ -199,7 +199,7 @@ class OnsiteEngine:
     def _user(self, serving: ServingModel, user_id: str) -> UserState:
         state = serving.users.get(str(user_id))
         if state is None:
-            raise UnknownUser(f"no customer {user_id!r} at this merchant")
+            raise UnknownUser(f"no customer {str(user_id)[:64]!r} at this merchant")
         return state
 
     def profile(self, user_id: str) -> tuple[dict, str]:
@@ -210,7 +210,7 @@ class OnsiteEngine:
             serving = self._serving()
             record = self.store.get_profile(str(user_id), serving.version)
         if record is None:
-            raise UnknownUser(f"no profile for {user_id!r} under model {serving.version}")
+            raise UnknownUser(f"no profile for {str(user_id)[:64]!r} under model {serving.version}")
         self.store.record_answer("GetProfile", str(user_id), serving.version)
         return record, serving.version
 
@@ -314,7 +314,7 @@ class OnsiteEngine:
 
 
 def open_engine(data: str, fmt: str, *, store: Path, quarantine: Path, catalogue: Path | None = None,
-                **kwargs) -> tuple[OnsiteEngine, ValidationSummary]:
+                retention: Retention | None = None, **kwargs) -> tuple[OnsiteEngine, ValidationSummary]:
     """The one place an on-site engine is assembled (the daemon, `merchant serve` and the profile commands): the
     merchant's cleaned events (rejected rows to `quarantine`) in the SQLite store at `store`, with its catalogue
     file when given (rejected rows beside `quarantine`). Returns the engine, which owns the store, and the
@@ -322,7 +322,7 @@ def open_engine(data: str, fmt: str, *, store: Path, quarantine: Path, catalogue
     log_ = load_events(data, fmt, quarantine_path=quarantine)
     if catalogue is not None:
         log_.items = load_catalogue(catalogue, quarantine_path=Path(quarantine).with_name("catalogue.quarantine.csv"))
-    return OnsiteEngine.from_log(SQLiteStore(store), log_, **kwargs), log_.summary
+    return OnsiteEngine.from_log(SQLiteStore(store, retention=retention), log_, **kwargs), log_.summary
 
 
 def _local_rows(folder: Path, catalogue: Catalogue) -> dict | None:

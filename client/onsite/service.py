@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from client.onsite.access import ServiceAccess
 from client.onsite.engine import OnsiteEngine, UnknownUser
 from client.onsite.profile_shapes import profile_message
 from client.onsite.proto import SERVICE_NAME
@@ -20,6 +21,8 @@ log = logging.getLogger("fedprofile.service")
 MAX_K = 1000
 MAX_AUDIENCE = 100_000
 MAX_RERANK = 10_000
+MAX_INGEST_EVENTS = 10_000  # events per IngestEvents call: a call holds the write lock while it refreshes profiles
+MAX_FIELD = 256  # characters of an id or name in a request; longer ones are refused without being echoed
 
 
 def _items(scored) -> list[pb.Item]:
@@ -51,6 +54,8 @@ class MerchantProfilesServicer(pb_grpc.MerchantProfilesServicer):
     def _need_user(request, context) -> str:
         if not request.user_id.strip():
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required")
+        if len(request.user_id) > MAX_FIELD:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"user_id is longer than {MAX_FIELD} characters")
         return request.user_id.strip()
 
     def GetProfile(self, request, context):
@@ -86,9 +91,18 @@ class MerchantProfilesServicer(pb_grpc.MerchantProfilesServicer):
         return pb.ItemsReply(items=_items(items), model_version=version, unknown_items=unknown)
 
     def IngestEvents(self, request_iterator, context):
-        records = [{"user_id": e.user_id, "item_id": e.item_id, "category_id": e.category_id,
-                    "behavior": e.behavior, "timestamp": e.timestamp, "price": e.price, "brand": e.brand}
-                   for e in request_iterator]
+        records = []
+        for e in request_iterator:  # read as it arrives, bounded: the rest of an over-long stream is never held
+            if len(records) == MAX_INGEST_EVENTS:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {MAX_INGEST_EVENTS} events per call; "
+                              "nothing was kept, send them in several calls")
+            fields = {"user_id": e.user_id, "item_id": e.item_id, "category_id": e.category_id, "behavior": e.behavior,
+                      "timestamp": e.timestamp, "price": e.price, "brand": e.brand}
+            long = next((k for k, v in fields.items() if isinstance(v, str) and len(v) > MAX_FIELD), None)
+            if long is not None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"event {len(records)}: {long} is longer than "
+                              f"{MAX_FIELD} characters; nothing was kept")
+            records.append(fields)
         if not records:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream held no events")
         result = self._guard(context, lambda: self.engine.ingest(records, source=f"IngestEvents {context.peer()}"))
@@ -129,15 +143,17 @@ class MerchantProfilesServicer(pb_grpc.MerchantProfilesServicer):
 
 
 def serve(engine: OnsiteEngine, *, host: str = "127.0.0.1", port: int = 50051, workers: int = 16,
-          credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.Server, int]:
-    """Start the service (returns the server and the bound port: `port=0` picks a free one)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onsite"))
+          access: ServiceAccess = ServiceAccess()) -> tuple[grpc.Server, int]:
+    """Start the service (returns the server and the bound port: `port=0` picks a free one); `access` (see
+    `service_access`) sets the token and TLS, which anything beyond loopback needs."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="onsite"),
+                         interceptors=access.interceptors())
     pb_grpc.add_MerchantProfilesServicer_to_server(MerchantProfilesServicer(engine), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{host}:{port}"
-    bound = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    bound = server.add_secure_port(address, access.credentials) if access.credentials else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"could not listen on {address}")
     server.start()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from shared_model.data.schema import EVENT_COLUMNS
+
+log = logging.getLogger("fedprofile.store")
 
 
 class ProfileStore(ABC):
@@ -56,6 +60,21 @@ class ProfileStore(ABC):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, kw_only=True)
+class Retention:
+    """How much of the answer log and the quarantine table the store keeps: rows younger than `days`, and at
+    most the newest `max_answers` / `max_quarantined` rows. Pruned every `prune_every` answers logged."""
+
+    days: float = 90.0
+    max_answers: int = 1_000_000
+    max_quarantined: int = 1_000_000
+    prune_every: int = 10_000
+
+    def __post_init__(self):
+        if not (self.days > 0 and self.max_answers >= 1 and self.max_quarantined >= 1 and self.prune_every >= 1):
+            raise ValueError("retention: days must be positive, row limits and prune-every at least 1")
+
+
 class SQLiteStore(ProfileStore):
     """One SQLite file in WAL mode: one connection per thread; answers are logged by a writer thread in
     batches so that logging never sits on a request's path."""
@@ -76,14 +95,17 @@ class SQLiteStore(ProfileStore):
         model_version TEXT NOT NULL);
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, retention: "Retention | None" = None):
         self.path = Path(path)
+        self.retention = retention or Retention()
+        self.write_errors = 0  # answer batches the writer could not store (it logs each and carries on)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(self.SCHEMA)
-        self._answers: queue.Queue = queue.Queue()
+        self._answers: queue.Queue = queue.Queue(maxsize=100_000)  # bounded: a stuck writer drops, never grows
+        self._written = 0
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_answers, name="answer-log", daemon=True)
         self._writer.start()
@@ -155,7 +177,10 @@ class SQLiteStore(ProfileStore):
                                  self._connect())
 
     def record_answer(self, rpc: str, user_id: str, version: str) -> None:
-        self._answers.put((time.time(), rpc, user_id, version))
+        try:
+            self._answers.put_nowait((time.time(), rpc, user_id, version))
+        except queue.Full:
+            self.write_errors += 1
 
     def _write_answers(self) -> None:
         while not self._stop.is_set() or not self._answers.empty():
@@ -168,8 +193,30 @@ class SQLiteStore(ProfileStore):
                     batch.append(self._answers.get_nowait())
                 except queue.Empty:
                     break
-            with self._connect() as db:
-                db.executemany("INSERT INTO answers (at, rpc, user_id, model_version) VALUES (?,?,?,?)", batch)
+            try:
+                with self._connect() as db:
+                    db.executemany("INSERT INTO answers (at, rpc, user_id, model_version) VALUES (?,?,?,?)", batch)
+                    self._written += len(batch)
+                    if self._written >= self.retention.prune_every:
+                        self._written = 0
+                        self._prune(db)
+            except sqlite3.Error as exc:  # a full disk or a locked file must not end the answer log for good
+                self.write_errors += 1
+                log.error("could not log %d answers (%s); the service carries on", len(batch), exc)
+                self._stop.wait(min(5.0, 0.1 * 2 ** min(self.write_errors, 6)))
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        """Keep the answer log and the quarantine table within their retention: age and row count."""
+        cutoff = time.time() - self.retention.days * 86_400
+        for table, column, keep in (("answers", "at", self.retention.max_answers),
+                                    ("quarantine", "received_at", self.retention.max_quarantined)):
+            db.execute(f"DELETE FROM {table} WHERE {column} < ?", (cutoff,))
+            db.execute(f"DELETE FROM {table} WHERE id <= (SELECT MAX(id) FROM {table}) - ?", (keep,))
+
+    def prune(self) -> None:
+        """Apply the retention now (it also runs as answers are logged)."""
+        with self._connect() as db:
+            self._prune(db)
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until every recorded answer is written."""

@@ -56,6 +56,7 @@ def finalize(
 ) -> EventLog:
     """Drop exact duplicates (counted per file), order events, write the quarantine, total up."""
     events = pd.concat(chunks, ignore_index=True) if chunks else empty_events().assign(_file=0, _row=0, _raw=0)
+    chunks.clear()  # the chunks are now copied into `events`: let their memory go before the next copies
     events["brand"] = events["brand"].fillna("").astype(str)
     dup = events.duplicated(subset=["_raw"], keep="first")
     for index, summary in enumerate(event_files):

@@ -32,6 +32,8 @@ def load_events(
         parsed = generic.load(path, quarantine, column_map or {})
         return finalize(*parsed, quarantine, source=",".join(map(str, path)))
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise DataFileError(f"{path}: is a broken or looping symbolic link")
     if not path.exists():
         raise DataFileError(f"{path}: file or folder not found")
     parsed = generic.load(path, quarantine, column_map or {}) if fmt == "events" else _READERS[fmt](path, quarantine)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from shared_model.data.schema import FUTURE_SLACK_SECONDS, MIN_TIMESTAMP
 
-CHUNK_ROWS = 500_000
+CHUNK_ROWS = 50_000  # rows parsed at once: bounds the memory of raw text per chunk
 
 
 class DataFileError(Exception):
@@ -131,19 +131,28 @@ class Quarantine:
         return str(self.path)
 
 
-def _open_checked(path: Path):
+MAX_HEADER_BYTES = 1 << 20  # a header line longer than this is not a header
+
+
+def check_readable(path: Path) -> None:
+    """Refuse, with one line naming the file, what is not a plain text file this reader can take."""
+    if path.is_symlink() and not path.exists():
+        raise DataFileError(f"{path}: is a broken or looping symbolic link")
     if not path.exists():
         raise DataFileError(f"{path}: file not found")
     if path.is_dir():
         raise DataFileError(f"{path}: is a directory, expected a file")
     try:
-        head = path.open("rb").read(4)
+        with path.open("rb") as handle:
+            head = handle.read(4)
     except OSError as exc:
-        raise DataFileError(f"{path}: cannot be read ({exc.strerror})") from exc
+        raise DataFileError(f"{path}: cannot be read ({exc.strerror})") from None
     if head[:2] == b"\x1f\x8b" or head == b"PK\x03\x04":
         raise DataFileError(f"{path}: is compressed (gzip/zip); decompress it first")
     if head.startswith(b"PAR1"):
         raise DataFileError(f"{path}: is a Parquet file; use a .parquet name or the `events` format")
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise DataFileError(f"{path}: is UTF-16 (or UTF-32) text; save it as UTF-8")
 
 
 def read_delimited(
@@ -163,7 +172,7 @@ def read_delimited(
     to name exactly `columns`; a list gives the header names and maps them to `columns` in order.
     """
     path = Path(path)
-    _open_checked(path)
+    check_readable(path)
     name = str(path)
     n = len(columns)
     with path.open("r", encoding=encoding, errors="surrogateescape", newline="") as handle:
@@ -174,7 +183,7 @@ def read_delimited(
             except StopIteration:
                 raise DataFileError(f"{path}: is empty, expected a header line") from None
             except csv.Error as exc:
-                raise DataFileError(f"{path}: unreadable header ({exc})") from None
+                raise DataFileError(f"{path}: line 1: unreadable header ({exc})") from None
             expected = header if isinstance(header, list) else columns
             got = [c.strip().lstrip("\ufeff") for c in first]
             if got != list(expected):
@@ -184,6 +193,7 @@ def read_delimited(
         rows: list[list[str]] = []
         lines: list[int] = []
         while True:
+            start = reader.line_num + 1
             try:
                 record = next(reader)
             except StopIteration:
@@ -195,11 +205,22 @@ def read_delimited(
                 summary.reasons["malformed CSV"] += 1
                 continue
             summary.rows_read += 1
+            if reader.line_num > start and len(record) != n:  # a stray quote swallowed the lines after it
+                raise DataFileError(f"{path}: line {start}: a quote opens a field that runs on to line "
+                                    f"{reader.line_num} ({reader.line_num - start + 1} lines read as one row); "
+                                    "remove the stray quote or quote the field in full")
             if len(record) != n:
                 reason = "empty row" if not record or record == [""] else f"expected {n} fields, found {len(record)}"
                 quarantine.add(name, [reader.line_num], "*", reason, [delimiter.join(record)])
                 summary.rows_quarantined += 1
                 summary.reasons[reason if reason == "empty row" else "wrong number of fields"] += 1
+                continue
+            if any("\x00" in field for field in record):
+                reason = "NUL byte in a field"
+                quarantine.add(name, [reader.line_num], "*", reason,
+                               [delimiter.join(record).replace("\x00", "\\x00")])
+                summary.rows_quarantined += 1
+                summary.reasons[reason] += 1
                 continue
             try:  # undecodable bytes were read as lone surrogates, which refuse to encode
                 delimiter.join(record).encode("utf-8")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client.daemon import refused_by_superlink, supernode_command
+from client.daemon import open_rotated, refused_by_superlink, supernode_command
 
 
 def test_the_supernode_runs_with_tls_and_its_key_unless_told_insecure(tmp_path):
@@ -34,3 +34,14 @@ def test_a_refusal_is_read_from_the_end_of_the_supernode_log(tmp_path):
     with log.open("a") as handle:
         handle.write("ERROR: [code: 2004] public key not recognised\n")
     assert refused_by_superlink(log)
+
+
+def test_the_supernode_log_is_rotated_at_a_size(tmp_path):
+    log = tmp_path / "supernode.log"
+    log.write_bytes(b"x" * 2_000)
+    with open_rotated(log, max_bytes=1_000) as handle:
+        handle.write(b"fresh")
+    assert log.read_bytes() == b"fresh" and (tmp_path / "supernode.log.1").stat().st_size == 2_000
+    with open_rotated(log, max_bytes=1_000) as handle:  # under the size: appended to
+        handle.write(b" more")
+    assert log.read_bytes() == b"fresh more"

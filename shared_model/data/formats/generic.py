@@ -10,7 +10,15 @@ import numpy as np
 
 from shared_model.data.eventlog import Parsed, canonical
 from shared_model.data.schema import BEHAVIOR_ALIASES, REQUIRED_COLUMNS, empty_users
-from shared_model.data.validation import DataFileError, FileSummary, Quarantine, RowChecker, read_delimited
+from shared_model.data.validation import (
+    MAX_HEADER_BYTES,
+    DataFileError,
+    FileSummary,
+    Quarantine,
+    RowChecker,
+    check_readable,
+    read_delimited,
+)
 
 
 def load(path: Path | list[Path], quarantine: Quarantine, column_map: dict[str, str]) -> Parsed:
@@ -64,11 +72,22 @@ def _generic_frames(file: Path, quarantine: Quarantine, summary: FileSummary, co
         summary.rows_read += len(frame)
         yield frame, source_cols
         return
+    check_readable(file)
     with file.open("r", encoding="utf-8", errors="replace", newline="") as handle:
-        header = next(csv.reader(handle), None)
+        line = handle.readline(MAX_HEADER_BYTES + 1)
+    if len(line) > MAX_HEADER_BYTES:
+        raise DataFileError(f"{file}: line 1: longer than {MAX_HEADER_BYTES:,} characters, not a header naming the "
+                            "columns; is this the right file?")
+    try:
+        header = next(csv.reader([line]), None)
+    except csv.Error as exc:
+        raise DataFileError(f"{file}: line 1: unreadable header ({exc})") from None
     if not header:
         raise DataFileError(f"{file}: is empty, expected a header line naming the columns")
     header = [h.strip().lstrip("\ufeff") for h in header]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DataFileError(f"{file}: line 1: column {twice[0]!r} appears more than once in the header")
     _require_columns(file, header, column_map)
     for frame in read_delimited(file, columns=header, header=header, quarantine=quarantine, summary=summary):
         yield frame, header

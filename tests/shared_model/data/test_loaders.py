@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -141,3 +143,45 @@ def test_catalogue_file_rows_are_checked_and_counted(tmp_path):
     rejected = pd.read_csv(quarantine)
     assert list(rejected["row"]) == [3, 4, 5]
     assert list(rejected["field"]) == ["item_id", "price", "in_stock"]
+
+
+HEADER = "user_id,item_id,category_id,behavior,timestamp\n"
+ROWS = "".join(f"u{i},i{i},c1,view,1511600000\n" for i in range(50))
+
+
+def _gzip_half(path):
+    import gzip
+
+    data = gzip.compress((HEADER + ROWS).encode())
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("a" * 2_000_000 + "\n" + ROWS), "line 1: longer than 1,048,576 characters"),
+    (lambda p: p.write_text("user_id,item_id,item_id,category_id,behavior,timestamp\nu,i,j,c,view,1511600000\n"),
+     "line 1: column 'item_id' appears more than once"),
+    (_gzip_half, "is compressed"),
+    (lambda p: p.write_bytes((HEADER + ROWS).encode("utf-16")), "is UTF-16"),
+    (lambda p: p.write_text(HEADER + ROWS[:30] + 'u9,"i9,c1,view,1511600000\n' + ROWS),
+     "line 3: a quote opens a field that runs on to line 53"),
+    (lambda p: p.symlink_to(p), "is a broken or looping symbolic link"),
+], ids=["long-header", "duplicate-column", "truncated-gzip", "utf16", "stray-quote", "symlink-loop"])
+def test_odd_files_get_one_line_naming_the_file_and_line(tmp_path, make, message):
+    """Before: tracebacks (long header, duplicate column, link loop), a misleading "required fields missing"
+    (gzip, UTF-16), and 2,860 lines folded silently into one quarantined row (stray quote)."""
+    path = tmp_path / "events.csv"
+    make(path)
+    with pytest.raises(DataFileError, match=re.escape(message)) as error:
+        load_events(path, "events")
+    assert str(error.value).startswith(str(path)) and "\n" not in str(error.value)
+
+
+def test_a_nul_byte_is_quarantined_with_its_line(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "u1,i\x001,c1,view,1511600000\n" + ROWS)
+    log = load_events(path, "events", quarantine_path=tmp_path / "q.csv")
+    s = log.summary
+    assert (s.rows_read, s.rows_accepted, s.rows_quarantined) == (51, 50, 1) and s.is_balanced()
+    rejected = pd.read_csv(tmp_path / "q.csv")
+    assert rejected["row"].tolist() == [2] and rejected["reason"].tolist() == ["NUL byte in a field"]
+    assert rejected["raw"].tolist() == ["u1,i\\x001,c1,view,1511600000"]
