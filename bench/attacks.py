@@ -1,5 +1,5 @@
-"""One malicious merchant of five: NDCG@10 lost against the same federation with no attacker, with and without
-the default update-norm bound.
+"""One malicious merchant of five: NDCG@10 lost against the same federation with no attacker, under the
+default defences (update-norm-bound 1, min-update-cosine 0) and with them off.
 
 Five built-in synthetic shops, no DP, the run-config defaults otherwise (5 rounds x 4 local epochs, FedAvg),
 run in process (the real ClientApp and coordinator, no Ray). Merchant 0 attacks every round:
@@ -10,8 +10,8 @@ run in process (the real ClientApp and coordinator, no Ray). Merchant 0 attacks 
   backdoor  trains with every next-item target replaced by one of its items, then scales its update x5
             (model replacement, Bagdasaryan et al. 2020)
 Repeat:
-    python bench/attacks.py                       # every attack, bound on (default) and off
-    python bench/attacks.py --only scale10 --users 200
+    python bench/attacks.py                                  # every attack, defences on (default) and off
+    python bench/attacks.py --variants default --only alie   # one attack, one variant
 """
 
 from __future__ import annotations
@@ -97,31 +97,45 @@ def one_run(run: RunConfig, attack: str | None, out: Path) -> dict:
     started = time.perf_counter()
     result = run_federation(AttackGrid(run, attack), run.replace(run_dir=str(out)))
     clipped = [sorted(row.get("clipped", {})) for row in result.history]
+    aside = [sorted(k for k, why in row.get("rejected", {}).items() if "points away" in why) for row in result.history]
+    merchants = result.history[-1]["merchant-metrics"]  # the honest merchants' test users alone
+    honest = {name: m for name, m in merchants.items() if not name.startswith("merchant-0")}
+    users = sum(m["num-examples"] for m in honest.values())
     return {"ndcg@10": result.final["ndcg@10"], "hr@10": result.final["hr@10"], "seconds": time.perf_counter() - started,
-            "clipped": clipped, "by_round": [round(row.get("ndcg@10", float("nan")), 4) for row in result.history]}
+            "honest_ndcg@10": sum(m["ndcg@10"] * m["num-examples"] for m in honest.values()) / users,
+            "clipped": clipped, "set_aside": aside,
+            "by_round": [round(row.get("ndcg@10", float("nan")), 4) for row in result.history]}
+
+
+VARIANTS = {"default": {}, "off": {"update_norm_bound": 0.0, "min_update_cosine": -1.0},
+            "bound3": {"update_norm_bound": 3.0}}  # the default clips updates to 1 x the median norm
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/attacks")
     parser.add_argument("--only", nargs="*", choices=ATTACKS, default=list(ATTACKS))
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--users", type=int, default=500, help="customers per shop")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
-    base = RunConfig(dp=False, synthetic_users=args.users, seed=args.seed, min_replies=MERCHANTS)
-    rows = {"none": one_run(base, None, out / "none")}
-    print(f"no attacker: NDCG@10 {rows['none']['ndcg@10']:.4f} ({rows['none']['seconds']:.0f} s)", flush=True)
-    for attack in args.only:
-        for bound in (base.update_norm_bound, 0.0):
-            name = f"{attack}-bound{bound:g}"
-            rows[name] = one_run(base.replace(update_norm_bound=bound), attack, out / name)
-            loss = 1 - rows[name]["ndcg@10"] / rows["none"]["ndcg@10"]
-            rows[name]["loss"] = loss
-            print(f"{attack:9s} update-norm-bound {bound:g}: NDCG@10 {rows[name]['ndcg@10']:.4f}, loss {loss:+.1%}, "
-                  f"clipped {sum(map(len, rows[name]['clipped']))} of {len(rows[name]['clipped'])} rounds' "
-                  f"replies ({rows[name]['seconds']:.0f} s)", flush=True)
+    base = RunConfig(dp=False, synthetic_users=args.users, seed=args.seed, min_replies=1)
+    rows = {}
+    for variant in args.variants:
+        run = base.replace(**VARIANTS[variant])
+        clean = rows[f"{variant}/none"] = one_run(run, None, out / variant / "none")
+        print(f"[{variant}] no attacker: NDCG@10 {clean['ndcg@10']:.4f} (honest merchants' users alone "
+              f"{clean['honest_ndcg@10']:.4f}; {clean['seconds']:.0f} s)", flush=True)
+        for attack in args.only:
+            row = rows[f"{variant}/{attack}"] = one_run(run, attack, out / variant / attack)
+            row["loss"] = 1 - row["ndcg@10"] / clean["ndcg@10"]
+            row["honest_loss"] = 1 - row["honest_ndcg@10"] / clean["honest_ndcg@10"]
+            print(f"[{variant}] {attack:9s}: NDCG@10 {row['ndcg@10']:.4f}, loss {row['loss']:+.1%} (the honest "
+                  f"merchants' users alone {row['honest_loss']:+.1%}) "
+                  f"(by round {row['by_round']}; clipped {sum(map(len, row['clipped']))}, set aside "
+                  f"{sum(map(len, row['set_aside']))} replies; {row['seconds']:.0f} s)", flush=True)
     summary = {"merchants": MERCHANTS, "attacker": "merchant-0", "users_per_shop": args.users, "seed": args.seed,
                "machine": platform.processor() or platform.machine(), "torch": torch.__version__, "runs": rows,
                "command": "python bench/attacks.py " + " ".join(sys.argv[1:])}

@@ -34,12 +34,12 @@ def server_keys(
     typer.echo(f"server certificate for {', '.join(host)}: {paths['certificate']} (key {paths['key']}, keep private)")
 
 
-def _settings(state_dir: Path, certs: Optional[Path], insecure: bool, host: str, port: int):
+def _settings(state_dir: Path, certs: Optional[Path], insecure: bool, host: str, port: int, internal_port: int = 0):
     from server.superlink import SuperLinkSettings
 
     try:
         return SuperLinkSettings(state_dir=state_dir.resolve(), certs=certs.resolve() if certs else None,
-                                 insecure=insecure, host=host, port=port)
+                                 insecure=insecure, host=host, port=port, internal_port=internal_port)
     except ValueError as exc:
         fail(str(exc))
 
@@ -50,25 +50,31 @@ def server_run(
     certs: Annotated[Optional[Path], typer.Option(help="Folder from `fedprofile server keys` (TLS on).")] = None,
     insecure: Annotated[bool, typer.Option(help="No TLS and no merchant authentication (local experiments).")] = False,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "0.0.0.0",
-    port: Annotated[int, typer.Option(help="SuperLink port (Fleet, Control and Runtime APIs).", envvar="FEDPROFILE_PORT")] = 9091,
-    address: Annotated[Optional[str], typer.Option(help="Address operators use for `flwr` (default 127.0.0.1:PORT).")] = None,
+    port: Annotated[int, typer.Option(help="The merchants' port: the Fleet API alone.", envvar="FEDPROFILE_PORT")] = 9091,
+    internal_port: Annotated[int, typer.Option(help="The SuperLink's own port on 127.0.0.1 (all its APIs, for the "
+                                                    "operator's `flwr`; default PORT + 1).")] = 0,
+    address: Annotated[Optional[str], typer.Option(help="Address operators use for `flwr` (default "
+                                                        "127.0.0.1:INTERNAL_PORT).")] = None,
 ) -> None:
     """Start the SuperLink (persistent database in STATE_DIR; TLS and SuperNode authentication unless --insecure)
     and write the operator's `flwr` connection; stops on Ctrl-C."""
-    from server.superlink import APP_DIR, start_superlink
+    from server.superlink import APP_DIR, start_front, start_superlink
 
-    settings = _settings(state_dir, certs, insecure, host, port)
+    settings = _settings(state_dir, certs, insecure, host, port, internal_port)
     flwr_home = settings.write_operator_config(address)
     try:
         process = start_superlink(settings)
-    except RuntimeError as exc:
+        front = start_front(settings)
+    except (OSError, RuntimeError) as exc:
         fail(str(exc))
-    typer.echo(f"SuperLink on {host}:{port} ({'INSECURE' if insecure else 'TLS, merchant authentication on'}); "
-               f"database {settings.database}", err=True)
+    typer.echo(f"merchants' address {host}:{port} (the Fleet API alone; "
+               f"{'INSECURE' if insecure else 'TLS, merchant authentication on'}); SuperLink on "
+               f"127.0.0.1:{settings.internal} for the operator; database {settings.database}", err=True)
     typer.echo(f"register merchants: fedprofile server register --state-dir {state_dir} MERCHANT.pub --name NAME", err=True)
     typer.echo(f"start a run:        fedprofile server submit --state-dir {state_dir} [--set num-rounds=5 ...]", err=True)
     typer.echo(f"(or FLWR_HOME={flwr_home} flwr run {APP_DIR} fedprofile)", err=True)
     stopped = wait_for_signal(while_=lambda: process.poll() is None)
+    front.stop()
     if process.poll() is None:
         process.terminate()
         process.wait(timeout=30)

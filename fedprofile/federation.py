@@ -21,7 +21,16 @@ from client.keys import make_merchant_keys
 from client.onsite.proto import merchant_pb2 as pb
 from client.onsite.proto import merchant_pb2_grpc as pb_grpc
 from server.keys import make_server_certificates
-from server.superlink import APP_DIR, CONNECTION, SuperLinkSettings, flwr, register_merchant, run_args, start_superlink
+from server.superlink import (
+    APP_DIR,
+    CONNECTION,
+    SuperLinkSettings,
+    flwr,
+    register_merchant,
+    run_args,
+    start_front,
+    start_superlink,
+)
 from shared_model.data.synthetic import SyntheticConfig, generate, write
 from shared_model.processes import env_with_our_bin, flower_binary
 
@@ -76,11 +85,14 @@ class LocalFederation:
                 make_merchant_keys(self.out / "keys", name)
 
     def start_server(self) -> None:
-        self.port = getattr(self, "port", None) or free_port()  # a restarted server keeps its address
+        self.port = getattr(self, "port", None) or free_port()  # a restarted server keeps its addresses
+        self.internal_port = getattr(self, "internal_port", None) or free_port()
         self.settings = SuperLinkSettings(state_dir=self.out / "server", certs=None if self.insecure else self.out / "certs",
-                                          insecure=self.insecure, host="127.0.0.1", port=self.port)
+                                          insecure=self.insecure, host="127.0.0.1", port=self.port,
+                                          internal_port=self.internal_port)
         self.flwr_home = self.settings.write_operator_config()
         self.superlink = start_superlink(self.settings, stdout=open(self.logs / "superlink.out", "ab"))
+        self.front = start_front(self.settings)
         log.info("SuperLink on 127.0.0.1:%d (%s)", self.port, "insecure" if self.insecure else "TLS + authentication")
 
     def register(self) -> None:
@@ -222,10 +234,13 @@ class LocalFederation:
         _kill_group(self.daemons[name])
 
     def kill_server(self) -> None:
-        """SIGKILL the SuperLink and the ServerApp it runs."""
+        """SIGKILL the SuperLink and the ServerApp it runs (and close the merchants' address)."""
         _kill_group(self.superlink)
+        self.front.stop()
 
     def stop(self) -> None:
+        if getattr(self, "front", None) is not None:
+            self.front.stop()
         for process in self.daemons.values():
             _stop(process)
             _kill_group(process)  # whatever it left behind

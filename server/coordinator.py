@@ -74,14 +74,16 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         for name, metrics in screened.metrics.items():  # a refusing merchant still reports what it has spent
             result.epsilon[name] = metrics["epsilon"]
             result.delta[name] = metrics["delta"]
-        row["merchants-trained"] = [registry.label(m) for m in screened.accepted]
         row["refused"] = dict(screened.refused)
         row["rejected"] = dict(screened.rejected)
         row["local-train-seconds"] = {registry.label(m): screened.metrics[registry.label(m)]["train-seconds"]
                                       for m in screened.accepted}
-        if len(screened.accepted) >= run.min_replies:
-            row["clipped"] = bound_updates(screened.accepted, arrays, factor=run.update_norm_bound, registry=registry)
-            aggregated, train_metrics = strategy.aggregate_train(server_round, screened.accepted)
+        kept, row["clipped"], aside = bound_updates(screened.accepted, arrays, factor=run.update_norm_bound,
+                                                    min_cosine=run.min_update_cosine, registry=registry)
+        row["rejected"].update(aside)
+        row["merchants-trained"] = [registry.label(m) for m in kept]
+        if len(kept) >= run.min_replies:
+            aggregated, train_metrics = strategy.aggregate_train(server_round, kept)
             if aggregated is not None:
                 arrays = {k: v.numpy() for k, v in aggregated.items()}
             row["aggregated"] = aggregated is not None
@@ -89,14 +91,15 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         else:
             row["aggregated"] = False
             log.warning("round %d: %d good replies, quorum is %d; the global model is unchanged",
-                        server_round, len(screened.accepted), run.min_replies)
+                        server_round, len(kept), run.min_replies)
         # --- federated evaluation of the (new) global model ---
         if run.fraction_evaluate > 0:
             eval_started = time.perf_counter()
             messages = strategy.configure_evaluate(server_round, ArrayRecord(_torch(arrays)), ConfigRecord(settings), grid)
-            kept, dropped = screen_evaluate_replies(list(grid.send_and_receive(messages, timeout=run.round_timeout)),
-                                                    registry=registry, max_examples=run.max_examples)
-            row.update(weighted_evaluation(kept))
+            evaluated, dropped = screen_evaluate_replies(
+                list(grid.send_and_receive(messages, timeout=run.round_timeout)), registry=registry,
+                max_examples=run.max_examples)
+            row.update(weighted_evaluation(evaluated))
             if dropped:
                 row["evaluation-left-out"] = dropped
             row["evaluate-phase-seconds"] = time.perf_counter() - eval_started

@@ -106,28 +106,55 @@ def screen_train_replies(replies: list[Message], expected: dict[str, tuple[int, 
     return out
 
 
-def bound_updates(accepted: list[Message], sent: dict[str, np.ndarray], *, factor: float,
-                  registry: MerchantRegistry) -> dict[str, float]:
-    """Clip each merchant's update (its weights minus the weights sent) to `factor` x the median update norm of
-    the round, in place; returns the norms of the updates it clipped. With three or more merchants, one
-    merchant's scaled update moves the average no further than an honest one could. `factor` 0: off."""
-    if factor <= 0 or not accepted:
-        return {}
+def bound_updates(accepted: list[Message], sent: dict[str, np.ndarray], *, factor: float, min_cosine: float,
+                  registry: MerchantRegistry) -> tuple[list[Message], dict[str, float], dict[str, str]]:
+    """The round's updates (each merchant's weights minus the weights sent), made harmless before averaging.
+
+    With three or more merchants, an update whose cosine with the coordinate-wise median of the round's updates
+    is below `min_cosine` is set aside (a flipped or foreign direction; -1: off), and every kept update is
+    clipped in place to `factor` x the median update norm (0: off), so no merchant moves the average further
+    than an honest one could. Returns (kept replies, label -> norm of each clipped update, label -> why set
+    aside)."""
+    if not accepted or (factor <= 0 and min_cosine <= -1):
+        return accepted, {}, {}
     records = [next(iter(m.content.array_records.values())) for m in accepted]
-    deltas = [{k: r[k].numpy().astype(np.float64) - sent[k] for k in sent} for r in records]
-    norms = np.array([math.sqrt(sum(float(np.square(d).sum()) for d in delta.values())) for delta in deltas])
-    bound = factor * float(np.median(norms))
+    keys = sorted(sent)
+    norms = np.zeros(len(records))
+    dots = np.zeros(len(records))
+    reference_sq = 0.0
+    for key in keys:  # one weight at a time: memory stays at one tensor per merchant
+        deltas = np.stack([r[key].numpy().astype(np.float32) - sent[key].astype(np.float32) for r in records])
+        norms += np.square(deltas.reshape(len(records), -1)).sum(1, dtype=np.float64)
+        if len(records) >= 3 and min_cosine > -1:
+            reference = np.median(deltas, axis=0)
+            dots += (deltas.reshape(len(records), -1) @ reference.reshape(-1)).astype(np.float64)
+            reference_sq += float(np.square(reference, dtype=np.float64).sum())
+    norms = np.sqrt(norms)
+    set_aside: dict[str, str] = {}
+    keep = np.ones(len(records), dtype=bool)
+    if len(records) >= 3 and min_cosine > -1 and reference_sq > 0:
+        cosines = dots / np.maximum(norms * np.sqrt(reference_sq), 1e-30)
+        for i, cosine in enumerate(cosines):
+            if cosine < min_cosine:
+                keep[i] = False
+                set_aside[registry.label(accepted[i])] = (f"its update points away from the others (cosine "
+                                                          f"{cosine:.3f} with their median, below {min_cosine})")
     clipped = {}
-    for msg, record, delta, norm in zip(accepted, records, deltas, norms, strict=True):
-        if norm > bound > 0:
-            scale = bound / norm
-            for key, d in delta.items():
-                dtype = record[key].numpy().dtype
-                record[key] = Array((sent[key] + scale * d).astype(dtype))
-            clipped[registry.label(msg)] = float(norm)
-    for name, norm in clipped.items():
-        log.warning("clipped the update of %s: norm %.4g > %.4g (%.1f x the median)", name, norm, bound, factor)
-    return clipped
+    bound = factor * float(np.median(norms[keep])) if factor > 0 and keep.any() else 0.0
+    for i, (msg, record) in enumerate(zip(accepted, records, strict=True)):
+        if keep[i] and bound > 0 and norms[i] > bound:
+            scale = bound / norms[i]
+            for key in keys:
+                value = record[key].numpy()
+                delta = value.astype(np.float64) - sent[key]
+                record[key] = Array((sent[key] + scale * delta).astype(value.dtype))
+            clipped[registry.label(msg)] = float(norms[i])
+    for name, norm in clipped.items():  # half the merchants sit above the median: say so only when it matters
+        level = logging.WARNING if norm > 1.5 * bound else logging.DEBUG
+        log.log(level, "clipped the update of %s: norm %.4g > %.4g (%.1f x the median)", name, norm, bound, factor)
+    for name, why in set_aside.items():
+        log.warning("set the update of %s aside: %s", name, why)
+    return [m for m, k in zip(accepted, keep, strict=True) if k], clipped, set_aside
 
 
 def screen_evaluate_replies(replies: list[Message], *, registry: MerchantRegistry,

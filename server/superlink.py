@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from server.fleet_front import FleetFront, start_fleet_front
 from server.keys import CA_CERT, SERVER_CERT, SERVER_KEY
 from shared_model.processes import config_string, env_with_our_bin, flower_binary
 
@@ -24,7 +25,8 @@ class SuperLinkSettings:
     certs: Path | None = None
     insecure: bool = False
     host: str = "0.0.0.0"
-    port: int = 9091
+    port: int = 9091  # the merchants' address: the Fleet API alone (server/fleet_front.py)
+    internal_port: int = 0  # the SuperLink itself, every API, on 127.0.0.1 only (0: port + 1)
 
     def __post_init__(self):
         if self.insecure and self.certs is not None:
@@ -38,6 +40,10 @@ class SuperLinkSettings:
                 raise ValueError(f"{self.certs}: missing {', '.join(missing)}; run `fedprofile server keys` first")
 
     @property
+    def internal(self) -> int:
+        return self.internal_port or self.port + 1
+
+    @property
     def database(self) -> Path:
         return Path(self.state_dir) / "superlink.db"
 
@@ -46,8 +52,10 @@ class SuperLinkSettings:
         return Path(self.state_dir) / "flwr"
 
     def command(self) -> list[str]:
-        cmd = [flower_binary("flower-superlink"), "--database", str(self.database), "--host", self.host,
-               "--port", str(self.port), "--log-file", str(Path(self.state_dir) / "superlink.log"),
+        # The SuperLink listens on loopback only: its control API shares the port with the Fleet API, and only
+        # the operator on this host may drive it; merchants reach the Fleet API through the front.
+        cmd = [flower_binary("flower-superlink"), "--database", str(self.database), "--host", "127.0.0.1",
+               "--port", str(self.internal), "--log-file", str(Path(self.state_dir) / "superlink.log"),
                # the ServerApp runs in this environment: no downloading of the app's dependencies at run time
                "--disable-runtime-dependency-installation"]
         if self.insecure:
@@ -59,7 +67,7 @@ class SuperLinkSettings:
     def write_operator_config(self, address: str | None = None) -> Path:
         """A `flwr` config (FLWR_HOME) with one connection, `fedprofile`, to this SuperLink, for `flwr run`
         and `flwr supernode register`."""
-        address = address or f"127.0.0.1:{self.port}"
+        address = address or f"127.0.0.1:{self.internal}"
         lines = ["[superlink]", f'default = "{CONNECTION}"', "", f"[superlink.{CONNECTION}]", f'address = "{address}"']
         if self.insecure:
             lines.append("insecure = true")
@@ -104,11 +112,18 @@ def start_superlink(settings: SuperLinkSettings, *, stdout=None) -> subprocess.P
     process = subprocess.Popen(settings.command(), stdout=stdout, stderr=subprocess.STDOUT if stdout else None,
                                env=env_with_our_bin(), start_new_session=True)
     try:
-        wait_for_port("127.0.0.1", settings.port, process=process)
+        wait_for_port("127.0.0.1", settings.internal, process=process)
     except (RuntimeError, TimeoutError) as exc:
         process.kill()
         raise RuntimeError(f"SuperLink did not start: {exc}; see {Path(settings.state_dir) / 'superlink.log'}") from exc
     return process
+
+
+def start_front(settings: SuperLinkSettings) -> FleetFront:
+    """The merchants' address (settings.host:settings.port) in this process: the Fleet API alone, forwarded to
+    the SuperLink on 127.0.0.1, with the SuperLink's certificate."""
+    return start_fleet_front(host=settings.host, port=settings.port, upstream=f"127.0.0.1:{settings.internal}",
+                             certs=None if settings.insecure else Path(settings.certs))
 
 
 def run_args(run_config: dict, *, stream: bool = True) -> list[str]:

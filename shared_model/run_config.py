@@ -40,8 +40,9 @@ class RunConfig:
     sparse_rows: bool = False  # fedavg/fedavgm/fedprox: average each table row over the merchants that changed it
     trim_beta: float = 0.2  # fedtrimmedavg: fraction cut from each end
     krum_byzantine: int = 0  # krum: merchants assumed malicious
-    update_norm_bound: float = 3.0  # each merchant's update clipped to this x the round's median update norm (0: off)
+    update_norm_bound: float = 1.0  # each merchant's update clipped to this x the round's median update norm (0: off)
     max_examples: int = 10_000_000  # a reply claiming more customers than this is rejected
+    min_update_cosine: float = 0.0  # updates pointing away from the round's median update are set aside (-1: off)
     # local training on each merchant
     local_epochs: float = 4  # a fraction trains that share of the merchant's batches each round
     lr: float = 3e-3
@@ -117,6 +118,8 @@ class RunConfig:
                             "have no merchant-local residual; turn one of them off")
         if not (math.isfinite(self.update_norm_bound) and self.update_norm_bound >= 0):
             problems.append(f"update-norm-bound must be a finite number >= 0 (0: off), got {self.update_norm_bound}")
+        if not -1 <= self.min_update_cosine <= 1:
+            problems.append(f"min-update-cosine must be in [-1, 1] (-1: off), got {self.min_update_cosine}")
         if self.max_examples < 1:
             problems.append(f"max-examples must be at least 1, got {self.max_examples}")
         if not 0 <= self.trim_beta < 0.5:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fedprofile.federation import LocalFederation
+from server.superlink import CONNECTION, SuperLinkSettings, flwr
 
 ROOT = Path(__file__).resolve().parents[2]
 # a narrow model and short rounds: the test is about processes, keys and state, not quality
@@ -70,6 +71,15 @@ def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
             fed.start_merchant(name)
         fed.wait_for_services(fed.names)
         _wait(lambda: fed.connected_nodes() == 3, 120, "three SuperNodes")
+        # an outsider holding the CA certificate, at the merchants' address: the control API is not there
+        outsider = SuperLinkSettings(state_dir=tmp_path / "outsider", certs=fed.out / "certs", port=fed.port,
+                                     internal_port=fed.port)
+        home = outsider.write_operator_config(f"127.0.0.1:{fed.port}")
+        for args in (["ls", CONNECTION], ["supernode", "register", str(fed.out / "keys" / "shop-0.pub"), CONNECTION]):
+            denied = flwr(args, home, timeout=60)
+            assert denied.returncode != 0 or "UNIMPLEMENTED" in denied.stdout + denied.stderr, denied.stdout
+        assert fed.front.refused >= 2
+        assert flwr(["ls", CONNECTION], fed.flwr_home, timeout=60).returncode == 0  # the operator, on loopback
         run = fed.submit(rounds=3, epsilon=8.0, timeout=600, extra=extra)
 
         _wait(lambda: fed.checkpoint_state().get("round", 0) >= 1, 300, "round 1")

@@ -120,12 +120,27 @@ def test_a_scaled_update_is_clipped_to_a_multiple_of_the_median():
     registry = MerchantRegistry()
     replies = [_reply(i, arrays=_good(1.0)) for i in (1, 2, 3)] + [_reply(4, arrays=_good(1e4))]
     screened = _screen(replies, registry)
-    clipped = bound_updates(screened.accepted, sent, factor=3.0, registry=registry)
-    assert list(clipped) == ["m4"]
-    updated = next(iter(screened.accepted[3].content.array_records.values()))["w"].numpy()
+    kept, clipped, aside = bound_updates(screened.accepted, sent, factor=3.0, min_cosine=0.0, registry=registry)
+    assert list(clipped) == ["m4"] and not aside and len(kept) == 4
+    updated = next(iter(kept[3].content.array_records.values()))["w"].numpy()
     honest = np.sqrt(6.0)  # norm of an honest update: six ones
     assert np.linalg.norm(updated) == pytest.approx(3 * honest, rel=1e-5)
-    assert bound_updates(screened.accepted, sent, factor=0.0, registry=registry) == {}
+    assert bound_updates(kept, sent, factor=0.0, min_cosine=-1.0, registry=registry)[1:] == ({}, {})
+
+
+def test_an_update_pointing_away_from_the_others_is_set_aside():
+    sent = {k: v.astype(np.float64) for k, v in _good(0.0).items()}
+    rng = np.random.default_rng(0)
+    honest = [{"w": (1.0 + 0.3 * rng.standard_normal((2, 3))).astype(np.float32), "b": np.zeros(3, np.float32)}
+              for _ in range(4)]
+    flipped = {"w": -honest[0]["w"], "b": honest[0]["b"]}
+    registry = MerchantRegistry()
+    screened = _screen([_reply(i + 1, arrays=a) for i, a in enumerate(honest)] + [_reply(5, arrays=flipped)], registry)
+    kept, _, aside = bound_updates(screened.accepted, sent, factor=3.0, min_cosine=0.0, registry=registry)
+    assert [m.metadata.src_node_id for m in kept] == [1, 2, 3, 4]
+    assert "points away from the others" in aside["m5"]
+    two = _screen([_reply(6, arrays=honest[0]), _reply(7, arrays=flipped)], registry)  # no majority to judge by
+    assert len(bound_updates(two.accepted, sent, factor=3.0, min_cosine=0.0, registry=registry)[0]) == 2
 
 
 def test_evaluation_replies_are_screened_and_weighted_by_bounded_counts():
@@ -164,7 +179,7 @@ def test_a_run_survives_malformed_replies_and_a_scaled_update(tmp_path):
     grid = InProcessGrid(__import__("client.client_app", fromlist=["app"]).app, 4, tamper=tamper)
     result = run_federation(grid, run)
     row = result.history[0]
-    assert row["aggregated"] and "merchant-1" in row["clipped"]
+    assert row["aggregated"] and ("merchant-1" in row["clipped"] or "merchant-1" in row["rejected"])
     assert "missing ['epsilon']" in row["rejected"]["merchant-2"]
     norm = sum(float(torch.as_tensor(v).float().norm() ** 2) for v in
                torch.load(next((tmp_path / "run" / "models").glob("v0001")) / "model.pt",
