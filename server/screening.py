@@ -110,12 +110,12 @@ def bound_updates(accepted: list[Message], sent: dict[str, np.ndarray], *, facto
                   registry: MerchantRegistry) -> tuple[list[Message], dict[str, float], dict[str, str]]:
     """The round's updates (each merchant's weights minus the weights sent), made harmless before averaging.
 
-    With three or more merchants, an update whose cosine with the coordinate-wise median of the round's updates
-    is below `min_cosine` is set aside (a flipped or foreign direction; -1: off), and every kept update is
-    clipped in place to `factor` x the median update norm (0: off), so no merchant moves the average further
-    than an honest one could. Returns (kept replies, label -> norm of each clipped update, label -> why set
+    With three or more merchants (two have no majority to judge by), an update whose cosine with the
+    coordinate-wise median of the round's updates is below `min_cosine` is set aside (a flipped or foreign
+    direction; -1: off), and every kept update is clipped in place to `factor` x the median update norm (0: off),
+    so no merchant moves the average further than an honest one could. Returns (kept replies, label -> norm of each clipped update, label -> why set
     aside)."""
-    if not accepted or (factor <= 0 and min_cosine <= -1):
+    if len(accepted) < 3 or (factor <= 0 and min_cosine <= -1):  # two updates have no majority to judge by
         return accepted, {}, {}
     records = [next(iter(m.content.array_records.values())) for m in accepted]
     keys = sorted(sent)
@@ -125,14 +125,14 @@ def bound_updates(accepted: list[Message], sent: dict[str, np.ndarray], *, facto
     for key in keys:  # one weight at a time: memory stays at one tensor per merchant
         deltas = np.stack([r[key].numpy().astype(np.float32) - sent[key].astype(np.float32) for r in records])
         norms += np.square(deltas.reshape(len(records), -1)).sum(1, dtype=np.float64)
-        if len(records) >= 3 and min_cosine > -1:
+        if min_cosine > -1:
             reference = np.median(deltas, axis=0)
             dots += (deltas.reshape(len(records), -1) @ reference.reshape(-1)).astype(np.float64)
             reference_sq += float(np.square(reference, dtype=np.float64).sum())
     norms = np.sqrt(norms)
     set_aside: dict[str, str] = {}
     keep = np.ones(len(records), dtype=bool)
-    if len(records) >= 3 and min_cosine > -1 and reference_sq > 0:
+    if min_cosine > -1 and reference_sq > 0:
         cosines = dots / np.maximum(norms * np.sqrt(reference_sq), 1e-30)
         for i, cosine in enumerate(cosines):
             if cosine < min_cosine:
