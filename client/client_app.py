@@ -34,7 +34,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         run, server_round, run_id = _settings(msg)
     except ValueError as exc:  # a run config out of bounds is refused, not trained
-        return _refuse(msg, context, str(exc), train=True)
+        return _refuse(msg, _name(context), str(exc), train=True)
     merchant = _merchant(context, run)
     state = _load_state(context, run, run_id, merchant.name)
     stored = state.stored_update(run_id, server_round)
@@ -46,10 +46,8 @@ def train(msg: Message, context: Context) -> Message:
         policy.check(run, num_users=len(merchant.sequences.train), steps_taken=ledger.steps_taken() if ledger else 0)
         model = _model(run, merchant, state, msg.content["arrays"])
     except PolicyRefusal as exc:
-        log.warning("%s refused round %d of run %s: %s", merchant.name, server_round, run_id, exc)
-        metrics = _metrics(num_examples=len(merchant.sequences.train), epsilon=ledger.epsilon() if ledger else 0.0,
-                           delta=ledger.target_delta if ledger else 0.0, refused=True)
-        return _train_reply(msg, merchant.name, None, metrics, refused=str(exc))
+        return _refuse(msg, merchant.name, str(exc), train=True, num_examples=len(merchant.sequences.train),
+                       ledger=ledger)
     update = local_round(model, merchant.sequences, run, ledger_state=state.ledger, server_round=server_round,
                          epsilon_cap=policy.max_epsilon, delta_cap=policy.max_delta,
                          proximal_mu=run.proximal_mu if run.strategy == "fedprox" else 0.0,
@@ -71,16 +69,14 @@ def evaluate(msg: Message, context: Context) -> Message:
     try:
         run, server_round, run_id = _settings(msg)
     except ValueError as exc:
-        return _refuse(msg, context, str(exc), train=False)
+        return _refuse(msg, _name(context), str(exc), train=False)
     merchant = _merchant(context, run)
     state = _load_state(context, run, run_id, merchant.name)
     try:
         PrivacyPolicy.for_node(context.node_config, run).check_model(run)
         model = _model(run, merchant, state, msg.content["arrays"])
-    except PolicyRefusal as exc:  # no metrics: the coordinator counts this merchant out of the round's figures
-        log.warning("%s refused to evaluate round %d of run %s: %s", merchant.name, server_round, run_id, exc)
-        return Message(RecordDict({"merchant": ConfigRecord({"name": merchant.name, "refused": str(exc)})}),
-                       reply_to=msg)
+    except PolicyRefusal as exc:
+        return _refuse(msg, merchant.name, str(exc), train=False)
     if "state-dir" in context.node_config:  # deployment: the merchant's own service serves this version next
         keep_global_model(Path(str(context.node_config["state-dir"])), model, server_round, run_id,
                           item_ids=merchant.sequences.catalogue.item_ids)
@@ -91,14 +87,20 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(record, reply_to=msg)
 
 
-def _refuse(msg: Message, context: Context, reason: str, *, train: bool) -> Message:
-    """A refusal before the run's settings could be read: the reason, and for training zero figures."""
-    name = str(context.node_config.get("merchant-name", f"node-{context.node_id}"))
+def _refuse(msg: Message, name: str, reason: str, *, train: bool, num_examples: int = 0,
+            ledger: PrivacyLedger | None = None) -> Message:
+    """A refusal, logged and sent with its reason and nothing trained: a train reply carries the figures the
+    merchant has spent so far; an evaluate reply carries no metrics, so the coordinator leaves it out."""
     log.warning("%s refused a %s message: %s", name, "train" if train else "evaluate", reason)
     if train:
-        return _train_reply(msg, name, None, _metrics(num_examples=0, epsilon=0.0, delta=0.0, refused=True),
-                            refused=reason)
+        metrics = _metrics(num_examples=num_examples, epsilon=ledger.epsilon() if ledger else 0.0,
+                           delta=ledger.target_delta if ledger else 0.0, refused=True)
+        return _train_reply(msg, name, None, metrics, refused=reason)
     return Message(RecordDict({"merchant": ConfigRecord({"name": name, "refused": reason})}), reply_to=msg)
+
+
+def _name(context: Context) -> str:
+    return str(context.node_config.get("merchant-name", f"node-{context.node_id}"))
 
 
 def _settings(msg: Message) -> tuple[RunConfig, int, str]:

@@ -12,7 +12,6 @@ import torch
 from shared_model.batching import steps_for
 from shared_model.files import atomic_write
 from shared_model.model import ProfileTransformer
-from shared_model.privacy import delta_for
 from shared_model.run_config import RunConfig
 
 POLICY_FILE = "privacy-policy.json"
@@ -51,12 +50,9 @@ class PrivacyPolicy:
 
     # ---- what a run may use ---------------------------------------------------------------------------------
 
-    def epsilon(self, run: RunConfig) -> float:
-        """The target this merchant trains to: the run's, capped by its own ceiling."""
-        return min(run.target_epsilon, self.max_epsilon)
-
     def delta(self, run: RunConfig, *, num_users: int) -> float:
-        return min(run.target_delta or delta_for(num_users), self.max_delta)
+        """The delta this merchant accounts at: the run's (or the automatic one), never above its ceiling."""
+        return run.replace(dp=True).privacy_config(num_users=num_users, delta_cap=self.max_delta).target_delta
 
     def check(self, run: RunConfig, *, num_users: int, steps_taken: int = 0) -> None:
         """Raise PolicyRefusal with the reason when training `run` on `num_users` customers would break the

@@ -173,8 +173,6 @@ class LocalFederation:
     def refused(self) -> list[str]:
         """Merchants the SuperLink turned away: its log names their public key as unknown, and their own
         SuperNode log says it could not activate (both sides see it)."""
-
-
         server_log = (self.out / "server" / "superlink.log").read_text(errors="replace") \
             if (self.out / "server" / "superlink.log").exists() else ""
         server_log += (self.logs / "superlink.out").read_text(errors="replace") if (self.logs / "superlink.out").exists() else ""

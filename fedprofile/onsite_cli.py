@@ -53,9 +53,9 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
         except (DataFileError, ValueError) as exc:
             fail(str(exc))
         if not quiet:
-            s = summary
-            typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
-                       f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined -> {s.quarantine_path})", err=True)
+            typer.echo(f"data: {summary.rows_accepted} events, {summary.users} users, {summary.items} items "
+                       f"({summary.duplicates} duplicates, {summary.rows_quarantined} quarantined -> "
+                       f"{summary.quarantine_path})", err=True)
         try:
             if model is not None:
                 try:
@@ -65,6 +65,20 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
             yield engine
         finally:
             engine.close()
+
+
+def _service_settings(host: str, tls_cert: Path | None, tls_key: Path | None, token_file: Path | None, insecure: bool,
+                      retention_days: float):
+    """Who may call the on-site service (TLS and token beyond loopback) and how long its store keeps logs; a
+    setting that cannot be met ends the command with one line."""
+    from client.onsite.access import service_access
+    from client.onsite.store import Retention
+
+    try:
+        return (service_access(host, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure),
+                Retention(days=retention_days))
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
 
 
 def _echo_json(obj) -> None:
@@ -227,15 +241,9 @@ def merchant_serve(
     retention_days: RetentionDays = 90.0,
 ) -> None:
     """Run the on-site service alone on a published model (no federation), reloading newer versions."""
-    from client.onsite.access import service_access
     from client.onsite.service import serve
-    from client.onsite.store import Retention
 
-    try:
-        access = service_access(host, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
-        retention = Retention(days=retention_days)
-    except (OSError, ValueError) as exc:
-        fail(str(exc))
+    access, retention = _service_settings(host, tls_cert, tls_key, token_file, insecure, retention_days)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue, retention=retention) as engine:
         server, port = serve(engine, host=host, port=grpc_port, access=access)
@@ -288,12 +296,8 @@ def merchant_run(
 
     if insecure == (root_certificates is not None):
         fail("give either --root-certificates CA.pem (TLS) or --insecure")
-    from client.onsite.access import service_access
-    from client.onsite.store import Retention
-
+    access, retention = _service_settings(host, tls_cert, tls_key, token_file, insecure, retention_days)
     try:
-        access = service_access(host, token_file=token_file, tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
-        retention = Retention(days=retention_days)
         policy = PrivacyPolicy(require_dp=not allow_no_dp, max_epsilon=max_epsilon, max_delta=max_delta,
                                max_sample_rate=max_sample_rate, max_steps=max_steps, max_parameters=max_parameters)
     except (OSError, ValueError) as exc:

@@ -31,7 +31,7 @@ class MerchantRegistry:
     def label(self, msg: Message) -> str:
         node = int(msg.metadata.src_node_id)
         if node not in self.labels:
-            name = _declared_name(msg) or f"node-{node}"
+            name = _declared(msg, "name", 100) or f"node-{node}"
             taken = set(self.labels.values())
             self.labels[node] = name if name not in taken else f"{name}#{node}"
         return self.labels[node]
@@ -47,10 +47,11 @@ class MerchantRegistry:
                    {int(k): int(v) for k, v in state.get("declared", {}).items()})
 
 
-def _declared_name(msg: Message) -> str:
+def _declared(msg: Message, key: str, limit: int) -> str:
+    """What a reply's `merchant` record says under `key` (its name, why it refused), cut to `limit` characters."""
     if msg.has_error() or "merchant" not in msg.content.config_records:
         return ""
-    return str(msg.content.config_records["merchant"].get("name", ""))[:100]
+    return str(msg.content.config_records["merchant"].get(key, ""))[:limit]
 
 
 @dataclass
@@ -82,9 +83,7 @@ def screen_train_replies(replies: list[Message], expected: dict[str, tuple[int, 
             problem = f"refused must be 0 or 1, got {metrics['refused']}"
         if problem is None and metrics["refused"] == 1.0:
             out.metrics[name] = metrics
-            reason = str(msg.content.config_records["merchant"].get("refused", ""))[:500] \
-                if "merchant" in msg.content.config_records else ""
-            out.refused.append((name, reason or "refused"))
+            out.refused.append((name, _declared(msg, "refused", 500) or "refused"))
             continue
         if problem is None:
             problem = _count_problem(metrics["num-examples"], max_examples)
@@ -169,9 +168,8 @@ def screen_evaluate_replies(replies: list[Message], *, registry: MerchantRegistr
             dropped[name] = f"error reply: {str(msg.error.reason)[:300]}"
             continue
         if "metrics" not in msg.content.metric_records:
-            refused = msg.content.config_records["merchant"].get("refused", "") \
-                if "merchant" in msg.content.config_records else ""
-            dropped[name] = f"refused: {str(refused)[:300]}" if refused else "no metrics"
+            refused = _declared(msg, "refused", 300)
+            dropped[name] = f"refused: {refused}" if refused else "no metrics"
             continue
         metrics, problem = _checked_metrics(msg, EVALUATE_METRICS)
         if problem is None:

@@ -34,12 +34,13 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> tuple
     config = ProfileConfig(**blob["config"])
     catalogue = Catalogue.from_state_dict(blob["catalogue"])
     model = ProfileTransformer(config, catalogue.descriptors)
-    model.load_state_dict(_finite(blob["state_dict"], path))
+    model.load_state_dict(blob["state_dict"])
     return model.to(device), catalogue, json.loads(blob.get("metadata_json", "{}"))
 
 
 def _load_weights(file: Path) -> dict:
-    """A model file read as data, never as code: weights-only unpickling (tensors, numbers, strings, lists)."""
+    """A model file read as data, never as code: weights-only unpickling (tensors, numbers, strings, lists), and
+    its weights refused when any is NaN or infinite (such a model ranks every item alike and looks perfect)."""
     try:
         blob = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -49,15 +50,12 @@ def _load_weights(file: Path) -> dict:
         raise ValueError(f"{file}: not a readable model file ({str(exc).splitlines()[0][:200]})") from None
     if not isinstance(blob, dict) or "config" not in blob:
         raise ValueError(f"{file}: not a fedprofile model file (no config)")
-    return blob
-
-
-def _finite(state: dict, file) -> dict:
-    """Refuse weights with NaN or infinite values: such a model ranks every item alike and looks perfect."""
-    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    weights = blob.get("shared_state", blob.get("state_dict", {}))
+    bad = [name for name, tensor in weights.items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
     if bad:
         raise ValueError(f"{file}: weights hold NaN or infinite values ({', '.join(bad[:3])}); refused")
-    return state
+    return blob
 
 
 GLOBAL_MODEL_FILE = "model.pt"
@@ -104,7 +102,6 @@ def load_global_model(folder: str | Path) -> tuple[ProfileConfig, dict[str, torc
     if not (folder / GLOBAL_MODEL_FILE).exists():
         raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE} here; is this a published model version folder?")
     blob = _load_weights(folder / GLOBAL_MODEL_FILE)
-    _finite(blob["shared_state"], folder / GLOBAL_MODEL_FILE)
     manifest = json.loads((folder / MANIFEST_FILE).read_text()) if (folder / MANIFEST_FILE).exists() else {}
     return ProfileConfig(**blob["config"]), blob["shared_state"], manifest
 
@@ -176,6 +173,5 @@ def open_model(path: str | Path) -> ModelSource:
         raise FileNotFoundError(f"{folder}: no {GLOBAL_MODEL_FILE}; give a published model version, a run folder "
                                 "or a `fedprofile train` output folder")
     blob = _load_weights(file)
-    _finite(blob["shared_state"] if "shared_state" in blob else blob["state_dict"], file)
     return ModelSource(file, blob, ProfileConfig(**blob["config"]))
 

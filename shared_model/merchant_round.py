@@ -10,7 +10,7 @@ import torch
 from shared_model.evaluation import evaluate
 from shared_model.features import SequenceData
 from shared_model.model import ProfileTransformer
-from shared_model.privacy import PrivacyBudgetExhausted, PrivacyLedger
+from shared_model.privacy import PrivacyBudgetExhausted
 from shared_model.run_config import RunConfig
 from shared_model.training import train
 
@@ -49,18 +49,17 @@ def local_round(
     users. Under DP the ledger carries on from `ledger_state`, so epsilon accumulates over rounds; a round that
     would pass the merchant's target is refused before any step is taken."""
     privacy = run.privacy_config(num_users=len(data.train), epsilon_cap=epsilon_cap, delta_cap=delta_cap)
-    if privacy is not None and ledger_state:  # a ceiling lowered since the last round holds for the kept ledger too
-        ledger = PrivacyLedger.from_state_dict(ledger_state)
-        ledger.tighten(epsilon=privacy.target_epsilon, delta=privacy.target_delta)
-        ledger_state = ledger.state_dict()
     started = time.perf_counter()
     try:
         result = train(model, data, run.train_config(server_round=server_round), privacy=privacy,
                        ledger_state=ledger_state, device=device, validate=False, proximal_mu=proximal_mu,
                        optimizer_state=optimizer_state if run.keep_optimizer_state else None)
     except PrivacyBudgetExhausted as exc:
-        ledger = PrivacyLedger.from_state_dict(ledger_state) if ledger_state else None
-        return LocalUpdate(num_examples=len(data.train), refused=str(exc), ledger_state=ledger_state,
+        # a kept ledger stays as checked (a ceiling lowered since the last round holds from now on); a first round
+        # refused before any step leaves no ledger behind
+        ledger = exc.ledger if ledger_state else None
+        return LocalUpdate(num_examples=len(data.train), refused=str(exc),
+                           ledger_state=ledger.state_dict() if ledger else None,
                            epsilon=ledger.epsilon() if ledger else 0.0,
                            delta=ledger.target_delta if ledger else 0.0, local_state=model.local_state())
     model.cpu()

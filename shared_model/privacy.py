@@ -12,7 +12,12 @@ from opacus.accountants.utils import get_noise_multiplier
 
 
 class PrivacyBudgetExhausted(RuntimeError):
-    """Raised instead of training when the next steps would take epsilon past the merchant's target."""
+    """Raised instead of training when the next steps would take epsilon past the merchant's target; `ledger`
+    is the ledger that was checked (with any ceiling lowered since it was planned), to keep as it is."""
+
+    def __init__(self, message: str, *, ledger: "PrivacyLedger"):
+        super().__init__(message)
+        self.ledger = ledger
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,8 @@ class PrivacyLedger:
         if projected > self.target_epsilon * (1 + 1e-3):
             raise PrivacyBudgetExhausted(
                 f"{extra_steps} more steps would spend epsilon {projected:.3f} > target {self.target_epsilon} "
-                f"(spent so far {self.epsilon():.3f} over {self.steps_taken()} steps); this merchant stops training"
+                f"(spent so far {self.epsilon():.3f} over {self.steps_taken()} steps); this merchant stops training",
+                ledger=self,
             )
 
     def record(self, accountant) -> None:

@@ -28,9 +28,9 @@ class ServiceAccess:
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
+    if host == "localhost":
+        return True
+    try:  # "", "0.0.0.0", "[::]" and names other than localhost are not loopback
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
@@ -61,10 +61,10 @@ def service_access(host: str, *, token_file: str | Path | None = None, tls_cert:
     credentials = None
     if tls_cert is not None:
         credentials = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
-    if not is_loopback(host) and not insecure and (credentials is None or token is None):
+    missing = [what for what, absent in (("TLS", credentials is None), ("a token", token is None)) if absent]
+    if not is_loopback(host) and not insecure and missing:
         raise ValueError(f"the on-site service would listen on {host}, beyond this machine, without "
-                         f"{'TLS' if credentials is None else ''}{' and ' if credentials is None and token is None else ''}"
-                         f"{'a token' if token is None else ''}: give --tls-cert, --tls-key and --token-file, "
+                         f"{' and '.join(missing)}: give --tls-cert, --tls-key and --token-file, "
                          "or --insecure for a trusted network")
     return ServiceAccess(token, credentials)
 

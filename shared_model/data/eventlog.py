@@ -43,8 +43,6 @@ class EventLog:
         return int(self.events["item_id"].nunique())
 
 
-
-
 def finalize(
     chunks: list[pd.DataFrame],
     event_files: list[FileSummary],

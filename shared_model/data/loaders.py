@@ -7,7 +7,7 @@ from pathlib import Path
 from shared_model.data.eventlog import EventLog, finalize
 from shared_model.data.formats import amazon, generic, jdata, movielens, synthetic, taobao
 from shared_model.data.schema import EVENT_COLUMNS
-from shared_model.data.validation import DataFileError, Quarantine
+from shared_model.data.validation import DataFileError, Quarantine, check_exists
 
 FORMATS = ("events", "taobao", "amazon", "movielens", "jdata", "synthetic")
 _READERS = {"taobao": taobao.load, "amazon": amazon.load, "movielens": movielens.load, "jdata": jdata.load}
@@ -32,10 +32,7 @@ def load_events(
         parsed = generic.load(path, quarantine, column_map or {})
         return finalize(*parsed, quarantine, source=",".join(map(str, path)))
     path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise DataFileError(f"{path}: is a broken or looping symbolic link")
-    if not path.exists():
-        raise DataFileError(f"{path}: file or folder not found")
+    check_exists(path, what="file or folder")
     parsed = generic.load(path, quarantine, column_map or {}) if fmt == "events" else _READERS[fmt](path, quarantine)
     return finalize(*parsed, quarantine, source=str(path))
 

@@ -134,12 +134,17 @@ class Quarantine:
 MAX_HEADER_BYTES = 1 << 20  # a header line longer than this is not a header
 
 
-def check_readable(path: Path) -> None:
-    """Refuse, with one line naming the file, what is not a plain text file this reader can take."""
+def check_exists(path: Path, *, what: str = "file") -> None:
+    """Refuse, naming it, a path that is not there or a link that leads nowhere (or round in a loop)."""
     if path.is_symlink() and not path.exists():
         raise DataFileError(f"{path}: is a broken or looping symbolic link")
     if not path.exists():
-        raise DataFileError(f"{path}: file not found")
+        raise DataFileError(f"{path}: {what} not found")
+
+
+def check_readable(path: Path) -> None:
+    """Refuse, with one line naming the file, what is not a plain text file this reader can take."""
+    check_exists(path)
     if path.is_dir():
         raise DataFileError(f"{path}: is a directory, expected a file")
     try:
@@ -192,6 +197,12 @@ def read_delimited(
                 )
         rows: list[list[str]] = []
         lines: list[int] = []
+
+        def set_aside(reason: str, raw: str, label: str | None = None) -> None:
+            quarantine.add(name, [reader.line_num], "*", reason, [raw])
+            summary.rows_quarantined += 1
+            summary.reasons[label or reason] += 1
+
         while True:
             start = reader.line_num + 1
             try:
@@ -200,9 +211,7 @@ def read_delimited(
                 break
             except csv.Error as exc:
                 summary.rows_read += 1
-                quarantine.add(name, [reader.line_num], "*", f"malformed CSV ({exc})", [""])
-                summary.rows_quarantined += 1
-                summary.reasons["malformed CSV"] += 1
+                set_aside(f"malformed CSV ({exc})", "", "malformed CSV")
                 continue
             summary.rows_read += 1
             if reader.line_num > start and len(record) != n:  # a stray quote swallowed the lines after it
@@ -210,26 +219,20 @@ def read_delimited(
                                     f"{reader.line_num} ({reader.line_num - start + 1} lines read as one row); "
                                     "remove the stray quote or quote the field in full")
             if len(record) != n:
-                reason = "empty row" if not record or record == [""] else f"expected {n} fields, found {len(record)}"
-                quarantine.add(name, [reader.line_num], "*", reason, [delimiter.join(record)])
-                summary.rows_quarantined += 1
-                summary.reasons[reason if reason == "empty row" else "wrong number of fields"] += 1
+                if not record or record == [""]:
+                    set_aside("empty row", delimiter.join(record))
+                else:
+                    set_aside(f"expected {n} fields, found {len(record)}", delimiter.join(record),
+                              "wrong number of fields")
                 continue
             if any("\x00" in field for field in record):
-                reason = "NUL byte in a field"
-                quarantine.add(name, [reader.line_num], "*", reason,
-                               [delimiter.join(record).replace("\x00", "\\x00")])
-                summary.rows_quarantined += 1
-                summary.reasons[reason] += 1
+                set_aside("NUL byte in a field", delimiter.join(record).replace("\x00", "\\x00"))
                 continue
             try:  # undecodable bytes were read as lone surrogates, which refuse to encode
                 delimiter.join(record).encode("utf-8")
             except UnicodeEncodeError:
-                raw = delimiter.join(record).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                reason = f"not valid {encoding} text"
-                quarantine.add(name, [reader.line_num], "*", reason, [raw])
-                summary.rows_quarantined += 1
-                summary.reasons[reason] += 1
+                set_aside(f"not valid {encoding} text",
+                          delimiter.join(record).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"))
                 continue
             rows.append(record)
             lines.append(reader.line_num)
