@@ -25,3 +25,22 @@ def test_without_a_folder_state_lives_in_memory_only(tmp_path):
     assert state.ledger == {"x": 1} and state.already_paid("r", 1)
     state.record("r", 2, ledger={"x": 2}, local={}, reply=None)
     assert state.stored_update("r", 2) is None and not list(tmp_path.iterdir())
+
+
+def test_a_planted_last_update_is_refused_unread(tmp_path):
+    import pickle
+
+    import pytest
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    folder = tmp_path / "m0"
+    folder.mkdir()
+    torch.save({"run_id": "run", "round": 1, "shared_state": Payload()}, folder / MerchantState.LAST)
+    with pytest.raises(pickle.UnpicklingError):
+        MerchantState.load(folder).stored_update("run", 1)
+    assert not marker.exists()

@@ -31,3 +31,27 @@ def test_sequences_are_cached_until_the_data_changes(tmp_path, monkeypatch):
     os.utime(events, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the merchant's export changed
     with pytest.raises(AssertionError, match="read again"):
         merchant_data.load_merchant(str(events), "events", run, name="a", cache_dir=tmp_path / "state")
+
+
+class _Payload:
+    """Unpickling this runs code: what a planted file would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (self.marker.write_text, ("code ran",))
+
+
+def test_a_planted_cache_file_is_data_never_code(tmp_path):
+    import torch
+
+    shops = write(generate(SyntheticConfig(merchants=1, users_per_merchant=40, items_per_merchant=200, seed=5)),
+                  tmp_path / "shops")
+    state = tmp_path / "state"
+    state.mkdir()
+    marker = tmp_path / "ran"
+    torch.save({"key": "anything", "sequences": _Payload(marker)}, state / "data-cache.pt")
+    data = merchant_data.load_merchant(str(shops / "merchant-0" / "events.csv"), "events", tiny_run(tmp_path),
+                                       name="a", cache_dir=state)
+    assert len(data.sequences.train) > 0 and not marker.exists()  # refused unread, rebuilt from the files

@@ -119,3 +119,23 @@ def test_model_swap_replaces_profiles_and_keeps_one_version(engine, onsite):
         assert engine.store.get_profile(user, "v0001@test-run") is None
     finally:
         onsite.publish(1)
+
+
+def test_planted_local_rows_beside_a_model_are_refused_unread(engine, onsite, tmp_path):
+    import pickle
+    import shutil
+
+    import torch
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    folder = tmp_path / "models" / "v0001"
+    shutil.copytree(onsite.models / "v0001", folder)
+    torch.save({"item_ids": ["x"], "state": Payload()}, folder / "local.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        engine.load_model(folder)
+    assert not marker.exists() and engine.current.version == "v0001@test-run"  # still serving what it had
