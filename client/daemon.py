@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import threading
 from pathlib import Path
 
+from client.app_pin import pinned_bin
 from client.onsite.access import ServiceAccess
 from client.onsite.engine import open_engine
 from client.onsite.service import serve
@@ -79,7 +81,7 @@ class MerchantDaemon:
         while not self._stop.is_set():
             log.info("starting SuperNode: %s", " ".join(cmd))
             with open_rotated(self.state_dir / "supernode.log", max_bytes=self.max_log_bytes) as logs:
-                self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=env_with_our_bin())
+                self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=self._supernode_env())
             code = self._process.wait()
             if self._stop.is_set():
                 break
@@ -91,6 +93,13 @@ class MerchantDaemon:
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, self.max_backoff)
+
+    def _supernode_env(self) -> dict:
+        """Our bin folder first (Flower's helpers), and before it the pinned task processes: the SuperNode runs
+        only the ClientApp code installed here (client/app_pin.py)."""
+        env = env_with_our_bin()
+        env["PATH"] = os.pathsep.join([str(pinned_bin(self.state_dir)), env["PATH"]])
+        return env
 
     def stop(self) -> None:
         self._stop.set()

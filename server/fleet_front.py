@@ -34,7 +34,13 @@ class FleetFront(ThreadingHTTPServer):
         self.upstream, self.upstream_tls, self.upstream_name = upstream, upstream_tls, upstream_name
         self.refused = 0
         if client_tls is not None:
-            self.socket = client_tls.wrap_socket(self.socket, server_side=True)
+            # the handshake happens on the first read, in the request's own thread: a client that connects and
+            # stalls must not hold up the accept loop every merchant goes through
+            self.socket = client_tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+
+    def handle_error(self, request, client_address) -> None:
+        """A dropped connection or a failed handshake is the client's affair: one debug line, no traceback."""
+        log.debug("fleet front: connection from %s ended with an error", client_address, exc_info=True)
 
     def connect_upstream(self) -> http.client.HTTPConnection:
         host, port = self.upstream
@@ -60,6 +66,7 @@ class _NamedHTTPS(http.client.HTTPSConnection):
 
 
 class _Forward(BaseHTTPRequestHandler):
+    timeout = 120  # seconds a socket read or write may stall before the connection is dropped
     protocol_version = "HTTP/1.1"
     server: FleetFront
 

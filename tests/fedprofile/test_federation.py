@@ -3,17 +3,21 @@ separate processes, and faults (a merchant killed mid-run, the server killed and
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
+from flwr.cli.build import build_fab_from_disk
 
 from fedprofile.federation import LocalFederation
 from server.superlink import CONNECTION, SuperLinkSettings, flwr
+from shared_model.processes import config_string
 
 ROOT = Path(__file__).resolve().parents[2]
 # a narrow model and short rounds: the test is about processes, keys and state, not quality
@@ -53,6 +57,16 @@ def _wait(condition, timeout, what):
             return value
         time.sleep(0.5)
     pytest.fail(f"timed out waiting for {what}")
+
+
+def _foreign_app(folder: Path, marker: Path) -> Path:
+    """This release's app with one line added to its ClientApp module: it would leave `marker` if it ran."""
+    with zipfile.ZipFile(io.BytesIO(build_fab_from_disk(ROOT))) as fab:
+        fab.extractall(folder)
+    (folder / ".info" / "CONTENT").unlink()
+    client_app = folder / "client" / "client_app.py"
+    client_app.write_text(client_app.read_text() + f"\nopen({str(marker)!r}, 'w').write('ran')\n")
+    return folder
 
 
 def _ledger(fed, name):
@@ -113,5 +127,17 @@ def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
         versions = _wait(lambda: (v := fed.served_versions()) and all(x == f"v0003@{run_id}" for x in v.values()) and v,
                          90, "every merchant to serve the final model")
         assert set(versions) == {"shop-0", "shop-1", "shop-2"}
+
+        # the coordinator submits an app whose ClientApp is not the merchants' code: no merchant runs it
+        marker = tmp_path / "foreign-code-ran"
+        foreign = _foreign_app(tmp_path / "foreign", marker)
+        done = flwr(["run", str(foreign), CONNECTION, "--run-config",
+                     config_string({"num-rounds": 1, "run-dir": str(tmp_path / "foreign-run"), **extra})],
+                    fed.flwr_home, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        supernode_log = lambda n: (fed.out / "merchants" / n / "supernode.log").read_text(errors="replace")  # noqa: E731
+        _wait(lambda: all("refused the run's app: the run's client/client_app.py differs" in supernode_log(n)
+                          for n in fed.names), 180, "every merchant to refuse the foreign app")
+        assert not marker.exists()
     finally:
         fed.stop()

@@ -89,3 +89,16 @@ def test_every_other_path_is_refused_at_the_merchants_address(front, path):
     connect, door = front
     status, _ = _post(connect, path)
     assert status == 404 and not _Upstream.calls and door.refused == 1
+
+
+def test_a_client_that_connects_and_stalls_holds_up_no_one(front, capfd):
+    connect, door = front
+    stalled = socket.create_connection(door.server_address[:2], timeout=10)  # never sends a byte nor a handshake
+    dropped = socket.create_connection(door.server_address[:2], timeout=10)
+    dropped.sendall(b"\x16\x03\x01garbage")  # a broken handshake or request line, then gone
+    dropped.close()
+    try:
+        assert _post(connect, "/v1/fleet/pull-messages", b"xyz") == (200, b"zyx")
+    finally:
+        stalled.close()
+    assert "Traceback" not in capfd.readouterr().err
