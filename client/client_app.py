@@ -12,13 +12,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.policy import PolicyRefusal, PrivacyPolicy
+from client.secure_round import keys_reply, ledger_for, masked_reply, shares_reply, unmask_reply
 from client.state import MerchantState, keep_global_model
 from shared_model.checkpoint import model_for_catalogue
 from shared_model.device import pick_device
 from shared_model.merchant_data import load_merchant, simulated_merchants
 from shared_model.merchant_round import local_evaluate, local_round
-from shared_model.privacy import PrivacyLedger
+from shared_model.privacy import PrivacyBudgetExhausted, PrivacyLedger
 from shared_model.run_config import RunConfig
+from shared_model.secure_sum import SecureSumError
 
 app = ClientApp()
 log = logging.getLogger("fedprofile.merchant")
@@ -35,6 +37,9 @@ def train(msg: Message, context: Context) -> Message:
         run, server_round, run_id = _settings(msg)
     except ValueError as exc:  # a run config out of bounds is refused, not trained
         return _refuse(msg, _name(context), str(exc), train=True)
+    if run.privacy == "distributed":  # its training goes through the secure sum, never as a plain update
+        return _refuse(msg, _name(context), "this run has privacy = distributed: its rounds are secure sums, not "
+                       "plain updates", train=True)
     merchant = _merchant(context, run)
     state = _load_state(context, run, run_id, merchant.name)
     stored = state.stored_update(run_id, server_round)
@@ -85,6 +90,81 @@ def evaluate(msg: Message, context: Context) -> Message:
     record = RecordDict({"metrics": MetricRecord({"num-examples": users, **metrics}),
                          "merchant": ConfigRecord({"name": merchant.name})})
     return Message(record, reply_to=msg)
+
+
+@app.query("secagg_keys")
+def secagg_keys(msg: Message, context: Context) -> Message:
+    """Distributed DP, stage 1 of a round: the policy and budget are checked, then two public keys go out."""
+    try:
+        run, server_round, run_id = _settings(msg)
+    except ValueError as exc:
+        return _refuse(msg, _name(context), str(exc), train=False)
+    merchant = _merchant(context, run)
+    state = _load_state(context, run, run_id, merchant.name)
+    policy = PrivacyPolicy.for_node(context.node_config, run)
+    num_users = len(merchant.sequences.train)
+    try:
+        if run.privacy != "distributed":
+            raise PolicyRefusal(f"a secure-sum round was asked for in a run with privacy = {run.privacy}")
+        if state.already_paid(run_id, server_round):  # a second noised sample of one round would add up
+            raise PolicyRefusal(f"this merchant already took part in round {server_round} of run {run_id}")
+        ledger = ledger_for(state.ledger, run, policy, num_users=num_users)
+        return keys_reply(msg, context, name=merchant.name, run=run, num_users=num_users,
+                          steps_taken=ledger.steps_taken(), ledger=ledger)
+    except (PolicyRefusal, PrivacyBudgetExhausted, SecureSumError) as exc:
+        return _refuse(msg, merchant.name, str(exc), train=False)
+
+
+@app.query("secagg_shares")
+def secagg_shares(msg: Message, context: Context) -> Message:
+    """Stage 2: shares of the merchant's secrets, encrypted to each other merchant."""
+    try:
+        return shares_reply(msg, context)
+    except SecureSumError as exc:
+        return _refuse(msg, _name(context), str(exc), train=False)
+
+
+@app.train("distributed")
+def train_distributed(msg: Message, context: Context) -> Message:
+    """Stage 3: one central DP-SGD step's share (clipped, noised, masked); the ledger pays before it leaves."""
+    try:
+        run, server_round, run_id = _settings(msg)
+    except ValueError as exc:
+        return _refuse(msg, _name(context), str(exc), train=False)
+    merchant = _merchant(context, run)
+    state = _load_state(context, run, run_id, merchant.name)
+    policy = PrivacyPolicy.for_node(context.node_config, run)
+    ledger = None
+    try:
+        if state.already_paid(run_id, server_round):
+            raise PolicyRefusal(f"this merchant already took part in round {server_round} of run {run_id}")
+        ledger = ledger_for(state.ledger, run, policy, num_users=len(merchant.sequences.train))
+        ledger.check_budget(1, sample_rate=run.sample_rate)
+        model = _model(run, merchant, state, msg.content["arrays"])
+        reply, ledger = masked_reply(msg, context, model=model, data=merchant.sequences, run=run, policy=policy,
+                                     ledger=ledger, device=pick_device())
+    except (PolicyRefusal, PrivacyBudgetExhausted, SecureSumError) as exc:
+        if ledger is not None and ledger.steps_taken() > (PrivacyLedger.from_state_dict(state.ledger).steps_taken()
+                                                          if state.ledger else 0):
+            _pay(context, state, run_id, server_round, ledger)  # the step was taken: it stays paid for
+        return _refuse(msg, merchant.name, str(exc), train=False)
+    _pay(context, state, run_id, server_round, ledger)
+    log.info("%s sent its masked share of round %d (epsilon %.3f)", merchant.name, server_round, ledger.epsilon())
+    return reply
+
+
+@app.query("secagg_unmask")
+def secagg_unmask(msg: Message, context: Context) -> Message:
+    """Stage 4: the shares that unmask the sum of the merchants whose vectors arrived."""
+    try:
+        return unmask_reply(msg, context)
+    except SecureSumError as exc:
+        return _refuse(msg, _name(context), str(exc), train=False)
+
+
+def _pay(context: Context, state: MerchantState, run_id: str, server_round: int, ledger: PrivacyLedger) -> None:
+    state.record(run_id, server_round, ledger=ledger.state_dict(), local=state.local, reply=None)
+    _save_state(context, state)
 
 
 def _refuse(msg: Message, name: str, reason: str, *, train: bool, num_examples: int = 0,

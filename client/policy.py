@@ -34,6 +34,8 @@ class PrivacyPolicy:
     max_sample_rate: float = 1.0  # the Poisson rate of one DP step (1 / batches per epoch)
     max_steps: int = 100_000  # DP-SGD steps over every run
     max_parameters: int = 50_000_000  # size of the model it trains and sends
+    accept_distributed: bool = True  # take part in distributed DP (its noise share relies on the secure sum)
+    assumed_colluders: int = 0  # distributed: the fewest merchants it assumes collude with the coordinator
 
     def __post_init__(self):
         problems = []
@@ -43,6 +45,8 @@ class PrivacyPolicy:
             problems.append(f"max-delta must be in (0, 1), got {self.max_delta}; 1e-5 or 1/(10 x customers) is usual")
         if not 0 < self.max_sample_rate <= 1:
             problems.append(f"max-sample-rate must be in (0, 1], got {self.max_sample_rate}")
+        if self.assumed_colluders < 0:
+            problems.append(f"assumed-colluders must be >= 0, got {self.assumed_colluders}")
         if self.max_steps < 1 or self.max_parameters < 1:
             problems.append("max-steps and max-parameters must be at least 1")
         if problems:
@@ -63,6 +67,9 @@ class PrivacyPolicy:
         self.check_model(run)
         if not run.dp:
             return
+        if run.privacy == "distributed":
+            self.check_distributed(run, steps_taken=steps_taken)
+            return
         batches = max(1, math.ceil(num_users / run.batch_size))
         rate = 1 / batches
         if rate > self.max_sample_rate * (1 + 1e-9):
@@ -73,6 +80,26 @@ class PrivacyPolicy:
         if steps_taken + steps > self.max_steps:
             raise PolicyRefusal(f"{steps} more DP steps after {steps_taken} would pass this merchant's max-steps "
                                 f"{self.max_steps}")
+
+    def check_distributed(self, run: RunConfig, *, steps_taken: int = 0, parties: int | None = None,
+                          min_survivors: int | None = None) -> None:
+        """Distributed DP: the merchant adds only a share of the noise, so it must accept the mode, and the run
+        must assume at least as many colluders as it does, with a sum of enough merchants to carry the rest."""
+        if not self.accept_distributed:
+            raise PolicyRefusal("this merchant does not take part in distributed DP (accept-distributed = false); "
+                                "run with privacy = local")
+        if run.colluders < self.assumed_colluders:
+            raise PolicyRefusal(f"the run assumes {run.colluders} colluding merchants, this merchant assumes "
+                                f"{self.assumed_colluders}; set colluders = {self.assumed_colluders} or more")
+        if run.sample_rate > self.max_sample_rate * (1 + 1e-9):
+            raise PolicyRefusal(f"sample-rate {run.sample_rate} is above this merchant's max-sample-rate "
+                                f"{self.max_sample_rate}")
+        if steps_taken + 1 > self.max_steps:
+            raise PolicyRefusal(f"one more DP step after {steps_taken} would pass this merchant's max-steps "
+                                f"{self.max_steps}")
+        if min_survivors is not None and min_survivors - run.colluders < 1:
+            raise PolicyRefusal(f"a sum of {min_survivors} merchants with {run.colluders} colluding leaves no "
+                                "honest noise; the round needs more merchants")
 
     def check_model(self, run: RunConfig) -> None:
         """Refuse a model larger than the merchant accepts, counted without allocating it."""

@@ -223,6 +223,9 @@ def simulate(
     epsilon: Annotated[Optional[float], typer.Option(help="Target epsilon per merchant over the whole run.",
                                                      envvar="FEDPROFILE_EPSILON")] = None,
     delta: Annotated[Optional[float], typer.Option(help="Target delta (default: min(1e-5, 1/(10 users))).")] = None,
+    privacy: Annotated[Optional[str], typer.Option(
+        help="local (each merchant noises its own update) or distributed (one central DP-SGD step a round, "
+             "noise shared among merchants, secure aggregation); see docs/privacy.md.")] = None,
     strategy: Annotated[Optional[str], typer.Option(
         help="fedavg, fedavgm, fedadam, fedprox, fedmedian, fedtrimmedavg or krum.")] = None,
     local_epochs: Annotated[Optional[float], typer.Option(help="Local epochs per round (0.5: half of each merchant's batches a round).")] = None,
@@ -245,7 +248,7 @@ def simulate(
     overrides = parse_sets(set_)
     given = {"num-rounds": rounds, "data": data, "data-format": fmt, "partitioning": partitioning,
              "dirichlet-alpha": alpha, "dp": dp, "target-epsilon": epsilon, "target-delta": delta,
-             "strategy": strategy, "local-epochs": local_epochs, "resume": resume}
+             "privacy": privacy, "strategy": strategy, "local-epochs": local_epochs, "resume": resume}
     values = {**RunConfig().to_flat(), **overrides, **{k: v for k, v in given.items() if v is not None}}
     if values["data-format"] != "synthetic" and partitioning is None and "partitioning" not in overrides:
         values["partitioning"] = "iid"  # a real data set is split by user unless told otherwise
@@ -258,7 +261,8 @@ def simulate(
     run = run.replace(min_replies=min(run.min_replies, merchants))
     logging.getLogger("flwr").setLevel(logging.WARNING)  # our own line per round replaces Flower's INFO chatter
     typer.echo(f"simulating {merchants} merchants, {run.num_rounds} rounds, {run.strategy}, "
-               + (f"DP epsilon {run.target_epsilon} per merchant" if run.dp else "no DP") + f", data {run.data}")
+               + (f"{run.privacy} DP, epsilon {run.target_epsilon} per merchant" if run.dp else "no DP")
+               + f", data {run.data}")
     metrics = run_sim(run, merchants, out, centralized=centralized_baseline, on_round=log_round,
                       cpus_per_merchant=cpus_per_merchant, centralized_batch_size=centralized_batch_size)
     line = f"final: HR@10 {metrics['hr@10']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}"

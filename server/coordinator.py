@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from server.aggregation import make_strategy, restore_strategy_state, strategy_state
+from server.distributed import DistributedTraining
 from server.screening import (
     MerchantRegistry,
     bound_updates,
@@ -62,36 +63,24 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         registry = MerchantRegistry()
     expected = {k: v.shape for k, v in arrays.items()}
     settings = {**run.to_flat(), "run-id": result.run_id}
+    distributed = DistributedTraining(run, arrays, sequential=getattr(grid, "sequential", False)) \
+        if run.privacy == "distributed" else None
+    if distributed is not None and checkpoint is not None:
+        distributed.load_state_arrays(checkpoint.strategy_state)
 
     for server_round in range(result.rounds_completed + 1, run.num_rounds + 1):
         started = time.perf_counter()
         row: dict = {"round": server_round}
-        # --- training on the merchants ---
-        messages = strategy.configure_train(server_round, ArrayRecord(_torch(arrays)), ConfigRecord(settings), grid)
-        replies = list(grid.send_and_receive(messages, timeout=run.round_timeout))
-        row["train-phase-seconds"] = time.perf_counter() - started
-        screened = screen_train_replies(replies, expected, registry=registry, max_examples=run.max_examples)
-        for name, metrics in screened.metrics.items():  # a refusing merchant still reports what it has spent
-            result.epsilon[name] = metrics["epsilon"]
-            result.delta[name] = metrics["delta"]
-        row["refused"] = dict(screened.refused)
-        row["rejected"] = dict(screened.rejected)
-        row["local-train-seconds"] = {registry.label(m): screened.metrics[registry.label(m)]["train-seconds"]
-                                      for m in screened.accepted}
-        kept, row["clipped"], aside = bound_updates(screened.accepted, arrays, factor=run.update_norm_bound,
-                                                    min_cosine=run.min_update_cosine, registry=registry)
-        row["rejected"].update(aside)
-        row["merchants-trained"] = [registry.label(m) for m in kept]
-        if len(kept) >= run.min_replies:
-            aggregated, train_metrics = strategy.aggregate_train(server_round, kept)
-            if aggregated is not None:
-                arrays = {k: v.numpy() for k, v in aggregated.items()}
-            row["aggregated"] = aggregated is not None
-            row["train-loss"] = float(train_metrics["train-loss"]) if train_metrics else None
-        else:
-            row["aggregated"] = False
-            log.warning("round %d: %d good replies, quorum is %d; the global model is unchanged",
-                        server_round, len(kept), run.min_replies)
+        if distributed is not None:  # --- one central DP-SGD step through the secure sum ---
+            secure = distributed.round(grid, server_round, arrays, settings, registry)
+            row.update({"refused": {}, "rejected": {}, "merchants-trained": [], **secure.row})
+            result.epsilon.update(secure.epsilon)
+            result.delta.update(secure.delta)
+            if secure.arrays is not None:
+                arrays = secure.arrays
+        else:  # --- each merchant trains and noises its own update ---
+            arrays = _local_round(grid, run, strategy, registry, server_round, arrays, settings, expected, result,
+                                  row, started)
         # --- federated evaluation of the (new) global model ---
         if run.fraction_evaluate > 0:
             eval_started = time.perf_counter()
@@ -111,7 +100,8 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         state = {"run_id": result.run_id, "run_config": run.to_flat(), "history": result.history,
                  "epsilon": result.epsilon, "delta": result.delta, "final": result.final,
                  "merchants": registry.state_dict()}
-        store.save(Checkpoint(server_round, arrays, strategy_state(strategy), state))
+        saved_state = {**strategy_state(strategy), **(distributed.state_arrays() if distributed else {})}
+        store.save(Checkpoint(server_round, arrays, saved_state, state))
         manifest = {"run_id": result.run_id, "round": server_round, "rounds_planned": run.num_rounds,
                     "strategy": run.strategy, "run_config": run.to_flat(), "metrics": result.final,
                     "epsilon": result.epsilon, "delta": result.delta,
@@ -120,6 +110,38 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         if on_round is not None:
             on_round(row)
     return result
+
+
+def _local_round(grid: Grid, run: RunConfig, strategy, registry: MerchantRegistry, server_round: int,
+                 arrays: dict[str, np.ndarray], settings: dict, expected: dict, result: FederationResult, row: dict,
+                 started: float) -> dict[str, np.ndarray]:
+    """Local DP (or none): each merchant trains and noises its own update; screened, bounded, aggregated."""
+    messages = strategy.configure_train(server_round, ArrayRecord(_torch(arrays)), ConfigRecord(settings), grid)
+    replies = list(grid.send_and_receive(messages, timeout=run.round_timeout))
+    row["train-phase-seconds"] = time.perf_counter() - started
+    screened = screen_train_replies(replies, expected, registry=registry, max_examples=run.max_examples)
+    for name, metrics in screened.metrics.items():  # a refusing merchant still reports what it has spent
+        result.epsilon[name] = metrics["epsilon"]
+        result.delta[name] = metrics["delta"]
+    row["refused"] = dict(screened.refused)
+    row["rejected"] = dict(screened.rejected)
+    row["local-train-seconds"] = {registry.label(m): screened.metrics[registry.label(m)]["train-seconds"]
+                                  for m in screened.accepted}
+    kept, row["clipped"], aside = bound_updates(screened.accepted, arrays, factor=run.update_norm_bound,
+                                                min_cosine=run.min_update_cosine, registry=registry)
+    row["rejected"].update(aside)
+    row["merchants-trained"] = [registry.label(m) for m in kept]
+    if len(kept) >= run.min_replies:
+        aggregated, train_metrics = strategy.aggregate_train(server_round, kept)
+        if aggregated is not None:
+            arrays = {k: v.numpy() for k, v in aggregated.items()}
+        row["aggregated"] = aggregated is not None
+        row["train-loss"] = float(train_metrics["train-loss"]) if train_metrics else None
+    else:
+        row["aggregated"] = False
+        log.warning("round %d: %d good replies, quorum is %d; the global model is unchanged",
+                    server_round, len(kept), run.min_replies)
+    return arrays
 
 
 def _torch(arrays: dict[str, np.ndarray]):

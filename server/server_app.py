@@ -30,7 +30,7 @@ def log_round(row: dict) -> None:
         f"round {row['round']}: {len(row['merchants-trained'])} merchants trained"
         + (f", {len(row['refused'])} refused" if row["refused"] else "")
         + (f", {len(row['rejected'])} rejected" if row["rejected"] else "")
-        + ("" if row["aggregated"] else " (not aggregated: quorum not met)")
+        + ("" if row["aggregated"] else f" (not aggregated: {row.get('discarded', 'quorum not met')})")
         + (f" | loss {loss:.4f}" if loss is not None else "")
         + (f" | HR@10 {row['hr@10']:.4f} NDCG@10 {row['ndcg@10']:.4f}" if "ndcg@10" in row else "")
         + (f" | epsilon {eps}" if eps else "")

@@ -49,6 +49,23 @@ def _noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: i
                                 accountant=accountant)
 
 
+@functools.lru_cache(maxsize=4096)
+def _epsilon_of(accountant: str, history: tuple, delta: float) -> float:
+    """Epsilon of a history of (noise multiplier, sample rate, steps): a function of these alone, and a second or
+    more with PRV, so each is computed once per process (a round checks it before and reports it after)."""
+    if not history:
+        return 0.0
+    acc = create_accountant(accountant)
+    acc.history = [tuple(entry) for entry in history]
+    return float(acc.get_epsilon(delta))
+
+
+def solve_noise_multiplier(*, epsilon: float, delta: float, sample_rate: float, steps: int,
+                           accountant: str = "prv") -> float:
+    """The noise multiplier that `steps` Poisson-subsampled Gaussian steps at `sample_rate` need for (epsilon, delta)."""
+    return _noise_multiplier(epsilon, delta, sample_rate, steps, accountant)
+
+
 def delta_for(num_users: int) -> float:
     """A conventional delta well below 1/n for n users."""
     return min(1e-5, 1.0 / (10 * max(num_users, 1)))
@@ -84,8 +101,7 @@ class PrivacyLedger:
         return sum(steps for _, _, steps in self.accountant().history)
 
     def epsilon(self) -> float:
-        acc = self.accountant()
-        return float(acc.get_epsilon(self.target_delta)) if acc.history else 0.0
+        return _epsilon_of(self.accountant_name, tuple(map(tuple, self.accountant().history)), self.target_delta)
 
     def epsilon_after(self, extra_steps: int, *, sample_rate: float | None = None) -> float:
         """Epsilon if `extra_steps` more steps were taken at this ledger's noise and `sample_rate` (the rate the
@@ -95,7 +111,7 @@ class PrivacyLedger:
         acc.step(noise_multiplier=self.noise_multiplier, sample_rate=rate) if extra_steps else None
         if extra_steps > 1:
             acc.history[-1] = (self.noise_multiplier, rate, acc.history[-1][2] + extra_steps - 1)
-        return float(acc.get_epsilon(self.target_delta)) if acc.history else 0.0
+        return _epsilon_of(self.accountant_name, tuple(map(tuple, acc.history)), self.target_delta)
 
     def tighten(self, *, epsilon: float, delta: float) -> None:
         """Lower the ledger's targets to a ceiling set since it was planned (never raise them): what was spent
@@ -112,6 +128,14 @@ class PrivacyLedger:
                 f"(spent so far {self.epsilon():.3f} over {self.steps_taken()} steps); this merchant stops training",
                 ledger=self,
             )
+
+    def spend(self, steps: int, *, noise_multiplier: float, sample_rate: float) -> None:
+        """Record `steps` steps of the Poisson-subsampled Gaussian mechanism taken outside Opacus' optimizer (a
+        distributed-DP round: the noise of the whole sum, the merchant's own sample rate)."""
+        acc = self.accountant()
+        for _ in range(steps):
+            acc.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+        self.record(acc)
 
     def record(self, accountant) -> None:
         self.accountant_state = copy.deepcopy(accountant.state_dict())

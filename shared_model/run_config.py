@@ -9,9 +9,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from shared_model.model import ProfileConfig
-from shared_model.privacy import PrivacyConfig, delta_for
+from shared_model.privacy import PrivacyConfig, delta_for, solve_noise_multiplier
 from shared_model.training import LR_SCHEDULES, TrainConfig
 
+PRIVACY_MODES = ("local", "distributed")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 AVERAGING_STRATEGIES = ("fedavg", "fedavgm", "fedprox")  # weighted means of the replies (sparse-rows applies)
 PARTITIONINGS = ("natural", "iid", "dirichlet")
@@ -55,6 +56,12 @@ class RunConfig:
     target_epsilon: float = 8.0
     target_delta: float = 0.0  # 0: each merchant uses min(1e-5, 1 / (10 x its users))
     max_grad_norm: float = 1.0
+    # "local": each merchant noises its own update (it trusts no one); "distributed": one central DP-SGD step per
+    # round over every merchant's customers, each merchant adding a share of the noise, summed by secure aggregation
+    privacy: str = "local"
+    sample_rate: float = 0.02  # distributed: the Poisson rate at which each merchant samples its customers a round
+    colluders: int = 0  # distributed: merchants assumed to collude with the coordinator (they add no noise)
+    min_survivors: int = 0  # distributed: the fewest merchants a round's sum must hold (0: every one asked)
     # the shared model
     max_len: int = 50
     d_model: int = 64
@@ -124,6 +131,18 @@ class RunConfig:
             problems.append(f"max-examples must be at least 1, got {self.max_examples}")
         if not 0 <= self.trim_beta < 0.5:
             problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
+        if self.privacy not in PRIVACY_MODES:
+            problems.append(f"privacy must be one of {', '.join(PRIVACY_MODES)}, got {self.privacy!r}")
+        if self.privacy == "distributed":
+            if not self.dp:
+                problems.append("privacy = distributed is a DP mode: set dp = true (or privacy = local with dp = false)")
+            if not 0 < self.sample_rate <= 1:
+                problems.append(f"sample-rate must be in (0, 1], got {self.sample_rate}")
+            if self.colluders < 0 or self.min_survivors < 0:
+                problems.append("colluders and min-survivors must be >= 0")
+            elif self.min_survivors and self.min_survivors <= self.colluders:
+                problems.append(f"min-survivors ({self.min_survivors}) must exceed colluders ({self.colluders}): "
+                                "the noise comes from the merchants that do not collude")
         if problems:
             raise ValueError("invalid run config: " + "; ".join(problems))
 
@@ -166,6 +185,12 @@ class RunConfig:
                            schedule_start=max(server_round - 1, 0) * self.local_epochs,
                            negatives=self.negatives, seed=self.seed * 1_000_003 + server_round, eval_every=0,
                            keep_best=False, show_progress=show_progress)
+
+    def distributed_noise(self) -> float:
+        """sigma of the whole round's sum (the merchants' shares add up to it): the noise one central DP-SGD step
+        at `sample-rate` needs for the target (epsilon, delta) over `num-rounds` steps (delta: the run's, or 1e-5)."""
+        return solve_noise_multiplier(epsilon=self.target_epsilon, delta=self.target_delta or 1e-5,
+                                      sample_rate=self.sample_rate, steps=self.num_rounds)
 
     def privacy_config(self, *, num_users: int, epsilon_cap: float | None = None,
                        delta_cap: float | None = None) -> PrivacyConfig | None:

@@ -13,6 +13,8 @@ class InProcessGrid(Grid):
     """Nodes 1..n each run `client_app` with node config {partition-id, num-partitions} and their own state;
     `tamper(node_id, reply)` may change or drop (return None) a node's reply, standing in for a faulty merchant."""
 
+    sequential = True  # merchants answer one after another (timings add up, unlike a deployment)
+
     def __init__(self, client_app, num_nodes: int, *, tamper: Callable[[int, Message], Message | None] | None = None,
                  node_configs: list[dict] | None = None):
         self.client_app = client_app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -22,6 +23,7 @@ from shared_model.evaluation import held_out_ranks, ndcg_at, paired_ratio
 from shared_model.merchant_data import simulated_merchants
 from shared_model.merchant_round import local_evaluate
 from shared_model.model import ProfileTransformer
+from shared_model.privacy import PrivacyConfig
 from shared_model.run_config import RunConfig
 from shared_model.training import train
 from simulations.datasets import union
@@ -75,14 +77,28 @@ def train_centralized(run: RunConfig, num_merchants: int, *, batch_size: int | N
     own best batch. `on_epoch(model)` is called at each epoch's end. Returns (model, TrainResult, seconds)."""
     data = union(run, num_merchants)
     central = run.replace(local_table=False, batch_size=batch_size or run.batch_size)
+    epochs = run.num_rounds * run.local_epochs
+    privacy = run.privacy_config(num_users=len(data.train))  # planned over the same rounds x local epochs
+    if run.dp and run.privacy == "distributed":  # the very DP-SGD the federation runs: Poisson rate, steps, delta
+        central, epochs, privacy = central_dp_twin(run, len(data.train))
     torch.manual_seed(run.seed)
     model = ProfileTransformer(central.model_config(), data.catalogue.descriptors)
-    privacy = run.privacy_config(num_users=len(data.train))  # planned over the same rounds x local epochs
     started = time.perf_counter()
-    result = train(model, data, central.train_config(epochs=run.num_rounds * run.local_epochs), privacy=privacy,
+    result = train(model, data, central.train_config(epochs=epochs), privacy=privacy,
                    device=pick_device(), validate=False,
                    on_epoch=(lambda row: on_epoch(model)) if on_epoch is not None else None)
     return model, result, time.perf_counter() - started
+
+
+def central_dp_twin(run: RunConfig, num_users: int) -> tuple[RunConfig, float, PrivacyConfig]:
+    """One central DP-SGD model with the distributed federation's epsilon, delta, sample rate and steps: batch
+    size rate x users (Opacus samples at 1 / batches per epoch), one step per federated round, Adam at `lr`."""
+    batch = max(1, round(run.sample_rate * num_users))
+    batches = math.ceil(num_users / batch)
+    epochs = run.num_rounds / batches
+    privacy = PrivacyConfig(target_epsilon=run.target_epsilon, target_delta=run.target_delta or 1e-5,
+                            max_grad_norm=run.max_grad_norm, planned_epochs=epochs)
+    return run.replace(local_table=False, batch_size=batch), epochs, privacy
 
 
 def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int | None = None,
@@ -99,7 +115,9 @@ def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int 
         total += per_merchant[merchant.name]["users"]
     metrics = {key: sum(m[key] * m["users"] for m in per_merchant.values()) / max(total, 1)
                for key in ("hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10")}
-    out = {**metrics, "epochs": run.num_rounds * run.local_epochs, "batch_size": batch_size or run.batch_size,
+    twin = central_dp_twin(run, len(union(run, num_merchants).train)) if run.dp and run.privacy == "distributed" else None
+    out = {**metrics, "epochs": twin[1] if twin else run.num_rounds * run.local_epochs,
+           "batch_size": twin[0].batch_size if twin else batch_size or run.batch_size,
            "epsilon": result.epsilon, "delta": result.delta, "train_seconds": seconds,
            "users": len(union(run, num_merchants).train), "merchant_metrics": per_merchant}
     if federated_model is not None and not run.local_table:  # with local tables the federated model is per merchant
@@ -166,6 +184,7 @@ def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized
         "epsilon": result.epsilon,
         "delta": result.delta,
         "dp": run.dp,
+        "privacy": run.privacy if run.dp else "none",
         "target_epsilon": run.target_epsilon if run.dp else None,
         "seconds": time.perf_counter() - started,
         "model": result.model_dir,

@@ -193,3 +193,25 @@ def test_a_run_config_out_of_bounds_is_refused_with_its_reason(shop, tmp_path):
         reply = client_app(msg, merchant.context)
         assert "item-buckets must be at most 16777216" in _refusal(reply)
         assert not reply.content.array_records
+
+
+def test_distributed_dp_is_the_merchants_choice_and_so_are_its_colluders(shop, tmp_path):
+    run = tiny_run(tmp_path, privacy="distributed", sample_rate=0.1)
+    declining = Merchant(shop, tmp_path / "declines", PrivacyPolicy(accept_distributed=False))
+    reply = declining.send("query.secagg_keys", run, 1)
+    assert "accept-distributed = false" in _refusal(reply) and "secagg" not in reply.content.config_records
+    wary = Merchant(shop, tmp_path / "wary", PrivacyPolicy(assumed_colluders=2))
+    assert "colluders = 2" in _refusal(wary.send("query.secagg_keys", run, 1))
+    assert "secagg" in wary.send("query.secagg_keys", run.replace(colluders=2), 1).content.config_records
+    # a plain train message in a distributed run is refused: its training goes through the secure sum only
+    reply = Merchant(shop, tmp_path / "plain").send("train", run, 1)
+    assert "privacy = distributed" in _refusal(reply) and not reply.content.array_records
+
+
+def test_a_distributed_round_out_of_budget_is_refused_before_keys_go_out(shop, tmp_path):
+    run = tiny_run(tmp_path, privacy="distributed", sample_rate=0.1, num_rounds=2)
+    merchant = Merchant(shop, tmp_path / "state", PrivacyPolicy(max_epsilon=8.0))
+    merchant.state_dir.joinpath(POLICY_FILE).unlink()
+    PrivacyPolicy(max_epsilon=0.5).save(merchant.state_dir)  # sigma was solved for 8 over 2 steps
+    reply = merchant.send("query.secagg_keys", run, 1)
+    assert "would spend epsilon" in _refusal(reply) and "secagg" not in reply.content.config_records

@@ -1,0 +1,119 @@
+"""The merchant's side of a distributed-DP round: the secure sum's four messages, its noise share and its ledger."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client.policy import PolicyRefusal, PrivacyPolicy
+from shared_model.distributed_step import noise_share, noised_gradient_sum
+from shared_model.privacy import PrivacyLedger
+from shared_model.run_config import RunConfig
+from shared_model.secure_sum import Party, SecureSumError, SumPlan, encode
+
+log = logging.getLogger("fedprofile.merchant")
+STATE_SECAGG = "fedprofile.secagg"  # the party's secrets for the round in progress: memory only, never on disk
+
+
+def public_keys(config) -> dict[int, tuple[bytes, bytes]]:
+    plan_parties = [int(p) for p in config["secagg.parties"]]
+    cipher, mask = list(config["secagg.pk-cipher"]), list(config["secagg.pk-mask"])
+    if not (len(plan_parties) == len(cipher) == len(mask)):
+        raise SecureSumError("the public keys do not line up with the plan's parties")
+    return {p: (bytes(c), bytes(m)) for p, c, m in zip(plan_parties, cipher, mask)}
+
+
+def ledger_for(state_ledger: dict | None, run: RunConfig, policy: PrivacyPolicy, *, num_users: int) -> PrivacyLedger:
+    """The merchant's one ledger (every run, both modes), set to account this run's distributed steps: the
+    noise of the whole sum (sigma) at the merchant's own sample rate, against its own ceilings."""
+    privacy = run.privacy_config(num_users=num_users, epsilon_cap=policy.max_epsilon, delta_cap=policy.max_delta)
+    sigma = run.distributed_noise()
+    if state_ledger:
+        ledger = PrivacyLedger.from_state_dict(state_ledger)
+        ledger.tighten(epsilon=privacy.target_epsilon, delta=privacy.target_delta)
+    else:
+        ledger = PrivacyLedger(privacy.target_epsilon, privacy.target_delta, run.sample_rate, sigma, run.num_rounds)
+    ledger.noise_multiplier, ledger.sample_rate = sigma, run.sample_rate
+    return ledger
+
+
+def keys_reply(msg: Message, context: Context, *, name: str, run: RunConfig, num_users: int, steps_taken: int,
+               ledger: PrivacyLedger) -> Message:
+    """Stage 1: check the policy and the budget for one more step, then send two fresh public keys. A merchant
+    out of budget refuses here, before the others pay for a round it could make fall short."""
+    started = time.perf_counter()
+    PrivacyPolicy.for_node(context.node_config, run).check(run, num_users=num_users, steps_taken=steps_taken)
+    ledger.check_budget(1, sample_rate=run.sample_rate)
+    accounting = time.perf_counter() - started
+    party = Party(node_id=context.node_id)
+    cipher_pk, mask_pk = party.keys()
+    context.state[STATE_SECAGG] = ConfigRecord(party.state_dict())
+    return Message(RecordDict({"secagg": ConfigRecord({"pk-cipher": cipher_pk, "pk-mask": mask_pk}),
+                               "metrics": MetricRecord({"num-examples": num_users, "accounting-seconds": accounting}),
+                               "merchant": ConfigRecord({"name": name})}), reply_to=msg)
+
+
+def shares_reply(msg: Message, context: Context) -> Message:
+    """Stage 2: shares of its two secrets, each encrypted to the party it is for."""
+    config = msg.content["config"]
+    plan, keys = SumPlan.from_config(config), public_keys(config)
+    party = _party(context)
+    encrypted = party.share(plan, keys)
+    context.state[STATE_SECAGG] = ConfigRecord(party.state_dict())
+    others = sorted(encrypted)
+    return Message(RecordDict({"secagg": ConfigRecord({"to": others, "ciphertext": [encrypted[o] for o in others]})}),
+                   reply_to=msg)
+
+
+def masked_reply(msg: Message, context: Context, *, model, data, run: RunConfig, policy: PrivacyPolicy,
+                 ledger: PrivacyLedger, device) -> tuple[Message, PrivacyLedger]:
+    """Stage 3: one DP step's noised gradient sum, paid for in the ledger before it is masked and sent."""
+    config = msg.content["config"]
+    plan, keys = SumPlan.from_config(config), public_keys(config)
+    sharers = [int(p) for p in config["secagg.sharers"]]
+    policy.check_distributed(run, steps_taken=ledger.steps_taken(), parties=len(plan.parties),
+                             min_survivors=plan.min_survivors)
+    if context.node_id not in plan.parties or (run.min_survivors and plan.min_survivors < run.min_survivors):
+        raise PolicyRefusal(f"the round's plan (min survivors {plan.min_survivors}) is not the run's "
+                            f"(min-survivors {run.min_survivors})")
+    # the share is set by the sum's guaranteed size: any min_survivors - colluders honest shares make sigma
+    share = noise_share(run.distributed_noise(), min_survivors=plan.min_survivors, colluders=run.colluders)
+    received = {int(src): bytes(ct) for src, ct in zip(config["secagg.from"], config["secagg.ciphertext"])}
+    party = _party(context)
+    shapes = {name: tuple(array.shape) for name, array in msg.content["arrays"].items()}
+    result = noised_gradient_sum(model, data, run, shapes, share=share, device=device)
+    # counted before anything leaves: a round the coordinator later discards has still used these customers
+    ledger.spend(1, noise_multiplier=run.distributed_noise(), sample_rate=run.sample_rate)
+    mask_started = time.perf_counter()
+    masked = party.mask(encode(result.vector, plan), plan, received=received, sharers=sharers, public_keys=keys)
+    mask_seconds = time.perf_counter() - mask_started
+    context.state[STATE_SECAGG] = ConfigRecord(party.state_dict())
+    metrics = {"num-examples": len(data.train), "epsilon": ledger.epsilon(), "delta": ledger.target_delta,
+               "steps": ledger.steps_taken(), "train-seconds": result.seconds,
+               "mask-seconds": mask_seconds}
+    reply = Message(RecordDict({"arrays": ArrayRecord({"masked": Array(np.asarray(masked))}),
+                                "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return reply, ledger
+
+
+def unmask_reply(msg: Message, context: Context) -> Message:
+    """Stage 4: the shares that remove the survivors' self masks and the dropped parties' pairwise masks."""
+    config = msg.content["config"]
+    plan, keys = SumPlan.from_config(config), public_keys(config)
+    party = _party(context)
+    shares = party.unmask(plan, survivors=[int(p) for p in config["secagg.survivors"]],
+                          dropped=[int(p) for p in config["secagg.dropped"]], public_keys=keys)
+    context.state[STATE_SECAGG] = ConfigRecord(party.state_dict())  # `answered` persists: no second answer
+    about = sorted(shares)
+    return Message(RecordDict({"secagg": ConfigRecord({"about": about, "share": [shares[a] for a in about]})}),
+                   reply_to=msg)
+
+
+def _party(context: Context) -> Party:
+    if STATE_SECAGG not in context.state:
+        raise SecureSumError("no secure sum in progress on this merchant (its keys were not asked for)")
+    return Party.from_state_dict({k: bytes(v) for k, v in context.state[STATE_SECAGG].items()})
+

@@ -1,0 +1,88 @@
+"""Distributed DP: one central DP-SGD step a round through the secure sum, with the merchants' apps in process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from opacus.accountants import create_accountant
+
+from client.client_app import app as client_app
+from server.coordinator import run_federation
+from server.distributed import DistributedTraining
+from server.screening import MerchantRegistry
+from shared_model.shared_weights import initial_shared_state
+from simulations.inprocess import InProcessGrid
+from tests.conftest import tiny_run
+
+
+def _distributed(tmp_path, **changes):
+    return tiny_run(tmp_path, **{"privacy": "distributed", "sample_rate": 0.3, "num_rounds": 2,
+                                 "fraction_evaluate": 0.0, **changes})
+
+
+def test_what_leaves_a_merchant_is_masked_and_its_epsilon_is_an_independent_accountants(tmp_path):
+    run = _distributed(tmp_path)
+    seen = []
+
+    def spy(node, reply):
+        if reply.metadata.message_type == "train.distributed":
+            seen.append(reply)
+        return reply
+
+    result = run_federation(InProcessGrid(client_app, 3, tamper=spy), run)
+    assert [row["aggregated"] for row in result.history] == [True, True]
+    assert len(seen) == 6
+    for reply in seen:  # a masked vector and data-independent figures; no loss, no count of sampled customers
+        assert set(reply.content.keys()) == {"arrays", "metrics"}
+        assert list(reply.content["arrays"].keys()) == ["masked"]
+        assert reply.content["arrays"]["masked"].numpy().dtype == np.uint64
+        assert set(reply.content["metrics"].keys()) == {"num-examples", "epsilon", "delta", "steps", "train-seconds",
+                                                        "mask-seconds"}
+    accountant = create_accountant("prv")
+    for _ in range(run.num_rounds):
+        accountant.step(noise_multiplier=run.distributed_noise(), sample_rate=run.sample_rate)
+    expected = accountant.get_epsilon(1e-5)  # 60 customers each: delta min(1e-5, 1/600)
+    assert set(result.epsilon) == {"merchant-0", "merchant-1", "merchant-2"}
+    for name, epsilon in result.epsilon.items():
+        assert epsilon == pytest.approx(expected, rel=1e-9) and epsilon <= run.target_epsilon * 1.001
+
+
+def _one_round(tmp_path, *, tamper=None, **changes):
+    run = _distributed(tmp_path, **changes)
+    arrays = {k: v.numpy() for k, v in initial_shared_state(run.model_config(), seed=run.seed).items()}
+    training = DistributedTraining(run, arrays, sequential=True)
+    grid = InProcessGrid(client_app, 3, tamper=tamper)
+    secure = training.round(grid, 1, arrays, {**run.to_flat(), "run-id": "t"}, MerchantRegistry())
+    return run, training, secure
+
+
+@pytest.mark.parametrize("colluders", [0, 1])
+def test_the_sums_noise_has_the_planned_standard_deviation_on_zero_gradients(tmp_path, colluders):
+    # a sample rate so low that no customer is sampled: each merchant sends its noise share alone
+    run, training, secure = _one_round(tmp_path, sample_rate=1e-4, colluders=colluders, max_grad_norm=0.7)
+    assert secure.row["aggregated"]
+    planned = run.distributed_noise() * run.max_grad_norm * np.sqrt(3 / (3 - colluders))
+    observed = training.last_sum.std()
+    # ~1e6 coordinates: the sample standard deviation is within 0.5% of the truth with overwhelming probability
+    assert observed == pytest.approx(planned, rel=5e-3)
+    assert abs(training.last_sum.mean()) < 5 * planned / np.sqrt(training.last_sum.size)
+
+
+def _drop_node_3(node, reply):
+    return None if node == 3 and reply.metadata.message_type == "train.distributed" else reply
+
+
+def test_a_merchant_that_drops_after_sharing_is_unmasked_out_of_the_sum(tmp_path):
+    run, training, secure = _one_round(tmp_path, tamper=_drop_node_3, min_survivors=2)
+    assert secure.row["aggregated"] and secure.row["dropped"] == ["merchant-2"]
+    assert secure.row["merchants-trained"] == ["merchant-0", "merchant-1"]
+    # each survivor added sigma*C/sqrt(2): the recovered sum holds their noise, not the dropped one's masks
+    assert training.last_sum.std() < 3 * run.distributed_noise() * run.max_grad_norm
+    assert secure.arrays is not None and all(np.isfinite(v).all() for v in secure.arrays.values())
+
+
+def test_a_round_below_the_minimum_is_discarded_and_still_paid_for(tmp_path):
+    run, training, secure = _one_round(tmp_path, tamper=_drop_node_3)  # min-survivors 0: all three needed
+    assert not secure.row["aggregated"] and "fewer than 3" in secure.row["discarded"]
+    assert secure.arrays is None and not hasattr(training, "last_sum")
+    assert set(secure.epsilon) == {"merchant-0", "merchant-1"} and min(secure.epsilon.values()) > 0
