@@ -96,7 +96,9 @@ def encode(values: np.ndarray, plan: SumPlan) -> np.ndarray:
     if bad.any():
         raise SecureSumError(f"{int(bad.sum())} of {values.size} values are not finite or exceed the bound "
                              f"{plan.bound:g} (largest {np.nanmax(np.abs(values)):g}); nothing was sent")
-    return np.rint(values * plan.scale).astype(np.int64).view(np.uint64)
+    scaled = np.multiply(values, plan.scale)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.int64).view(np.uint64)
 
 
 def decode(total: np.ndarray, plan: SumPlan) -> np.ndarray:
@@ -110,8 +112,11 @@ def expand(seed: bytes, length: int) -> np.ndarray:
     which a coordinator could search exhaustively."""
     if len(seed) != 32:
         raise SecureSumError("a mask seed is 32 bytes")
+    out = np.zeros(length, dtype=np.uint64)
     stream = Cipher(algorithms.ChaCha20(seed, b"\x00" * 16), mode=None).encryptor()
-    return np.frombuffer(stream.update(b"\x00" * (8 * length)), dtype=np.uint64).copy()
+    view = memoryview(out).cast("B")
+    stream.update_into(view, view)  # the keystream XOR zeros, written in place: no copies of a long vector
+    return out
 
 
 def keys_digest(public_keys: dict[int, tuple[bytes, bytes]]) -> bytes:
@@ -181,12 +186,13 @@ class Party:
             raise SecureSumError("shares from some parties that shared keys did not arrive")
         self.received.update(received)
         self.sharers = tuple(sharers)
-        masked = encoded.astype(np.uint64) + expand(self.self_seed, plan.length)
+        masked = expand(self.self_seed, plan.length)
+        np.add(masked, encoded.astype(np.uint64, copy=False), out=masked)  # uint64 wraps: arithmetic mod 2^64
         for other in sharers:
             if other == self.node_id:
                 continue
             pair = expand(_pair_seed(self.mask_sk, public_keys[other][1]), plan.length)
-            masked = masked + pair if self.node_id < other else masked - pair
+            (np.add if self.node_id < other else np.subtract)(masked, pair, out=masked)
         return masked
 
     # ---- stage 4: shares that unmask the sum ----
@@ -258,14 +264,14 @@ def unmasked_sum(plan: SumPlan, *, masked: dict[int, np.ndarray], shares: dict[i
         raise SecureSumError(f"{len(shares)} parties revealed shares, fewer than the threshold {plan.threshold}")
     total = np.zeros(plan.length, dtype=np.uint64)
     for vector in masked.values():
-        total = total + np.asarray(vector, dtype=np.uint64)
+        np.add(total, np.asarray(vector, dtype=np.uint64), out=total)
     for party in survivors:  # remove each survivor's self mask
         seed = combine_shares([answer[party] for answer in shares.values()][: plan.threshold])
-        total = total - expand(seed, plan.length)
+        np.subtract(total, expand(seed, plan.length), out=total)
     for party in dropped:  # a dropped party's pairwise masks with the survivors are still in their vectors
         mask_sk = combine_shares([answer[party] for answer in shares.values()][: plan.threshold])
         for other in survivors:
             pair = expand(_pair_seed(mask_sk, public_keys[other][1]), plan.length)
             # the survivor added the pair mask if its id is below the dropped party's, else subtracted it
-            total = total - pair if other < party else total + pair
+            (np.subtract if other < party else np.add)(total, pair, out=total)
     return total

@@ -28,6 +28,7 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
     assert "round 1: 2 merchants trained" in done.stdout and "round 2: 2 merchants trained" in done.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert [row["round"] for row in metrics["history"]] == [1, 2]
+    assert metrics["privacy"] == "local"
     assert 0 <= metrics["ndcg@10"] <= metrics["hr@10"] <= 1
     assert set(metrics["epsilon"]) == {"merchant-0", "merchant-1"}
     assert all(0 < eps <= 8.0 * (1 + 1e-3) for eps in metrics["epsilon"].values())
@@ -57,3 +58,24 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
     merchant = simulated_merchants(run, 2)[0]
     model = model_for_catalogue(config, shared, merchant.sequences.catalogue)
     assert model.item_vectors(torch.arange(3)).shape == (3, 16)
+
+
+@pytest.mark.ray
+def test_simulate_distributed_dp_against_its_central_twin(tmp_path):
+    out = tmp_path / "sim"
+    cmd = [sys.executable, "-m", "fedprofile", "simulate", "--merchants", "3", "--rounds", "3", "--privacy",
+           "distributed", "--centralized-baseline", "--out", str(out), "--cpus-per-merchant", "1",
+           "--set", "sample-rate=0.1", "--set", "synthetic-users=100", "--set", "max-len=20", "--set", "d-model=16",
+           "--set", "profile-dim=16", "--set", "item-buckets=1024", "--set", "n-layers=1", "--set", "negatives=32"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "distributed DP" in done.stdout and "round 3: 3 merchants trained" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["privacy"] == "distributed"
+    assert all(row["aggregated"] and row["secure-sum-seconds"] > 0 for row in metrics["history"])
+    central = metrics["centralized"]
+    # the same DP-SGD: batch = rate x the union's customers, one step a round, the same epsilon and delta
+    assert central["batch_size"] == 30 and central["epochs"] == pytest.approx(0.3)
+    assert central["delta"] == 1e-5
+    for epsilon in metrics["epsilon"].values():
+        assert epsilon == pytest.approx(central["epsilon"], rel=1e-6)
