@@ -10,7 +10,9 @@ Every model is scored on every merchant's test users on its own catalogue; ratio
 (bootstrap 95% interval). `--scaling 8,32,64` times the secure sum alone on small shops with that many merchants.
 Repeat:
     python bench/distributed_dp.py --merchants 4 --rounds 320 --sample-rate 0.0625     # the built-in shops
-    python bench/distributed_dp.py --data ../shared/data/amazon-beauty --format amazon --merchants 8 ...
+    python bench/distributed_dp.py --data ../shared/data/amazon-beauty --format amazon --merchants 8 \
+        --rounds 110 --sample-rate 0.183 --skip-baselines --set n-layers=1 --set n-heads=1 --set dropout=0.2 \
+        --set fixed-item-vectors=true --out runs/distributed-dp-beauty
     python bench/distributed_dp.py --scaling 8,32,64
 """
 
@@ -69,6 +71,8 @@ def compare(args) -> dict:
                      target_epsilon=args.epsilon, min_replies=min(2, args.merchants))
     if args.users:
         base = base.replace(synthetic_users=args.users)
+    if args.set:  # any run-config key, as `fedprofile simulate --set`
+        base = RunConfig.from_flat({**base.to_flat(), **dict(item.split("=", 1) for item in args.set)})
     distributed = base.replace(privacy="distributed", num_rounds=args.rounds, sample_rate=args.sample_rate,
                                lr=args.lr, max_grad_norm=args.clip)
     out = Path(args.out)
@@ -120,6 +124,7 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], help="run-config key=value (repeatable)")
     parser.add_argument("--skip-baselines", action="store_true", help="distributed and central only")
     parser.add_argument("--scaling", default=None, help="comma-separated merchant counts: time the secure sum only")
     parser.add_argument("--out", default="runs/distributed-dp")

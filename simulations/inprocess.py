@@ -26,7 +26,7 @@ class InProcessGrid(Grid):
         self.tamper = tamper
         # a real ServerApp process has these set by Flower; messages need them
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-        self.sent: list[Message] = []
+        self.last_sent: Message | None = None  # only the last: keeping every message held every round's weights
         self._next_id = 0
 
     def set_run(self, run) -> None:
@@ -56,7 +56,7 @@ class InProcessGrid(Grid):
         for msg in messages:
             self._next_id += 1
             msg.metadata.__dict__["_message_id"] = f"m{self._next_id}"  # what pushing to a SuperLink assigns
-            self.sent.append(msg)
+            self.last_sent = msg
             reply = self.client_app(msg, self.contexts[msg.metadata.dst_node_id])
             if self.tamper is not None:
                 reply = self.tamper(msg.metadata.dst_node_id, reply)

@@ -191,7 +191,7 @@ def test_sparse_rows_averages_a_table_row_over_the_merchants_that_changed_it(tmp
         if reply.metadata.message_type == "train":
             arrays = next(iter(reply.content.array_records.values()))
             if node == 2:
-                sent = next(iter(grid.sent[-1].content.array_records.values()))[name].numpy()
+                sent = next(iter(grid.last_sent.content.array_records.values()))[name].numpy()
                 arrays[name] = Array(sent.copy())
             returned[node] = arrays[name].numpy().copy()
         return reply
