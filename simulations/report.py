@@ -51,8 +51,7 @@ def write_report(metrics: dict, out: Path) -> Path:
         "",
         f"- merchants: {metrics['merchants']}, rounds completed: {metrics['rounds']}, "
         f"strategy: {metrics['run_config']['strategy']}, device: {metrics['device']}",
-        "- privacy: " + (f"user-level DP-SGD, target epsilon {metrics['target_epsilon']} per merchant"
-                           if metrics["dp"] else "off (no DP)"),
+        "- privacy: " + _privacy_line(metrics),
         f"- final test HR@10 {_fmt(metrics['hr@10'])}, NDCG@10 {_fmt(metrics['ndcg@10'])}, MRR {_fmt(metrics['mrr'])}",
         f"- wall time {metrics['seconds']:.1f} s; published model: `{metrics['model']}`",
         "",
@@ -69,7 +68,8 @@ def write_report(metrics: dict, out: Path) -> Path:
               "|---|---|---|---|---|---|---|---|---|"]
     for row in history:
         eps = max(row.get("epsilon", {}).values(), default=0.0)
-        lines.append(f"| {row['round']} | {len(row['merchants-trained'])} | {len(row['refused'])} | {len(row['rejected'])} "
+        lines.append(f"| {row['round']} | {len(row.get('merchants-trained', []))} | {len(row.get('refused', {}))} "
+                     f"| {len(row.get('rejected', {}))} "
                      f"| {_fmt(row.get('train-loss'))} | {_fmt(row.get('hr@10'))} | {_fmt(row.get('ndcg@10'))} "
                      f"| {eps:.3f} | {row['seconds']:.1f} |")
     lines += ["", "## Epsilon per merchant (final)", "", "| merchant | epsilon | delta |", "|---|---|---|"]
@@ -78,6 +78,20 @@ def write_report(metrics: dict, out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _privacy_line(metrics: dict) -> str:
+    """The privacy mode and whom it protects against, in one line (docs/privacy.md has the whole argument)."""
+    if not metrics["dp"]:
+        return "off (no DP): every merchant's update leaves it unnoised"
+    target = f"target epsilon {metrics['target_epsilon']} per merchant's customer (user level)"
+    if metrics.get("privacy") == "distributed":
+        config = metrics["run_config"]
+        return (f"distributed DP-SGD, {target}: each merchant adds a share of one central step's noise and the "
+                f"coordinator sees only the secure sum; it holds against the coordinator, outsiders and up to "
+                f"{config['colluders']} colluding merchants, while at least min-survivors minus colluders merchants "
+                "in each sum are honest and the coordinator routes keys honestly (docs/privacy.md)")
+    return (f"local DP-SGD, {target}: each merchant noises its own update and trusts no one (docs/privacy.md)")
 
 
 def _fmt(value) -> str:

@@ -72,6 +72,7 @@ def test_simulate_distributed_dp_against_its_central_twin(tmp_path):
     assert "distributed DP" in done.stdout and "round 3: 3 merchants trained" in done.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["privacy"] == "distributed"
+    assert "the coordinator sees only the secure sum" in (out / "report.md").read_text()  # the threat model, stated
     assert all(row["aggregated"] and row["secure-sum-seconds"] > 0 for row in metrics["history"])
     central = metrics["centralized"]
     # the same DP-SGD: batch = rate x the union's customers, one step a round, the same epsilon and delta
