@@ -99,16 +99,10 @@ def secagg_keys(msg: Message, context: Context) -> Message:
         run, server_round, run_id = _settings(msg)
     except ValueError as exc:
         return _refuse(msg, _name(context), str(exc), train=False)
-    merchant = _merchant(context, run)
-    state = _load_state(context, run, run_id, merchant.name)
-    policy = PrivacyPolicy.for_node(context.node_config, run)
+    merchant, state, policy = _round_parts(context, run, run_id)
     num_users = len(merchant.sequences.train)
     try:
-        if run.privacy != "distributed":
-            raise PolicyRefusal(f"a secure-sum round was asked for in a run with privacy = {run.privacy}")
-        if state.already_paid(run_id, server_round):  # a second noised sample of one round would add up
-            raise PolicyRefusal(f"this merchant already took part in round {server_round} of run {run_id}")
-        ledger = ledger_for(state.ledger, run, policy, num_users=num_users)
+        ledger = _unpaid_ledger(run, server_round, run_id, state, policy, num_users)
         return keys_reply(msg, context, name=merchant.name, run=run, num_users=num_users,
                           steps_taken=ledger.steps_taken(), ledger=ledger)
     except (PolicyRefusal, PrivacyBudgetExhausted, SecureSumError) as exc:
@@ -131,14 +125,10 @@ def train_distributed(msg: Message, context: Context) -> Message:
         run, server_round, run_id = _settings(msg)
     except ValueError as exc:
         return _refuse(msg, _name(context), str(exc), train=False)
-    merchant = _merchant(context, run)
-    state = _load_state(context, run, run_id, merchant.name)
-    policy = PrivacyPolicy.for_node(context.node_config, run)
+    merchant, state, policy = _round_parts(context, run, run_id)
     ledger = None
     try:
-        if state.already_paid(run_id, server_round):
-            raise PolicyRefusal(f"this merchant already took part in round {server_round} of run {run_id}")
-        ledger = ledger_for(state.ledger, run, policy, num_users=len(merchant.sequences.train))
+        ledger = _unpaid_ledger(run, server_round, run_id, state, policy, len(merchant.sequences.train))
         ledger.check_budget(1, sample_rate=run.sample_rate)
         model = _model(run, merchant, state, msg.content["arrays"])
         reply, ledger = masked_reply(msg, context, model=model, data=merchant.sequences, run=run, policy=policy,
@@ -160,6 +150,23 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
         return unmask_reply(msg, context)
     except SecureSumError as exc:
         return _refuse(msg, _name(context), str(exc), train=False)
+
+
+def _round_parts(context: Context, run: RunConfig, run_id: str):
+    """The merchant, its state and its policy, as a distributed round's keys and training stages both need."""
+    merchant = _merchant(context, run)
+    return merchant, _load_state(context, run, run_id, merchant.name), PrivacyPolicy.for_node(context.node_config, run)
+
+
+def _unpaid_ledger(run: RunConfig, server_round: int, run_id: str, state: MerchantState, policy: PrivacyPolicy,
+                   num_users: int) -> PrivacyLedger:
+    """The ledger set for this run's distributed steps; a round already paid for, or a run in another mode, is
+    refused (a second noised sample of one round would add up)."""
+    if run.privacy != "distributed":
+        raise PolicyRefusal(f"a secure-sum round was asked for in a run with privacy = {run.privacy}")
+    if state.already_paid(run_id, server_round):
+        raise PolicyRefusal(f"this merchant already took part in round {server_round} of run {run_id}")
+    return ledger_for(state.ledger, run, policy, num_users=num_users)
 
 
 def _pay(context: Context, state: MerchantState, run_id: str, server_round: int, ledger: PrivacyLedger) -> None:
