@@ -103,8 +103,8 @@ def secagg_keys(msg: Message, context: Context) -> Message:
     num_users = len(merchant.sequences.train)
     try:
         ledger = _unpaid_ledger(run, server_round, run_id, state, policy, num_users)
-        return keys_reply(msg, context, name=merchant.name, run=run, num_users=num_users,
-                          steps_taken=ledger.steps_taken(), ledger=ledger)
+        return keys_reply(msg, context, name=merchant.name, run=run, policy=policy, num_users=num_users,
+                          ledger=ledger)
     except (PolicyRefusal, PrivacyBudgetExhausted, SecureSumError) as exc:
         return _refuse(msg, merchant.name, str(exc), train=False)
 

@@ -81,8 +81,7 @@ class PrivacyPolicy:
             raise PolicyRefusal(f"{steps} more DP steps after {steps_taken} would pass this merchant's max-steps "
                                 f"{self.max_steps}")
 
-    def check_distributed(self, run: RunConfig, *, steps_taken: int = 0, parties: int | None = None,
-                          min_survivors: int | None = None) -> None:
+    def check_distributed(self, run: RunConfig, *, steps_taken: int = 0, min_survivors: int | None = None) -> None:
         """Distributed DP: the merchant adds only a share of the noise, so it must accept the mode, and the run
         must assume at least as many colluders as it does, with a sum of enough merchants to carry the rest."""
         if not self.accept_distributed:

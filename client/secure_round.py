@@ -40,12 +40,12 @@ def ledger_for(state_ledger: dict | None, run: RunConfig, policy: PrivacyPolicy,
     return ledger
 
 
-def keys_reply(msg: Message, context: Context, *, name: str, run: RunConfig, num_users: int, steps_taken: int,
+def keys_reply(msg: Message, context: Context, *, name: str, run: RunConfig, policy: PrivacyPolicy, num_users: int,
                ledger: PrivacyLedger) -> Message:
     """Stage 1: check the policy and the budget for one more step, then send two fresh public keys. A merchant
     out of budget refuses here, before the others pay for a round it could make fall short."""
     started = time.perf_counter()
-    PrivacyPolicy.for_node(context.node_config, run).check(run, num_users=num_users, steps_taken=steps_taken)
+    policy.check(run, num_users=num_users, steps_taken=ledger.steps_taken())
     ledger.check_budget(1, sample_rate=run.sample_rate)
     accounting = time.perf_counter() - started
     party = Party(node_id=context.node_id)
@@ -74,8 +74,7 @@ def masked_reply(msg: Message, context: Context, *, model, data, run: RunConfig,
     config = msg.content["config"]
     plan, keys = SumPlan.from_config(config), public_keys(config)
     sharers = [int(p) for p in config["secagg.sharers"]]
-    policy.check_distributed(run, steps_taken=ledger.steps_taken(), parties=len(plan.parties),
-                             min_survivors=plan.min_survivors)
+    policy.check_distributed(run, steps_taken=ledger.steps_taken(), min_survivors=plan.min_survivors)
     if context.node_id not in plan.parties or (run.min_survivors and plan.min_survivors < run.min_survivors):
         raise PolicyRefusal(f"the round's plan (min survivors {plan.min_survivors}) is not the run's "
                             f"(min-survivors {run.min_survivors})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedMedian, FedProx, FedTrimmedAvg, Krum, Strategy
 
@@ -120,3 +121,8 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, np.ndarray]) -> 
         values = [state[k] for k in sorted(k for k in state if k.startswith(attribute + "/"))]
         if values:
             setattr(strategy, attribute, values)
+
+
+def array_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    """The global weights as the ArrayRecord a message carries (torch tensors over the same memory)."""
+    return ArrayRecord({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()})

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
 
-from server.aggregation import make_strategy, restore_strategy_state, strategy_state
+from server.aggregation import array_record, make_strategy, restore_strategy_state, strategy_state
 from server.distributed import DistributedTraining
 from server.screening import (
     MerchantRegistry,
@@ -84,7 +84,7 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         # --- federated evaluation of the (new) global model ---
         if run.fraction_evaluate > 0:
             eval_started = time.perf_counter()
-            messages = strategy.configure_evaluate(server_round, ArrayRecord(_torch(arrays)), ConfigRecord(settings), grid)
+            messages = strategy.configure_evaluate(server_round, array_record(arrays), ConfigRecord(settings), grid)
             evaluated, dropped = screen_evaluate_replies(
                 list(grid.send_and_receive(messages, timeout=run.round_timeout)), registry=registry,
                 max_examples=run.max_examples)
@@ -116,7 +116,7 @@ def _local_round(grid: Grid, run: RunConfig, strategy, registry: MerchantRegistr
                  arrays: dict[str, np.ndarray], settings: dict, expected: dict, result: FederationResult, row: dict,
                  started: float) -> dict[str, np.ndarray]:
     """Local DP (or none): each merchant trains and noises its own update; screened, bounded, aggregated."""
-    messages = strategy.configure_train(server_round, ArrayRecord(_torch(arrays)), ConfigRecord(settings), grid)
+    messages = strategy.configure_train(server_round, array_record(arrays), ConfigRecord(settings), grid)
     replies = list(grid.send_and_receive(messages, timeout=run.round_timeout))
     row["train-phase-seconds"] = time.perf_counter() - started
     screened = screen_train_replies(replies, expected, registry=registry, max_examples=run.max_examples)
@@ -143,8 +143,3 @@ def _local_round(grid: Grid, run: RunConfig, strategy, registry: MerchantRegistr
                     server_round, len(kept), run.min_replies)
     return arrays
 
-
-def _torch(arrays: dict[str, np.ndarray]):
-    import torch
-
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}

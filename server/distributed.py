@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
+from server.aggregation import array_record
 from server.screening import MerchantRegistry
 from shared_model.distributed_step import noise_share, value_bound
 from shared_model.run_config import RunConfig
@@ -128,7 +129,7 @@ class DistributedTraining:
             senders = [s for s in sharers if s != node]
             content = {**keyed, "secagg.sharers": sharers, "secagg.from": senders,
                        "secagg.ciphertext": [routed[node][s] for s in senders]}
-            messages[node] = RecordDict({"arrays": ArrayRecord(_torch(arrays)), "config": ConfigRecord(content)})
+            messages[node] = RecordDict({"arrays": array_record(arrays), "config": ConfigRecord(content)})
         replies = self._send(grid, sharers, "train.distributed", None, group, contents=messages)
         masked, merchant_seconds, mask_seconds = {}, [], []
         for node, reply in replies.items():
@@ -218,6 +219,3 @@ def _why(reply: Message) -> str:
     except (KeyError, TypeError):
         return "malformed reply"
 
-
-def _torch(arrays: dict[str, np.ndarray]):
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
