@@ -121,7 +121,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = Path(args.out)
-    base = RunConfig(dp=False, synthetic_users=args.users, seed=args.seed, min_replies=1)
+    # plain FedAvg rounds (each merchant's update is what an attacker forges): 5 rounds x 4 local epochs, as measured
+    base = RunConfig(dp=False, privacy="local", num_rounds=5, local_epochs=4, synthetic_users=args.users,
+                     seed=args.seed, min_replies=1)
     rows = {}
     for variant in args.variants:
         run = base.replace(**VARIANTS[variant])

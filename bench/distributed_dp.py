@@ -4,15 +4,18 @@ Arms (one process, the real ClientApp and coordinator through the in-process gri
   distributed  privacy = distributed: one DP-SGD step a round over every merchant's Poisson-sampled customers,
                noise shared, secure aggregation; `--rounds` steps at `--sample-rate`
   central      one DP-SGD model on the union with the same epsilon, delta, sample rate, steps, clipping, Adam lr
-  local        privacy = local (each merchant noises its own update), the run-config defaults (5 x 4 epochs)
+  local        privacy = local (each merchant noises its own update), the run-config defaults (rounds x 1 epoch)
   none         the same federation without DP
 Every model is scored on every merchant's test users on its own catalogue; ratios are paired over users
 (bootstrap 95% interval). `--scaling 8,32,64` times the secure sum alone on small shops with that many merchants.
-Repeat:
-    python bench/distributed_dp.py --merchants 4 --rounds 320 --sample-rate 0.0625     # the built-in shops
+`--pool A,B,C` pools the per-user figures of runs with different `--seed`s. Repeat:
+    python bench/distributed_dp.py --merchants 4 --out runs/distributed-dp-synthetic     # the built-in shops
+    python bench/distributed_dp.py --merchants 4 --seed 1 --skip-baselines --out runs/distributed-dp-synthetic-s1
+    python bench/distributed_dp.py --pool runs/distributed-dp-synthetic,runs/distributed-dp-synthetic-s1 \
+        --out runs/distributed-dp-synthetic-pooled
     python bench/distributed_dp.py --data ../shared/data/amazon-beauty --format amazon --merchants 8 \
-        --rounds 110 --sample-rate 0.183 --skip-baselines --set n-layers=1 --set n-heads=1 --set dropout=0.2 \
-        --set fixed-item-vectors=true --out runs/distributed-dp-beauty
+        --rounds 55 --sample-rate 0.183 --lr 3e-3 --skip-baselines --set n-layers=1 --set n-heads=1 \
+        --set dropout=0.2 --out runs/distributed-dp-beauty
     python bench/distributed_dp.py --scaling 8,32,64
 """
 
@@ -52,7 +55,7 @@ def federated(run: RunConfig, merchants: int, out: Path, label: str) -> tuple[np
     figures = {"ndcg@10": float(scores.mean()), "seconds": seconds, "rounds": len(rows),
                "aggregated": sum(bool(r.get("aggregated")) for r in rows),
                "epsilon": max(result.epsilon.values(), default=0.0)}
-    if run.privacy == "distributed" and run.dp:
+    if run.distributed_dp:
         later = rows[1:] or rows  # round 1 also loads every merchant's data and solves sigma
         figures.update({
             "round_seconds": float(np.mean([r["seconds"] for r in later])),
@@ -74,7 +77,7 @@ def compare(args) -> dict:
     if args.set:  # any run-config key, as `fedprofile simulate --set`
         base = RunConfig.from_flat({**base.to_flat(), **dict(item.split("=", 1) for item in args.set)})
     distributed = base.replace(privacy="distributed", num_rounds=args.rounds, sample_rate=args.sample_rate,
-                               lr=args.lr, max_grad_norm=args.clip)
+                               server_lr=args.lr, max_grad_norm=args.clip)
     out = Path(args.out)
     arms, figures = {}, {}
     print(f"distributed DP: {args.rounds} rounds at sample rate {args.sample_rate}, sigma "
@@ -86,12 +89,32 @@ def compare(args) -> dict:
     figures["central"] = {"ndcg@10": float(arms["central"].mean()), "epsilon": result.epsilon,
                           "steps": result.steps, "seconds": time.perf_counter() - started}
     if not args.skip_baselines:
-        arms["local"], figures["local"] = federated(base, args.merchants, out, "local")
-        arms["none"], figures["none"] = federated(base.replace(dp=False), args.merchants, out, "none")
-    ratios = {f"{a}/{b}": paired_ratio(arms[a], arms[b], seed=args.seed)
-              for a, b in [("distributed", "central"), ("distributed", "local"), ("distributed", "none"),
-                           ("central", "none"), ("local", "none")] if a in arms and b in arms}
-    return {"arms": figures, "ratios": ratios}
+        local = base.replace(privacy="local")  # the run-config defaults otherwise: rounds x local epochs, batch
+        arms["local"], figures["local"] = federated(local, args.merchants, out, "local")
+        arms["none"], figures["none"] = federated(local.replace(dp=False), args.merchants, out, "none")
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / PER_USER, **arms)  # for pooling seeds: `--pool`
+    return {"arms": figures, "ratios": ratios_of(arms, seed=args.seed)}
+
+
+PER_USER = "per-user-ndcg.npz"  # each arm's test NDCG@10, user by user, in one order
+PAIRS = [("distributed", "central"), ("distributed", "local"), ("distributed", "none"), ("central", "none"),
+         ("local", "none")]
+
+
+def ratios_of(arms: dict[str, np.ndarray], *, seed: int) -> dict:
+    return {f"{a}/{b}": paired_ratio(arms[a], arms[b], seed=seed) for a, b in PAIRS if a in arms and b in arms}
+
+
+def pool(args) -> dict:
+    """Runs of several seeds pooled: each (seed, user) pair is one paired observation, so the interval holds the
+    test users' sampling and, across seeds, the training noise of both models."""
+    folders = [Path(f) for f in args.pool.split(",")]
+    runs = [dict(np.load(f / PER_USER)) for f in folders]
+    arms = {name: np.concatenate([r[name] for r in runs]) for name in runs[0] if all(name in r for r in runs)}
+    per_seed = {str(f): {name: float(r[name].mean()) for name in r} for f, r in zip(folders, runs)}
+    return {"runs": per_seed, "pooled_means": {name: float(v.mean()) for name, v in arms.items()},
+            "ratios": ratios_of(arms, seed=0)}
 
 
 def scaling(args) -> dict:
@@ -118,24 +141,26 @@ def main() -> None:
     parser.add_argument("--format", default="synthetic")
     parser.add_argument("--merchants", type=int, default=4)
     parser.add_argument("--users", type=int, default=None, help="synthetic customers per merchant")
-    parser.add_argument("--rounds", type=int, default=320)
-    parser.add_argument("--sample-rate", type=float, default=0.0625)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--sample-rate", type=float, default=0.5)
+    parser.add_argument("--lr", type=float, default=1e-2, help="the coordinator's Adam learning rate (server-lr)")
     parser.add_argument("--clip", type=float, default=1.0)
     parser.add_argument("--epsilon", type=float, default=8.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="run-config key=value (repeatable)")
     parser.add_argument("--skip-baselines", action="store_true", help="distributed and central only")
     parser.add_argument("--scaling", default=None, help="comma-separated merchant counts: time the secure sum only")
+    parser.add_argument("--pool", default=None, help="comma-separated output folders of earlier runs (seeds): "
+                        "their per-user figures pooled")
     parser.add_argument("--out", default="runs/distributed-dp")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     report = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()} {platform.processor()} "
               f"{torch.get_num_threads()} threads, {'cuda' if torch.cuda.is_available() else 'cpu'}",
               "date": time.strftime("%Y-%m-%d")}
-    report.update(scaling(args) if args.scaling else compare(args))
+    report.update(scaling(args) if args.scaling else pool(args) if args.pool else compare(args))
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / ("scaling.json" if args.scaling else "results.json")).write_text(
+    (Path(args.out) / ("scaling.json" if args.scaling else "pooled.json" if args.pool else "results.json")).write_text(
         json.dumps(report, indent=2, default=str))
     print(json.dumps(report, indent=2, default=str))
     print(f"repeat: {report['command']}")

@@ -64,7 +64,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = RunConfig(data=args.data, data_format="amazon", partitioning="iid", n_layers=1, n_heads=1, dropout=0.2,
-                     negatives=1024, batch_size=256, num_rounds=args.epochs, local_epochs=1)
+                     negatives=1024, batch_size=256, num_rounds=args.epochs, local_epochs=1,
+                     privacy="local")  # one merchant training its own update
     data = simulated_merchants(base, 8)[args.merchant].sequences
     device = pick_device()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, device {device}, {torch.get_num_threads()} threads; "

@@ -31,11 +31,11 @@ BEAUTY_ARGS = ["--data", str(BEAUTY), "--format", "amazon", "--merchants", "8", 
                "--set", "negatives=1024", "--set", "lr=1e-3", "--set", "dropout=0.2", "--set", "n-heads=1",
                "--set", "n-layers=1", "--set", "strategy=fedavgm", "--set", "server-momentum=0.5",
                "--set", "keep-optimizer-state=true"]
-BEAUTY_DP = ["--dp", "--epsilon", "8", "--delta", "1e-5", "--set", "batch-size=256", "--centralized-batch-size", "1024",
+BEAUTY_DP = ["--dp", "--privacy", "local", "--epsilon", "8", "--delta", "1e-5", "--set", "batch-size=256", "--centralized-batch-size", "1024",
              "--set", "lr=3e-3",
              "--set", "dropout=0.2",
              "--set", "keep-optimizer-state=false"]  # the DP runs of 4c start a fresh Adam each round
-SYNTHETIC_ARGS = ["--merchants", "4"]  # the run-config defaults: 5 rounds x 4 local epochs, batch 128, lr 3e-3
+SYNTHETIC_ARGS = ["--merchants", "4"]  # the run-config defaults (`make run`): distributed DP, 20 rounds at rate 0.5
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def train(msg: Message, context: Context) -> Message:
         run, server_round, run_id = _settings(msg)
     except ValueError as exc:  # a run config out of bounds is refused, not trained
         return _refuse(msg, _name(context), str(exc), train=True)
-    if run.privacy == "distributed":  # its training goes through the secure sum, never as a plain update
+    if run.distributed_dp:  # its training goes through the secure sum, never as a plain update
         return _refuse(msg, _name(context), "this run has privacy = distributed: its rounds are secure sums, not "
                        "plain updates", train=True)
     merchant = _merchant(context, run)
@@ -162,8 +162,9 @@ def _unpaid_ledger(run: RunConfig, server_round: int, run_id: str, state: Mercha
                    num_users: int) -> PrivacyLedger:
     """The ledger set for this run's distributed steps; a round already paid for, or a run in another mode, is
     refused (a second noised sample of one round would add up)."""
-    if run.privacy != "distributed":
-        raise PolicyRefusal(f"a secure-sum round was asked for in a run with privacy = {run.privacy}")
+    if not run.distributed_dp:
+        raise PolicyRefusal(f"a secure-sum round was asked for in a run with privacy = {run.privacy}, "
+                            f"dp = {str(run.dp).lower()}")
     if state.already_paid(run_id, server_round):
         raise PolicyRefusal(f"this merchant already took part in round {server_round} of run {run_id}")
     return ledger_for(state.ledger, run, policy, num_users=num_users)

@@ -64,7 +64,7 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
     expected = {k: v.shape for k, v in arrays.items()}
     settings = {**run.to_flat(), "run-id": result.run_id}
     distributed = DistributedTraining(run, arrays, sequential=getattr(grid, "sequential", False)) \
-        if run.privacy == "distributed" else None
+        if run.distributed_dp else None
     if distributed is not None and checkpoint is not None:
         distributed.load_state_arrays(checkpoint.strategy_state)
 

@@ -33,7 +33,7 @@ class SecureRound:
 
 class DistributedTraining:
     """Server-side DP-SGD on the merchants' secure sum: gradient = sum / (sample rate x customers of the
-    merchants in the sum), then Adam (post-processing: it sees only the noised sum). `state_dict()` keeps
+    merchants in the sum), then Adam at `server-lr` (post-processing: it sees only the noised sum). `state_dict()` keeps
     Adam's moments in the checkpoint, so a resumed run takes the same steps."""
 
     def __init__(self, run: RunConfig, arrays: dict[str, np.ndarray], *, sequential: bool = False):
@@ -42,7 +42,7 @@ class DistributedTraining:
         self.shapes = {k: tuple(v.shape) for k, v in arrays.items()}
         self.length = int(sum(math.prod(s) for s in self.shapes.values()))
         self.params = [torch.nn.Parameter(torch.from_numpy(np.array(arrays[k], dtype=np.float32))) for k in self.names]
-        self.optimizer = torch.optim.Adam(self.params, lr=run.lr)
+        self.optimizer = torch.optim.Adam(self.params, lr=run.server_lr)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Adam's moments and step count as arrays (`distributed-adam/...`), for the round's checkpoint."""

@@ -28,14 +28,14 @@ class RunConfig:
     """One field per kebab-case key of [tool.flwr.app.config] (`num_rounds` <-> `num-rounds`)."""
 
     # rounds and aggregation
-    num_rounds: int = 5
+    num_rounds: int = 20
     strategy: str = "fedavg"
     min_replies: int = 2  # quorum: a round with fewer good training replies is not aggregated
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     round_timeout: float = 3600.0  # seconds to wait for replies
     proximal_mu: float = 0.01  # fedprox
-    server_lr: float = 0.01  # fedadam: server-side learning rate (eta)
+    server_lr: float = 0.01  # the coordinator's learning rate: fedadam's eta, distributed DP's Adam
     server_tau: float = 1e-3  # fedadam: adaptivity
     server_momentum: float = 0.0  # fedavgm: momentum over rounds of the averaged update
     sparse_rows: bool = False  # fedavg/fedavgm/fedprox: average each table row over the merchants that changed it
@@ -45,7 +45,7 @@ class RunConfig:
     max_examples: int = 10_000_000  # a reply claiming more customers than this is rejected
     min_update_cosine: float = 0.0  # updates pointing away from the round's median update are set aside (-1: off)
     # local training on each merchant
-    local_epochs: float = 4  # a fraction trains that share of the merchant's batches each round
+    local_epochs: float = 1  # a fraction trains that share of the merchant's batches each round
     lr: float = 3e-3
     lr_schedule: str = "constant"  # "cosine": the local lr falls to 0 over the run's rounds x local epochs
     batch_size: int = 128
@@ -58,8 +58,8 @@ class RunConfig:
     max_grad_norm: float = 1.0
     # "local": each merchant noises its own update (it trusts no one); "distributed": one central DP-SGD step per
     # round over every merchant's customers, each merchant adding a share of the noise, summed by secure aggregation
-    privacy: str = "local"
-    sample_rate: float = 0.02  # distributed: the Poisson rate at which each merchant samples its customers a round
+    privacy: str = "distributed"
+    sample_rate: float = 0.5  # distributed: the Poisson rate at which each merchant samples its customers a round
     colluders: int = 0  # distributed: merchants assumed to collude with the coordinator (they add no noise)
     min_survivors: int = 0  # distributed: the fewest merchants a round's sum must hold (0: every one asked)
     # the shared model
@@ -133,9 +133,7 @@ class RunConfig:
             problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
         if self.privacy not in PRIVACY_MODES:
             problems.append(f"privacy must be one of {', '.join(PRIVACY_MODES)}, got {self.privacy!r}")
-        if self.privacy == "distributed":
-            if not self.dp:
-                problems.append("privacy = distributed is a DP mode: set dp = true (or privacy = local with dp = false)")
+        if self.distributed_dp:
             if not 0 < self.sample_rate <= 1:
                 problems.append(f"sample-rate must be in (0, 1], got {self.sample_rate}")
             if self.colluders < 0 or self.min_survivors < 0:
@@ -145,6 +143,11 @@ class RunConfig:
                                 "the noise comes from the merchants that do not collude")
         if problems:
             raise ValueError("invalid run config: " + "; ".join(problems))
+
+    @property
+    def distributed_dp(self) -> bool:
+        """Rounds are secure sums of noised gradients; with dp = false the privacy mode plays no part."""
+        return self.dp and self.privacy == "distributed"
 
     @classmethod
     def from_flat(cls, values: Mapping[str, object]) -> "RunConfig":

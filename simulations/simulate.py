@@ -79,7 +79,7 @@ def train_centralized(run: RunConfig, num_merchants: int, *, batch_size: int | N
     central = run.replace(local_table=False, batch_size=batch_size or run.batch_size)
     epochs = run.num_rounds * run.local_epochs
     privacy = run.privacy_config(num_users=len(data.train))  # planned over the same rounds x local epochs
-    if run.dp and run.privacy == "distributed":  # the very DP-SGD the federation runs: Poisson rate, steps, delta
+    if run.distributed_dp:  # the very DP-SGD the federation runs: Poisson rate, steps, delta
         central, epochs, privacy = central_dp_twin(run, len(data.train))
     torch.manual_seed(run.seed)
     model = ProfileTransformer(central.model_config(), data.catalogue.descriptors)
@@ -92,13 +92,14 @@ def train_centralized(run: RunConfig, num_merchants: int, *, batch_size: int | N
 
 def central_dp_twin(run: RunConfig, num_users: int) -> tuple[RunConfig, float, PrivacyConfig]:
     """One central DP-SGD model with the distributed federation's epsilon, delta, sample rate and steps: batch
-    size rate x users (Opacus samples at 1 / batches per epoch), one step per federated round, Adam at `lr`."""
+    size rate x users (Opacus samples at 1 / batches per epoch), one step per federated round, Adam at the
+    coordinator's `server-lr`."""
     batch = max(1, round(run.sample_rate * num_users))
     batches = math.ceil(num_users / batch)
     epochs = run.num_rounds / batches
     privacy = PrivacyConfig(target_epsilon=run.target_epsilon, target_delta=run.target_delta or 1e-5,
                             max_grad_norm=run.max_grad_norm, planned_epochs=epochs)
-    return run.replace(local_table=False, batch_size=batch), epochs, privacy
+    return run.replace(local_table=False, batch_size=batch, lr=run.server_lr), epochs, privacy
 
 
 def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int | None = None,
@@ -115,7 +116,7 @@ def centralized_baseline(run: RunConfig, num_merchants: int, *, batch_size: int 
         total += per_merchant[merchant.name]["users"]
     metrics = {key: sum(m[key] * m["users"] for m in per_merchant.values()) / max(total, 1)
                for key in ("hr@10", "ndcg@10", "mrr", "valid-hr@10", "valid-ndcg@10")}
-    twin = central_dp_twin(run, len(union(run, num_merchants).train)) if run.dp and run.privacy == "distributed" else None
+    twin = central_dp_twin(run, len(union(run, num_merchants).train)) if run.distributed_dp else None
     out = {**metrics, "epochs": twin[1] if twin else run.num_rounds * run.local_epochs,
            "batch_size": twin[0].batch_size if twin else batch_size or run.batch_size,
            "epsilon": result.epsilon, "delta": result.delta, "train_seconds": seconds,

@@ -43,12 +43,13 @@ def first_builtin_shop():
 
 
 def tiny_run(tmp_path, **changes):
-    """A federation small enough for a test: two synthetic shops of 60 customers, a narrow model."""
+    """A federation small enough for a test: two synthetic shops of 60 customers, a narrow model, local DP (tests
+    of distributed DP ask for it)."""
     from shared_model.run_config import RunConfig
 
     base = dict(num_rounds=2, min_replies=2, synthetic_users=60, max_len=20, d_model=16, profile_dim=16,
                 n_heads=1, n_layers=1, item_buckets=1024, batch_size=32, negatives=32, lr=3e-3,
-                run_dir=str(tmp_path / "run"))
+                privacy="local", local_epochs=4, run_dir=str(tmp_path / "run"))
     return RunConfig(**{**base, **changes})
 
 

@@ -71,3 +71,12 @@ def test_the_learning_rate_schedule_runs_over_the_whole_federation():
     assert (third.schedule_epochs, third.schedule_start, third.lr_schedule) == (10, 4, "cosine")
     central = run.train_config(epochs=10)  # the centralized baseline: one call over the same 10 epochs
     assert (central.schedule_epochs, central.schedule_start) == (10, 0)
+
+
+def test_distributed_dp_is_the_default_and_needs_dp():
+    assert RunConfig().privacy == "distributed" and RunConfig().distributed_dp
+    assert not RunConfig(dp=False).distributed_dp  # no DP: plain rounds, whatever the privacy mode says
+    assert not RunConfig(privacy="local").distributed_dp
+    with pytest.raises(ValueError, match="sample-rate must be in"):
+        RunConfig(sample_rate=1.5)
+    RunConfig(dp=False, sample_rate=1.5)  # not checked where it plays no part

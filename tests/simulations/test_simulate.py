@@ -20,6 +20,7 @@ from shared_model.run_config import RunConfig
 def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
     out = tmp_path / "sim"
     cmd = [sys.executable, "-m", "fedprofile", "simulate", "--merchants", "2", "--rounds", "2", "--local-epochs", "1", "--dp",
+           "--privacy", "local",
            "--epsilon", "8", "--centralized-baseline", "--out", str(out), "--cpus-per-merchant", "1",
            "--set", "synthetic-users=80", "--set", "max-len=20", "--set", "d-model=16", "--set", "profile-dim=16",
            "--set", "item-buckets=1024", "--set", "n-layers=1", "--set", "batch-size=32", "--set", "negatives=32"]
