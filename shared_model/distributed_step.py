@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from dataclasses import dataclass
 
@@ -17,6 +16,7 @@ from shared_model import embedding_norm
 from shared_model.features import SequenceData
 from shared_model.loss import ProfileLoss
 from shared_model.model import ProfileTransformer
+from shared_model.privacy import secret_generator
 from shared_model.run_config import RunConfig
 from shared_model.training import _Step
 
@@ -57,8 +57,9 @@ def noised_gradient_sum(model: ProfileTransformer, data: SequenceData, run: RunC
     model.to(device)
     model.train()
     dataset = TensorDataset(*data.train.tensors())
-    # the sample must be unpredictable to anyone else; `seed` (tests) makes sample, negatives and noise repeat
-    generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+    # sample and noise unpredictable to anyone else (secret_generator); `seed` (tests) makes them and the
+    # negatives repeat
+    generator = secret_generator(seed)
     if seed is not None:
         torch.manual_seed(seed)
     loader = DPDataLoader(dataset, sample_rate=run.sample_rate, generator=generator)
@@ -70,7 +71,7 @@ def noised_gradient_sum(model: ProfileTransformer, data: SequenceData, run: RunC
     mode = "ghost"
     wrapped = engine.make_private(module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
                                   noise_multiplier=share, max_grad_norm=run.max_grad_norm, poisson_sampling=False,
-                                  grad_sample_mode=mode, loss_reduction="mean")
+                                  noise_generator=generator, grad_sample_mode=mode, loss_reduction="mean")
     net, optimizer, criterion, loader = wrapped
     optimizer.expected_batch_size = 1  # "mean" divides .grad by this: 1 keeps the plain sum
     step = _Step(net, optimizer, criterion, config, data, device, private=True, proximal_mu=0.0, model=model)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
 
 from shared_model import embedding_norm
 from shared_model.batching import steps_for
 from shared_model.model import ProfileTransformer
-from shared_model.privacy import PrivacyConfig, PrivacyLedger
+from shared_model.privacy import PrivacyConfig, PrivacyLedger, secret_generator
 
 
 @dataclass
@@ -65,14 +66,18 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
     if ledger.accountant_state:
         engine.accountant.load_state_dict(copy.deepcopy(ledger.accountant_state))
     mode = "ghost" if privacy.ghost_clipping else "hooks"
+    # Poisson sampling and noise from one secret generator (Opacus would draw both from torch's global one,
+    # which training seeds with the run's public seed): nobody else can redraw them
+    generator = secret_generator(privacy.noise_seed)
     wrapped = engine.make_private(
         module=model,
         optimizer=optimizer,
         criterion=criterion,
-        data_loader=loader,
+        data_loader=DPDataLoader.from_data_loader(loader, generator=generator),
         noise_multiplier=ledger.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
-        poisson_sampling=True,
+        poisson_sampling=False,  # the loader above already samples
+        noise_generator=generator,
         grad_sample_mode=mode,
         loss_reduction="mean",
     )
@@ -80,4 +85,5 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
         net, optimizer, criterion, loader = wrapped
     else:
         net, optimizer, loader = wrapped
+    net.forbid_grad_accumulation()  # as Opacus does for the Poisson sampling it sets up itself
     return PrivateTraining(net, optimizer, criterion, loader, engine, ledger)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import secrets
 from dataclasses import asdict, dataclass, field
 
+import torch
 from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
@@ -30,6 +32,9 @@ class PrivacyConfig:
     planned_epochs: float | None = None  # epochs over all calls (e.g. rounds x local epochs); None = this call's
     accountant: str = "prv"
     ghost_clipping: bool = True
+    # tests only: the Poisson sample and the noise repeat for this seed. None (the only value the run config can
+    # give): both come from a generator seeded with the OS's secret randomness, never from the run's public seed
+    noise_seed: int | None = None
 
     def __post_init__(self):
         if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
@@ -40,6 +45,13 @@ class PrivacyConfig:
             raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
         if self.planned_epochs is not None and self.planned_epochs <= 0:
             raise ValueError(f"planned_epochs must be positive, got {self.planned_epochs}")
+
+
+def secret_generator(seed: int | None = None) -> torch.Generator:
+    """The generator DP-SGD draws its Poisson sample and its noise from. Seeded with 63 secret bits from the OS:
+    a generator seeded with anything public (the run's seed, which the coordinator sends; torch's fixed default
+    in a fresh process) would let whoever knows it redraw the noise and subtract it. `seed`: tests only."""
+    return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
 
 
 @functools.lru_cache(maxsize=64)
