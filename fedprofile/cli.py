@@ -233,6 +233,9 @@ def simulate(
         help="Also train one model on the union of the merchants' data with the same epoch budget.")] = False,
     centralized_batch_size: Annotated[Optional[int], typer.Option(
         help="Batch size of the centralized baseline (default: the merchants' batch-size).", min=1)] = None,
+    served: Annotated[bool, typer.Option(
+        help="Also measure what each merchant would serve: a model of its own customers alone, the shared model, "
+             "and the shared model fine-tuned on site (metrics.json `served`).")] = True,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Any run-config key, e.g. --set lr=3e-3 --set batch-size=256 (see pyproject.toml).")] = None,
@@ -264,12 +267,16 @@ def simulate(
                + (f"{run.privacy} DP, epsilon {run.target_epsilon} per merchant" if run.dp else "no DP")
                + f", data {run.data}")
     metrics = run_sim(run, merchants, out, centralized=centralized_baseline, on_round=log_round,
-                      cpus_per_merchant=cpus_per_merchant, centralized_batch_size=centralized_batch_size)
+                      cpus_per_merchant=cpus_per_merchant, centralized_batch_size=centralized_batch_size,
+                      served=served)
     line = f"final: HR@10 {metrics['hr@10']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}"
     if "centralized" in metrics:
         c = metrics["centralized"]
         line += f" | centralized HR@10 {c['hr@10']:.4f} NDCG@10 {c['ndcg@10']:.4f}"
     typer.echo(line)
+    if "served" in metrics:
+        typer.echo("served NDCG@10 (all merchants' test users): " + ", ".join(
+            f"{kind} {metrics['served'][kind]['ndcg@10']:.4f}" for kind in ("alone", "shared", "onsite")))
     if metrics["epsilon"]:
         typer.echo("epsilon: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics["epsilon"].items())))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")

@@ -63,6 +63,8 @@ def write_report(metrics: dict, out: Path) -> Path:
                   + (f", epsilon {c['epsilon']:.2f}" if metrics["dp"] else "") + f"): HR@10 {_fmt(c['hr@10'])}, "
                   f"NDCG@10 {_fmt(c['ndcg@10'])}; federated / centralized NDCG@10 = {ratio:.3f}"
                   + _paired_interval(c.get("paired") or {}), ""]
+    if metrics.get("served"):
+        lines += _served_lines(metrics["served"])
     lines += ["![metrics](metrics.png)", "", "![epsilon](epsilon.png)", "", "## Rounds", "",
               "| round | merchants trained | refused | rejected | loss | HR@10 | NDCG@10 | max epsilon | seconds |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -78,6 +80,23 @@ def write_report(metrics: dict, out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _served_lines(served: dict) -> list[str]:
+    """What each merchant's customers would see: its own model alone (no DP, no federation), the shared model,
+    and the shared model fine-tuned on site (no DP: it never leaves the merchant)."""
+    lines = ["## What each merchant would serve (test NDCG@10 / HR@10 on its own customers)", "",
+             "| merchant | alone | shared | on-site | on-site fine-tuning |", "|---|---|---|---|---|"]
+    rows = [(name, row) for name, row in sorted(served["merchants"].items())] + [("all", served)]
+    for name, row in rows:
+        fit = row.get("onsite-fit")
+        note = "-" if fit is None else f"{fit['epochs']} epochs" if fit["fine-tuned"] else "kept the shared model"
+        lines.append(f"| {name} | " + " | ".join(f"{_fmt(row[k]['ndcg@10'])} / {_fmt(row[k]['hr@10'])}"
+                                                 for k in ("alone", "shared", "onsite")) + f" | {note} |")
+    lines.append("")
+    for key, ratio in served["ratios"].items():
+        lines.append(f"- {key} NDCG@10 = {ratio['ratio']:.3f}" + _paired_interval(ratio))
+    return lines + [""]
 
 
 def _privacy_line(metrics: dict) -> str:

@@ -28,6 +28,7 @@ from shared_model.run_config import RunConfig
 from shared_model.training import train
 from simulations.datasets import union
 from simulations.report import write_report
+from simulations.served import served_figures
 
 log = logging.getLogger("fedprofile.simulation")
 
@@ -163,9 +164,10 @@ def published_per_user_ndcg(run: RunConfig, num_merchants: int, model_folder: st
 
 def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized: bool = False, on_round=None,
              cpus_per_merchant: int | None = None, gpu_fraction: float | None = None,
-             centralized_batch_size: int | None = None) -> dict:
-    """Run a simulation into `out`: metrics.json (history, final HR@10/NDCG@10, epsilon per merchant, and the
-    centralized baseline when asked) and report.md with its plots."""
+             centralized_batch_size: int | None = None, served: bool = False) -> dict:
+    """Run a simulation into `out`: metrics.json (history, final HR@10/NDCG@10, epsilon per merchant, the
+    centralized baseline and what each merchant would serve (`served`: alone, shared, on-site) when asked) and
+    report.md with its plots."""
     out = Path(out)
     if not run.resume:  # a fresh simulation replaces the folder's earlier one (it is scratch output)
         for name in ("checkpoints", "models", "merchants", "archive"):
@@ -197,6 +199,8 @@ def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized
     if centralized:
         metrics["centralized"] = centralized_baseline(run, num_merchants, batch_size=centralized_batch_size,
                                                       federated_model=result.model_dir)
+    if served:
+        metrics["served"] = served_figures(run, num_merchants, result.model_dir)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     write_report(metrics, out)
     return metrics

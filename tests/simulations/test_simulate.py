@@ -51,6 +51,19 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
     assert {k: paired[k] for k in ("ratio", "low", "high", "level")} == pytest.approx(
         {k: expected[k] for k in ("ratio", "low", "high", "level")}, nan_ok=True)
 
+    # what each merchant would serve: the shared model's figure is the published model's on the same users
+    served = metrics["served"]
+    assert set(served["merchants"]) == {"merchant-0", "merchant-1"}
+    assert sum(m["users"] for m in served["merchants"].values()) == paired["users"]
+    assert served["shared"]["ndcg@10"] == pytest.approx(metrics["ndcg@10"], abs=1e-9)
+    for kind in ("alone", "shared", "onsite"):
+        assert 0 <= served[kind]["ndcg@10"] <= served[kind]["hr@10"] <= 1
+    assert set(served["ratios"]) == {"onsite/alone", "onsite/shared", "shared/alone"}
+    for fit in (m["onsite-fit"] for m in served["merchants"].values()):  # never worse on its validation users
+        assert fit["valid-ndcg@10"] >= fit["global-valid-ndcg@10"]
+    assert "What each merchant would serve" in (out / "report.md").read_text()
+    assert "served NDCG@10" in done.stdout
+
     # the published global model loads, and runs over a merchant's own catalogue
     config, shared, manifest = load_global_model(metrics["model"])
     assert manifest["version"] == 2 and manifest["rounds_planned"] == 2

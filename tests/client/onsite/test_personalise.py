@@ -1,0 +1,44 @@
+"""On-site personalisation: a fine-tuned copy chosen on validation users; the global model is never changed."""
+
+import torch
+
+from client.onsite.personalise import OnsiteConfig, personalise, train_alone
+from shared_model.merchant_data import simulated_merchants
+from shared_model.model import ProfileTransformer
+from tests.conftest import tiny_run
+
+
+def _shop(tmp_path):
+    run = tiny_run(tmp_path, synthetic_users=120)
+    data = simulated_merchants(run, 2)[0].sequences
+    torch.manual_seed(0)
+    return run, data, ProfileTransformer(run.model_config(), data.catalogue.descriptors)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fine_tuning_returns_a_better_copy_and_leaves_the_global_model_alone(tmp_path):
+    run, data, untrained = _shop(tmp_path)
+    before = _weights(untrained)
+    served, fit = personalise(untrained, data, OnsiteConfig(epochs=4, lr=1e-2, batch_size=32, negatives=32))
+    assert served is not untrained and fit["fine-tuned"] and 1 <= fit["epochs"] <= 4
+    assert fit["valid-ndcg@10"] > fit["global-valid-ndcg@10"]
+    assert all(torch.equal(before[k], v) for k, v in untrained.state_dict().items())
+
+
+def test_the_global_model_is_served_when_fine_tuning_does_not_beat_it(tmp_path):
+    run, data, model = _shop(tmp_path)
+    served, fit = personalise(model, data, OnsiteConfig(epochs=2, lr=0.0, batch_size=32, negatives=32))
+    assert served is model and fit == {"fine-tuned": False, "epochs": 0, "valid-ndcg@10": fit["global-valid-ndcg@10"],
+                                       "global-valid-ndcg@10": fit["global-valid-ndcg@10"]}
+
+
+def test_a_merchant_alone_starts_from_fresh_weights_of_the_same_architecture(tmp_path):
+    run, data, template = _shop(tmp_path)
+    before = _weights(template)
+    alone, fit = train_alone(template, data, OnsiteConfig(batch_size=32, negatives=32), epochs=2)
+    assert alone is not template and alone.config == template.config and 1 <= fit["epochs"] <= 2
+    assert all(torch.equal(before[k], v) for k, v in template.state_dict().items())
+    assert any(not torch.equal(before[k], v) for k, v in alone.state_dict().items())
