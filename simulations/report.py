@@ -90,7 +90,8 @@ def _served_lines(served: dict) -> list[str]:
     rows = [(name, row) for name, row in sorted(served["merchants"].items())] + [("all", served)]
     for name, row in rows:
         fit = row.get("onsite-fit")
-        note = "-" if fit is None else f"{fit['epochs']} epochs" if fit["fine-tuned"] else "kept the shared model"
+        note = ("-" if fit is None else f"{fit['epochs']} epoch{'s' * (fit['epochs'] != 1)}" if fit["fine-tuned"]
+                else "kept the shared model")
         lines.append(f"| {name} | " + " | ".join(f"{_fmt(row[k]['ndcg@10'])} / {_fmt(row[k]['hr@10'])}"
                                                  for k in ("alone", "shared", "onsite")) + f" | {note} |")
     lines.append("")
