@@ -18,7 +18,7 @@ KINDS = ("alone", "shared", "onsite")  # own customers only, no DP / the publish
 
 
 def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path, *,
-                   onsite: OnsiteConfig | None = None, alone_epochs: int = 20) -> dict:
+                   onsite: OnsiteConfig | None = None, alone_epochs: int = 50) -> dict:
     """Test HR@10 and NDCG@10 of each kind, per merchant (its own test users, its own catalogue) and over all of
     them, with paired ratios over users (onsite / alone, onsite / shared). Only a simulation holds every merchant:
     each figure is what that merchant alone could measure on its own site."""

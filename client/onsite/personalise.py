@@ -18,7 +18,7 @@ class OnsiteConfig:
     """How a merchant fits its served model. No DP: the fitted model and everything trained on site stay on site
     (docs/privacy.md); only the global model's weights ever went into what the merchant sends."""
 
-    epochs: int = 10  # at most; the epoch with the best validation NDCG@10 is kept (0: the global model itself)
+    epochs: int = 30  # at most (patience stops earlier); the best epoch by validation NDCG@10 is kept, 0 = global
     lr: float = 1e-3
     batch_size: int = 128
     negatives: int = 256
@@ -48,7 +48,7 @@ def personalise(global_model: ProfileTransformer, data: SequenceData, config: On
 
 
 def train_alone(template: ProfileTransformer, data: SequenceData, config: OnsiteConfig = OnsiteConfig(), *,
-                epochs: int = 20, device: torch.device | None = None) -> tuple[ProfileTransformer, dict]:
+                epochs: int = 50, device: torch.device | None = None) -> tuple[ProfileTransformer, dict]:
     """The merchant without the federation: `template`'s architecture from fresh weights, trained on `data` alone
     (no DP: nothing leaves), best epoch by validation. The figure a merchant compares joining against."""
     device = device or torch.device("cpu")
