@@ -236,6 +236,9 @@ def simulate(
     served: Annotated[bool, typer.Option(
         help="Also measure what each merchant would serve: a model of its own customers alone, the shared model, "
              "and the shared model fine-tuned on site (metrics.json `served`).")] = True,
+    served_without_dp: Annotated[bool, typer.Option(
+        help="With --served and DP: also train the same federation without DP and serve its model beside them "
+             "(metrics.json `served.no-dp`; the price of privacy for customers).")] = True,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     set_: Annotated[Optional[list[str]], typer.Option(
         "--set", help="Any run-config key, e.g. --set lr=3e-3 --set batch-size=256 (see pyproject.toml).")] = None,
@@ -268,15 +271,18 @@ def simulate(
                + f", data {run.data}")
     metrics = run_sim(run, merchants, out, centralized=centralized_baseline, on_round=log_round,
                       cpus_per_merchant=cpus_per_merchant, centralized_batch_size=centralized_batch_size,
-                      served=served)
+                      served=served, served_without_dp=served_without_dp)
     line = f"final: HR@10 {metrics['hr@10']:.4f} NDCG@10 {metrics['ndcg@10']:.4f}"
     if "centralized" in metrics:
         c = metrics["centralized"]
         line += f" | centralized HR@10 {c['hr@10']:.4f} NDCG@10 {c['ndcg@10']:.4f}"
     typer.echo(line)
     if "served" in metrics:
+        figures = metrics["served"]
         typer.echo("served NDCG@10 (all merchants' test users): " + ", ".join(
-            f"{kind} {metrics['served'][kind]['ndcg@10']:.4f}" for kind in ("alone", "shared", "onsite")))
+            f"{kind} {figures[kind]['ndcg@10']:.4f}" for kind in ("alone", "shared", "onsite"))
+            + ("; without DP: " + ", ".join(f"{kind} {figures['no-dp'][kind]['ndcg@10']:.4f}"
+                                            for kind in ("shared", "onsite")) if "no-dp" in figures else ""))
     if metrics["epsilon"]:
         typer.echo("epsilon: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(metrics["epsilon"].items())))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")

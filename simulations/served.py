@@ -15,19 +15,24 @@ from shared_model.merchant_data import simulated_merchants
 from shared_model.run_config import RunConfig
 
 KINDS = ("alone", "shared", "onsite")  # own customers only, no DP / the published global model / fine-tuned on site
+PLAIN_KINDS = ("no-dp-shared", "no-dp-onsite")  # the same federation trained without DP, as published / on site
 
 
 def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path, *,
-                   onsite: OnsiteConfig | None = None, alone_epochs: int = 50) -> dict:
+                   without_dp: str | Path | None = None, onsite: OnsiteConfig | None = None,
+                   alone_epochs: int = 50) -> dict:
     """Test HR@10 and NDCG@10 of each kind, per merchant (its own test users, its own catalogue) and over all of
-    them, with paired ratios over users (onsite / alone, onsite / shared). Only a simulation holds every merchant:
-    each figure is what that merchant alone could measure on its own site."""
+    them, with paired ratios over users (onsite / alone, onsite / shared). `without_dp`: the same federation's
+    model trained without DP, whose shared and on-site figures come beside them (`no-dp`). Only a simulation holds
+    every merchant: each figure is what that merchant alone could measure on its own site."""
     onsite = onsite or OnsiteConfig(lr=min(run.lr, 1e-3), batch_size=run.batch_size, negatives=run.negatives,
                                     seed=run.seed)
     alone_config = OnsiteConfig(lr=run.lr, batch_size=run.batch_size, negatives=run.negatives, seed=run.seed)
     config, shared, _ = load_global_model(resolve_model_folder(model_folder))
+    plain = load_global_model(resolve_model_folder(without_dp))[:2] if without_dp is not None else None
     device = pick_device()
-    ranks = {kind: [] for kind in KINDS}
+    kinds = KINDS + (PLAIN_KINDS if plain else ())
+    ranks = {kind: [] for kind in kinds}
     merchants = {}
     for merchant in simulated_merchants(run, num_merchants):
         data = merchant.sequences
@@ -35,7 +40,12 @@ def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path,
         served, fitted = personalise(global_model, data, onsite, device=device)
         alone, trained = train_alone(global_model, data, alone_config, epochs=alone_epochs, device=device)
         row = {"users": len(data.test), "onsite-fit": fitted, "alone-fit": trained}
-        for kind, model in (("alone", alone), ("shared", global_model), ("onsite", served)):
+        models = [("alone", alone), ("shared", global_model), ("onsite", served)]
+        if plain:
+            plain_model = model_for_catalogue(*plain, data.catalogue)
+            plain_served, row["no-dp-onsite-fit"] = personalise(plain_model, data, onsite, device=device)
+            models += [("no-dp-shared", plain_model), ("no-dp-onsite", plain_served)]
+        for kind, model in models:
             model.set_catalogue(data.catalogue.descriptors)
             r = held_out_ranks(model.to(device), data.test, device=device).numpy()
             ranks[kind].append(r)
@@ -44,9 +54,11 @@ def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path,
     ranks = {kind: np.concatenate(parts) for kind, parts in ranks.items()}
     ndcg = {kind: _ndcg(r) for kind, r in ranks.items()}
     out = {kind: _metrics(ranks[kind]) for kind in KINDS}
-    out["ratios"] = {"onsite/alone": paired_ratio(ndcg["onsite"], ndcg["alone"], seed=run.seed),
-                     "onsite/shared": paired_ratio(ndcg["onsite"], ndcg["shared"], seed=run.seed),
-                     "shared/alone": paired_ratio(ndcg["shared"], ndcg["alone"], seed=run.seed)}
+    pairs = [("onsite", "alone"), ("onsite", "shared"), ("shared", "alone")]
+    if plain:
+        out["no-dp"] = {kind: _metrics(ranks[f"no-dp-{kind}"]) for kind in ("shared", "onsite")}
+        pairs += [("onsite", "no-dp-onsite"), ("no-dp-onsite", "alone")]
+    out["ratios"] = {f"{a}/{b}": paired_ratio(ndcg[a], ndcg[b], seed=run.seed) for a, b in pairs}
     out["merchants"] = merchants
     return out
 

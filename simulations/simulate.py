@@ -164,9 +164,10 @@ def published_per_user_ndcg(run: RunConfig, num_merchants: int, model_folder: st
 
 def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized: bool = False, on_round=None,
              cpus_per_merchant: int | None = None, gpu_fraction: float | None = None,
-             centralized_batch_size: int | None = None, served: bool = False) -> dict:
+             centralized_batch_size: int | None = None, served: bool = False, served_without_dp: bool = False) -> dict:
     """Run a simulation into `out`: metrics.json (history, final HR@10/NDCG@10, epsilon per merchant, the
-    centralized baseline and what each merchant would serve (`served`: alone, shared, on-site) when asked) and
+    centralized baseline and what each merchant would serve (`served`: alone, shared, on-site; with
+    `served_without_dp`, the same federation trained without DP in `out/no-dp` beside them) when asked) and
     report.md with its plots."""
     out = Path(out)
     if not run.resume:  # a fresh simulation replaces the folder's earlier one (it is scratch output)
@@ -200,7 +201,13 @@ def simulate(run: RunConfig, num_merchants: int, out: str | Path, *, centralized
         metrics["centralized"] = centralized_baseline(run, num_merchants, batch_size=centralized_batch_size,
                                                       federated_model=result.model_dir)
     if served:
-        metrics["served"] = served_figures(run, num_merchants, result.model_dir)
+        plain = None
+        if served_without_dp and run.dp:
+            plain_run = run.replace(dp=False, run_dir=str(out / "no-dp"), resume=False)
+            shutil.rmtree(out / "no-dp", ignore_errors=True)
+            plain = run_simulation(plain_run, num_merchants, cpus_per_merchant=cpus_per_merchant,
+                                   gpu_fraction=gpu_fraction).model_dir
+        metrics["served"] = served_figures(run, num_merchants, result.model_dir, without_dp=plain)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     write_report(metrics, out)
     return metrics

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared_model.checkpoint import load_global_model, model_for_catalogue
+from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
 from shared_model.evaluation import paired_ratio
 from shared_model.merchant_data import simulated_merchants
 from shared_model.run_config import RunConfig
@@ -58,7 +58,13 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
     assert served["shared"]["ndcg@10"] == pytest.approx(metrics["ndcg@10"], abs=1e-9)
     for kind in ("alone", "shared", "onsite"):
         assert 0 <= served[kind]["ndcg@10"] <= served[kind]["hr@10"] <= 1
-    assert set(served["ratios"]) == {"onsite/alone", "onsite/shared", "shared/alone"}
+    assert set(served["ratios"]) == {"onsite/alone", "onsite/shared", "shared/alone", "onsite/no-dp-onsite",
+                                     "no-dp-onsite/alone"}
+    # beside them, the same federation without DP (its own run folder, a model of its own)
+    assert set(served["no-dp"]) == {"shared", "onsite"}
+    _, _, plain_manifest = load_global_model(resolve_model_folder(out / "no-dp"))
+    assert RunConfig.from_flat(plain_manifest["run_config"]).dp is False
+    assert not any(plain_manifest["epsilon"].values())
     for fit in (m["onsite-fit"] for m in served["merchants"].values()):  # never worse on its validation users
         assert fit["valid-ndcg@10"] >= fit["global-valid-ndcg@10"]
     assert "What each merchant would serve" in (out / "report.md").read_text()
