@@ -11,10 +11,13 @@ from pathlib import Path
 from client.app_pin import pinned_bin
 from client.onsite.access import ServiceAccess
 from client.onsite.engine import open_engine
+from client.onsite.fitter import ONSITE, OnsiteFitter
+from client.onsite.personalise import OnsiteConfig
 from client.onsite.service import serve
 from client.onsite.store import Retention
 from client.policy import PrivacyPolicy
 from client.state import MODELS
+from shared_model.checkpoint import resolve_model_folder
 from shared_model.processes import config_string, env_with_our_bin, flower_binary
 
 log = logging.getLogger("fedprofile.daemon")
@@ -34,13 +37,15 @@ def supernode_command(*, superlink: str, node_config: dict, root_certificates: P
 class MerchantDaemon:
     """Starts the on-site service first (it serves the newest model on disk, or waits for the first one), then
     keeps a SuperNode running: if it exits, it is started again with exponential backoff, while the
-    on-site service carries on answering."""
+    on-site service carries on answering. Each global version the SuperNode receives is served at once, then
+    its on-site fit (client/onsite/fitter.py) replaces it."""
 
     def __init__(self, *, data: str, fmt: str, superlink: str, state_dir: Path, root_certificates: Path | None = None,
                  auth_key: Path | None = None, name: str | None = None, policy: PrivacyPolicy = PrivacyPolicy(), access: ServiceAccess = ServiceAccess(),
                  retention: Retention = Retention(),
                  grpc_port: int = 50051, host: str = "127.0.0.1", clientapp_port: int = 9094,
                  store: Path = Path("merchant.sqlite"), model: str | None = None, catalogue: Path | None = None,
+                 onsite: OnsiteConfig = OnsiteConfig(),
                  watch_interval: float = 1.0, max_log_bytes: int = 50_000_000,
                  max_backoff: float = 60.0):
         self.data, self.fmt, self.superlink = str(Path(data).resolve()), fmt, superlink
@@ -50,6 +55,7 @@ class MerchantDaemon:
         self.policy, self.access, self.retention = policy, access, retention
         self.grpc_port, self.host, self.clientapp_port = grpc_port, host, clientapp_port
         self.store_path, self.model, self.catalogue = Path(store), model, catalogue
+        self.onsite = onsite  # how each received global version is fine-tuned on site (epochs 0: served as is)
         self.watch_interval, self.max_backoff, self.max_log_bytes = watch_interval, max_backoff, max_log_bytes
         self.port: int | None = None
         self.restarts = 0
@@ -63,11 +69,13 @@ class MerchantDaemon:
                                      quarantine=self.state_dir / "quarantine.csv", catalogue=self.catalogue,
                                      retention=self.retention)
         models = self.state_dir / MODELS
-        initial = models if (models / "LATEST").exists() else self.model
-        if initial:
-            self.engine.load_model(initial)
+        self.fitter = OnsiteFitter(self.engine, self.state_dir / ONSITE, self.onsite)
+        if (models / "LATEST").exists():  # a restart serves what it served: the on-site fit of the newest version
+            self.engine.load_model(self.fitter.fitted_for(resolve_model_folder(models)) or models)
+        elif self.model:
+            self.engine.load_model(self.model)
         self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port, access=self.access)
-        self.engine.watch(models, interval=self.watch_interval, stop=self._stop)
+        self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
         self._supervisor = threading.Thread(target=self._supervise, name="supernode", daemon=True)
         self._supervisor.start()
 

@@ -235,7 +235,8 @@ def simulate(
         help="Batch size of the centralized baseline (default: the merchants' batch-size).", min=1)] = None,
     served: Annotated[bool, typer.Option(
         help="Also measure what each merchant would serve: a model of its own customers alone, the shared model, "
-             "and the shared model fine-tuned on site (metrics.json `served`).")] = True,
+             "and the on-site model: the best of those two and the shared model fine-tuned on site, by the "
+             "merchant's validation customers (metrics.json `served`).")] = True,
     served_without_dp: Annotated[bool, typer.Option(
         help="With --served and DP: also train the same federation without DP and serve its model beside them "
              "(metrics.json `served.no-dp`; the price of privacy for customers).")] = True,

@@ -144,7 +144,7 @@ def federation_local(
     and write OUT/summary.json."""
     from fedprofile.federation import LocalFederation
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     extra = parse_sets(set_)
     federation = LocalFederation(out, merchants=merchants, unregistered=unregistered, users=users, insecure=insecure)
     try:

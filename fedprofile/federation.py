@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.daemon import refused_by_superlink
 from client.keys import make_merchant_keys
+from client.onsite.fitter import global_part
 from client.onsite.proto import merchant_pb2 as pb
 from client.onsite.proto import merchant_pb2_grpc as pb_grpc
 from server.keys import make_server_certificates
@@ -60,8 +61,9 @@ class LocalFederation:
     keys the server never registered: the SuperLink must refuse them."""
 
     def __init__(self, out: str | Path, *, merchants: int = 3, unregistered: int = 0, users: int = 150,
-                 insecure: bool = False):
+                 insecure: bool = False, onsite_fit: bool = True):
         self.out = Path(out).resolve()
+        self.onsite_fit = onsite_fit  # off: each merchant serves the global versions as received
         self.n, self.unregistered, self.users, self.insecure = merchants, unregistered, users, insecure
         self.names = [f"shop-{i}" for i in range(merchants + unregistered)]
         self.registered = self.names[:merchants]
@@ -111,6 +113,7 @@ class LocalFederation:
                "--format", "synthetic", "--superlink", f"127.0.0.1:{self.port}", "--state-dir", str(state),
                "--grpc-port", str(grpc_port), "--clientapp-port", str(free_port()), "--store", str(state / "store.sqlite"),
                "--name", name]
+        cmd += [] if self.onsite_fit else ["--onsite-epochs", "0", "--alone-epochs", "0"]
         cmd += ["--insecure"] if self.insecure else ["--root-certificates", str(self.out / "certs" / "ca.crt"),
                                                      "--auth-key", str(self.out / "keys" / name)]
         process = subprocess.Popen(cmd, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
@@ -170,6 +173,13 @@ class LocalFederation:
                     out[name] = f"none ({exc.code().name})"
         return out
 
+    def fitted(self, name: str, version: str) -> bool:
+        """Whether the merchant's daemon has finished with global `version`: it serves its on-site fit, or
+        found the global model best."""
+        log_file = self.logs / f"{name}.log"
+        text = log_file.read_text(errors="replace") if log_file.exists() else ""
+        return f"serving model {version}+local" in text or f"on-site fit of {version}: the global model stays" in text
+
     def refused(self) -> list[str]:
         """Merchants the SuperLink turned away: its log names their public key as unknown, and their own
         SuperNode log says it could not activate (both sides see it)."""
@@ -210,13 +220,17 @@ class LocalFederation:
         expected = f"v{completed:04d}@{state.get('run_id', '')}"
         deadline = time.time() + 60
         versions = self.served_versions()
-        while any(versions[n] != expected for n in self.registered) and time.time() < deadline:
+        # each merchant serves the final global version, then (once its on-site fit is done) that fit
+        while (any(global_part(versions[n]) != expected or (self.onsite_fit and not self.fitted(n, expected))
+                   for n in self.registered)
+               and time.time() < deadline):
             time.sleep(1.0)
             versions = self.served_versions()
         refused = self.refused()
         summary = {
-            "merchants": [{"name": n, "model_version": versions.get(n), "epsilon": state.get("epsilon", {}).get(n),
-                           "registered": n in self.registered} for n in self.names],
+            "merchants": [{"name": n, "model_version": versions.get(n), "global_version": global_part(versions.get(n, "")),
+                           "epsilon": state.get("epsilon", {}).get(n), "registered": n in self.registered}
+                          for n in self.names],
             "refused": refused,
             "rounds_completed": completed,
             "run_id": state.get("run_id"),

@@ -244,7 +244,7 @@ def merchant_serve(
     from client.onsite.service import serve
 
     access, retention = _service_settings(host, tls_cert, tls_key, token_file, insecure, retention_days)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue, retention=retention) as engine:
         server, port = serve(engine, host=host, port=grpc_port, access=access)
         stop = threading.Event()
@@ -288,25 +288,35 @@ def merchant_run(
     tls_key: TlsKey = None,
     token_file: TokenFile = None,
     retention_days: RetentionDays = 90.0,
+    onsite_epochs: Annotated[int, typer.Option(help="Fine-tune each received global model on this merchant's own "
+                                                    "customers for at most this many epochs (the best by validation "
+                                                    "is served; it never leaves the merchant). 0: serve it as "
+                                                    "received.")] = 30,
+    alone_epochs: Annotated[int, typer.Option(help="Also train this merchant's own model from fresh weights for at "
+                                                   "most this many epochs (again when its events change); it is "
+                                                   "served when it beats both on validation. 0: not trained.")] = 50,
 ) -> None:
     """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
     service, which serves each global model version the federation sends as soon as it arrives."""
     from client.daemon import MerchantDaemon
+    from client.onsite.personalise import OnsiteConfig
     from client.policy import PrivacyPolicy
 
     if insecure == (root_certificates is not None):
         fail("give either --root-certificates CA.pem (TLS) or --insecure")
+    if min(onsite_epochs, alone_epochs) < 0:
+        fail(f"--onsite-epochs and --alone-epochs must be 0 (off) or more, got {onsite_epochs} and {alone_epochs}")
     access, retention = _service_settings(host, tls_cert, tls_key, token_file, insecure, retention_days)
     try:
         policy = PrivacyPolicy(require_dp=not allow_no_dp, max_epsilon=max_epsilon, max_delta=max_delta,
                                max_sample_rate=max_sample_rate, max_steps=max_steps, max_parameters=max_parameters)
     except (OSError, ValueError) as exc:
         fail(str(exc))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     daemon = MerchantDaemon(access=access, retention=retention, data=data, fmt=fmt, superlink=superlink, state_dir=state_dir,
                             root_certificates=root_certificates, auth_key=auth_key, name=name, policy=policy,
                             grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model,
-                            catalogue=catalogue)
+                            catalogue=catalogue, onsite=OnsiteConfig(epochs=onsite_epochs, alone_epochs=alone_epochs))
     daemon.start()
     typer.echo(f"merchant {daemon.name}: SuperNode -> {superlink}, on-site service on {host}:{daemon.port}", err=True)
     try:

@@ -159,7 +159,7 @@ class ModelSource:
             manifest = {"metadata": json.loads(self.blob.get("metadata_json", "{}"))}
             digest = hashlib.sha256(json.dumps(self.blob["config"], sort_keys=True).encode()
                                     + str(self.file.stat().st_mtime_ns).encode())
-            version = f"train-{digest.hexdigest()[:8]}"
+            version = manifest["metadata"].get("version") or f"train-{digest.hexdigest()[:8]}"
         model.eval()
         return model.to(device), version, manifest
 

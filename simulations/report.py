@@ -84,24 +84,31 @@ def write_report(metrics: dict, out: Path) -> Path:
 
 def _served_lines(served: dict) -> list[str]:
     """What each merchant's customers would see: its own model alone (no DP, no federation), the shared model,
-    and the shared model fine-tuned on site (no DP: it never leaves the merchant)."""
+    and the on-site model: the best on validation of the shared model, it fine-tuned on site and the merchant's
+    own model (no DP: none of it leaves the merchant)."""
     plain = "no-dp" in served
     kinds = ["alone", "shared", "onsite"] + (["no-dp-shared", "no-dp-onsite"] if plain else [])
     lines = ["## What each merchant would serve (test NDCG@10 / HR@10 on its own customers)", "",
              "| merchant | alone (no DP) | shared | on-site | " + ("shared, no DP | on-site, no DP | " if plain else "")
-             + "on-site fine-tuning |", "|---|---|---|---|" + ("---|---|" if plain else "") + "---|"]
+             + "on-site choice |", "|---|---|---|---|" + ("---|---|" if plain else "") + "---|"]
     total = {**served, **{f"no-dp-{k}": v for k, v in served.get("no-dp", {}).items()}}
     rows = [(name, row) for name, row in sorted(served["merchants"].items())] + [("all", total)]
     for name, row in rows:
         fit = row.get("onsite-fit")
-        note = ("-" if fit is None else f"{fit['epochs']} epoch{'s' * (fit['epochs'] != 1)}" if fit["fine-tuned"]
-                else "kept the shared model")
+        note = "-" if fit is None else _choice(fit)
         lines.append(f"| {name} | " + " | ".join(f"{_fmt(row[k]['ndcg@10'])} / {_fmt(row[k]['hr@10'])}"
                                                  for k in kinds) + f" | {note} |")
     lines.append("")
     for key, ratio in served["ratios"].items():
         lines.append(f"- {key} NDCG@10 = {ratio['ratio']:.3f}" + _paired_interval(ratio))
     return lines + [""]
+
+
+def _choice(fit: dict) -> str:
+    chosen = fit.get("chosen", "fine-tuned" if fit["fine-tuned"] else "global")
+    if chosen == "fine-tuned":
+        return f"shared, fine-tuned {fit['epochs']} epoch{'s' * (fit['epochs'] != 1)}"
+    return {"global": "shared as published", "alone": "its own model"}.get(chosen, chosen)
 
 
 def _privacy_line(metrics: dict) -> str:

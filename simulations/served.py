@@ -14,20 +14,18 @@ from shared_model.evaluation import held_out_ranks, ndcg_at, paired_ratio
 from shared_model.merchant_data import simulated_merchants
 from shared_model.run_config import RunConfig
 
-KINDS = ("alone", "shared", "onsite")  # own customers only, no DP / the published global model / fine-tuned on site
+KINDS = ("alone", "shared", "onsite")  # own customers only, no DP / the published global model / the best on site
 PLAIN_KINDS = ("no-dp-shared", "no-dp-onsite")  # the same federation trained without DP, as published / on site
 
 
 def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path, *,
-                   without_dp: str | Path | None = None, onsite: OnsiteConfig | None = None,
-                   alone_epochs: int = 50) -> dict:
+                   without_dp: str | Path | None = None, onsite: OnsiteConfig | None = None) -> dict:
     """Test HR@10 and NDCG@10 of each kind, per merchant (its own test users, its own catalogue) and over all of
     them, with paired ratios over users (onsite / alone, onsite / shared). `without_dp`: the same federation's
     model trained without DP, whose shared and on-site figures come beside them (`no-dp`). Only a simulation holds
     every merchant: each figure is what that merchant alone could measure on its own site."""
     onsite = onsite or OnsiteConfig(lr=min(run.lr, 1e-3), batch_size=run.batch_size, negatives=run.negatives,
-                                    seed=run.seed)
-    alone_config = OnsiteConfig(lr=run.lr, batch_size=run.batch_size, negatives=run.negatives, seed=run.seed)
+                                    seed=run.seed, alone_lr=run.lr)
     config, shared, _ = load_global_model(resolve_model_folder(model_folder))
     plain = load_global_model(resolve_model_folder(without_dp))[:2] if without_dp is not None else None
     device = pick_device()
@@ -37,13 +35,13 @@ def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path,
     for merchant in simulated_merchants(run, num_merchants):
         data = merchant.sequences
         global_model = model_for_catalogue(config, shared, data.catalogue)
-        served, fitted = personalise(global_model, data, onsite, device=device)
-        alone, trained = train_alone(global_model, data, alone_config, epochs=alone_epochs, device=device)
+        alone, trained = train_alone(global_model, data, onsite, device=device)
+        served, fitted = personalise(global_model, data, onsite, alone=alone, device=device)
         row = {"users": len(data.test), "onsite-fit": fitted, "alone-fit": trained}
         models = [("alone", alone), ("shared", global_model), ("onsite", served)]
         if plain:
             plain_model = model_for_catalogue(*plain, data.catalogue)
-            plain_served, row["no-dp-onsite-fit"] = personalise(plain_model, data, onsite, device=device)
+            plain_served, row["no-dp-onsite-fit"] = personalise(plain_model, data, onsite, alone=alone, device=device)
             models += [("no-dp-shared", plain_model), ("no-dp-onsite", plain_served)]
         for kind, model in models:
             model.set_catalogue(data.catalogue.descriptors)

@@ -111,7 +111,7 @@ class OnsiteEngine:
             source = open_model(path)
             catalogue = build_catalogue(events, source.config.hash_spec, self.titles, self.items)
             model, version, _ = source.build(catalogue, device=self.device,
-                                             local_state=_local_rows(source.file.parent, catalogue))
+                                             local_state=saved_local_rows(source.file.parent, catalogue))
             if self.current is not None and self.current.version == version:
                 return version
             ts = events["timestamp"].to_numpy()
@@ -325,7 +325,7 @@ def open_engine(data: str, fmt: str, *, store: Path, quarantine: Path, catalogue
     return OnsiteEngine.from_log(SQLiteStore(store, retention=retention), log_, **kwargs), log_.summary
 
 
-def _local_rows(folder: Path, catalogue: Catalogue) -> dict | None:
+def saved_local_rows(folder: Path, catalogue: Catalogue) -> dict | None:
     """The merchant's local residual rows saved beside a received model, re-indexed to `catalogue` by item id
     (items it has not trained on start at zero)."""
     file = Path(folder) / LOCAL_WITH_IDS

@@ -95,3 +95,53 @@ def test_a_merchant_keeps_its_optimizer_moments_between_rounds_and_never_sends_t
             assert all(is_shared(name) for name in reply.content.array_records["arrays"].keys())
             assert not any(name.endswith(("exp_avg", "exp_avg_sq", "step"))
                            for name in reply.content.array_records["arrays"].keys())
+
+
+@pytest.mark.slow
+def test_what_a_merchant_sends_does_not_depend_on_its_onsite_model(tmp_path, monkeypatch):
+    """The sensitivity argument (docs/privacy.md): a merchant's on-site model is trained without DP, so nothing it
+    sends may depend on it. Two identical federations, one of whose merchants fits and keeps an on-site model
+    after round 1 (as its daemon does): round 2's train replies are bit for bit the same. DP noise is seeded
+    here only to make the two runs comparable."""
+    import torch
+
+    import shared_model.dp_engine
+    from client.onsite.engine import open_engine
+    from client.onsite.fitter import OnsiteFitter
+    from client.onsite.personalise import OnsiteConfig
+
+    monkeypatch.setattr(shared_model.dp_engine, "secret_generator", lambda seed=None: torch.Generator().manual_seed(7))
+    shops = write(generate(SyntheticConfig(merchants=2, users_per_merchant=60, items_per_merchant=300, seed=4)),
+                  tmp_path / "shops")
+
+    def federation(name: str, *, fit_on_site: bool) -> dict:
+        nodes = [{"data-path": str(shops / f"merchant-{i}" / "events.csv"), "format": "events",
+                  "merchant-name": f"shop-{i}", "state-dir": str(tmp_path / name / f"state-{i}")} for i in range(2)]
+        sent, fits = {}, []
+
+        def watch(node, reply):
+            if reply.metadata.message_type == "train":
+                sent[(node, len([k for k in sent if k[0] == node]) + 1)] = {
+                    k: v.numpy().copy() for k, v in reply.content.array_records["arrays"].items()}
+            elif fit_on_site and node == 1 and not fits:  # round 1's evaluate has just kept the global model
+                state = tmp_path / name / "state-0"
+                engine, _ = open_engine(nodes[0]["data-path"], "events", store=state / "store.sqlite",
+                                        quarantine=state / "quarantine.csv")
+                fitter = OnsiteFitter(engine, state / "onsite", OnsiteConfig(epochs=3, lr=1e-2, batch_size=32,
+                                                                             negatives=32, patience=3))
+                fits.append(fitter.step(state / "models"))
+                engine.close()
+            return reply
+
+        run = tiny_run(tmp_path / name, num_rounds=2, fraction_evaluate=1.0)
+        run_federation(InProcessGrid(client_app, 2, tamper=watch, node_configs=nodes), run)
+        if fit_on_site:
+            assert fits and fits[0].endswith("+local1")  # the on-site model exists and was served
+            assert (tmp_path / name / "state-0" / "onsite" / "LATEST").exists()
+        return sent
+
+    plain, with_onsite = federation("plain", fit_on_site=False), federation("onsite", fit_on_site=True)
+    assert set(plain) == set(with_onsite) == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    for key in plain:
+        assert plain[key].keys() == with_onsite[key].keys()
+        assert all((plain[key][name] == with_onsite[key][name]).all() for name in plain[key]), key

@@ -40,8 +40,12 @@ def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
     assert summary["tls"] and summary["rounds_completed"] == 1
     assert summary["refused"] == ["shop-2"]
     served = {m["name"]: m for m in summary["merchants"]}
-    for name in ("shop-0", "shop-1"):
-        assert served[name]["model_version"] == summary["expected_model_version"] == f"v0001@{summary['run_id']}"
+    for name in ("shop-0", "shop-1"):  # the round's global model, or its on-site fit once that beat it
+        assert served[name]["global_version"] == summary["expected_model_version"] == f"v0001@{summary['run_id']}"
+        merchant_log = (out / "logs" / f"{name}.log").read_text()
+        assert f"on-site fit of v0001@{summary['run_id']}: " in merchant_log
+        if f"on-site fit of v0001@{summary['run_id']}: the global model stays" not in merchant_log:
+            assert served[name]["model_version"] == f"v0001@{summary['run_id']}+local1"
         assert 7.0 < served[name]["epsilon"] <= 8.0 * 1.001
     assert served["shop-2"]["epsilon"] is None and not served["shop-2"]["model_version"].startswith("v")
     # the refusal is visible on both sides
@@ -75,7 +79,7 @@ def _ledger(fed, name):
 
 @pytest.mark.timeout(900)
 def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
-    fed = LocalFederation(tmp_path / "fed", merchants=3, users=60)
+    fed = LocalFederation(tmp_path / "fed", merchants=3, users=60, onsite_fit=False)  # the TLS test fits on site
     # local: a killed merchant fails one reply, not the round (evaluate messages stay: they bring each round's model)
     extra = {**TINY, "privacy": "local", "round-timeout": 90}
     try:

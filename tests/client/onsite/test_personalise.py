@@ -31,14 +31,23 @@ def test_fine_tuning_returns_a_better_copy_and_leaves_the_global_model_alone(tmp
 def test_the_global_model_is_served_when_fine_tuning_does_not_beat_it(tmp_path):
     run, data, model = _shop(tmp_path)
     served, fit = personalise(model, data, OnsiteConfig(epochs=2, lr=0.0, batch_size=32, negatives=32))
-    assert served is model and fit == {"fine-tuned": False, "epochs": 0, "valid-ndcg@10": fit["global-valid-ndcg@10"],
-                                       "global-valid-ndcg@10": fit["global-valid-ndcg@10"]}
+    assert served is model and fit["chosen"] == "global" and not fit["fine-tuned"] and fit["epochs"] == 0
+    assert fit["valid-ndcg@10"] == fit["global-valid-ndcg@10"] >= fit["fine-tuned-valid-ndcg@10"]
+
+
+def test_the_merchants_own_model_is_served_when_it_beats_both_on_validation(tmp_path):
+    run, data, untrained = _shop(tmp_path)
+    alone, _ = train_alone(untrained, data, OnsiteConfig(alone_lr=1e-2, batch_size=32, negatives=32, alone_epochs=4))
+    served, fit = personalise(untrained, data, OnsiteConfig(epochs=1, lr=0.0, batch_size=32, negatives=32),
+                              alone=alone)
+    assert fit["alone-valid-ndcg@10"] > fit["global-valid-ndcg@10"]
+    assert served is alone and fit["chosen"] == "alone" and fit["valid-ndcg@10"] == fit["alone-valid-ndcg@10"]
 
 
 def test_a_merchant_alone_starts_from_fresh_weights_of_the_same_architecture(tmp_path):
     run, data, template = _shop(tmp_path)
     before = _weights(template)
-    alone, fit = train_alone(template, data, OnsiteConfig(batch_size=32, negatives=32), epochs=2)
+    alone, fit = train_alone(template, data, OnsiteConfig(batch_size=32, negatives=32, alone_epochs=2))
     assert alone is not template and alone.config == template.config and 1 <= fit["epochs"] <= 2
     assert all(torch.equal(before[k], v) for k, v in template.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in alone.state_dict().items())

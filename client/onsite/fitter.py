@@ -1,0 +1,141 @@
+"""The on-site model line: each global version a merchant receives, fine-tuned on its own customers, then served."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import threading
+from pathlib import Path
+
+from client.onsite.engine import OnsiteEngine, saved_local_rows
+from client.onsite.personalise import OnsiteConfig, personalise, train_alone
+from shared_model.checkpoint import open_model, resolve_model_folder, save_model
+from shared_model.features import build_catalogue, build_sequences
+from shared_model.files import write_pointer
+
+log = logging.getLogger("fedprofile.onsite")
+ONSITE = "onsite"  # beside `models` in the merchant's state folder; the ClientApp never reads it (docs/privacy.md)
+MODEL_FILE = "model.pt"
+_NUMBER = re.compile(r"\+local(\d+)$")
+
+
+def global_part(version: str) -> str:
+    """The global version a served version came from: `v0012@run+local3` -> `v0012@run`."""
+    return version.split("+local")[0]
+
+
+class OnsiteFitter:
+    """Serves each new global version at once, then, on the events in the engine's store, fine-tunes it and
+    (once per change of the events) trains the merchant's own model, and serves whichever of the three is best on
+    its validation customers (client/onsite/personalise.py) as `<global version>+local<n>`, kept in `folder`. No
+    DP: none of it leaves the merchant.
+    Nothing here feeds what the merchant sends: its ClientApp trains from the coordinator's message and its
+    own DP-trained state, so the per-customer sensitivity of every update is the shared model's alone."""
+
+    def __init__(self, engine: OnsiteEngine, folder: str | Path, config: OnsiteConfig = OnsiteConfig(), *,
+                 keep: int = 2):
+        self.engine, self.folder, self.config, self.keep = engine, Path(folder), config, keep
+        self.fits: list[dict] = []  # what each fit measured, newest last
+        self._alone_model, self._alone_key = None, None
+
+    def fit(self, global_folder: str | Path) -> Path | None:
+        """Fit on site against the global model in `global_folder`; publish the winner and return its folder,
+        or None when the global model itself is best on the merchant's validation customers."""
+        source = open_model(global_folder)
+        events = self.engine.store.events()
+        spec = source.config.hash_spec
+        catalogue = build_catalogue(events, spec, self.engine.titles, self.engine.items)
+        model, version, _ = source.build(catalogue, local_state=saved_local_rows(source.file.parent, catalogue),
+                                         device=self.engine.device)
+        data = build_sequences(events, self.engine.user_attributes, spec, max_len=source.config.max_len,
+                               catalogue=catalogue)
+        alone = self._alone(model, data, events) if self.config.alone_epochs > 0 else None
+        served, figures = personalise(model, data, self.config, alone=alone, device=self.engine.device)
+        self.fits.append({"global": version, **figures})
+        if figures["chosen"] == "global":
+            log.info("on-site fit of %s: the global model stays (validation NDCG@10 %.4f, no candidate beat it)",
+                     version, figures["global-valid-ndcg@10"])
+            return None
+        number = self._last_number() + 1
+        label = f"{version}+local{number}"
+        out = self.folder / f"{Path(source.file.parent).name}+local{number}"
+        out.mkdir(parents=True, exist_ok=True)
+        save_model(out / MODEL_FILE, served.eval(), catalogue,
+                   metadata={"version": label, "base": str(Path(source.file.parent).resolve()), **figures})
+        write_pointer(self.folder / "LATEST", out.name)
+        self._prune(out)
+        log.info("on-site fit of %s: the %s model is better on validation (NDCG@10 %.4f against %.4f); next: %s",
+                 version, figures["chosen"], figures["valid-ndcg@10"], figures["global-valid-ndcg@10"], label)
+        return out
+
+    def _alone(self, template, data, events):
+        """The merchant's own model, trained again only when its events changed since the last time."""
+        key = (len(events), int(events["timestamp"].max()), data.catalogue.num_items)
+        if self._alone_model is None or self._alone_key != key:
+            self._alone_model, _ = train_alone(template, data, self.config, device=self.engine.device)
+            self._alone_key = key
+        return self._alone_model
+
+    def fitted_for(self, global_folder: str | Path) -> Path | None:
+        """The on-site model already fitted on `global_folder`, if the latest one is (a restart serves it)."""
+        try:
+            latest = resolve_model_folder(self.folder)
+            metadata = json.loads(open_model(latest).blob.get("metadata_json", "{}"))
+        except (FileNotFoundError, ValueError):
+            return None
+        return latest if metadata.get("base") == str(Path(global_folder).resolve()) else None
+
+    def step(self, models: str | Path) -> str | None:
+        """One pass: serve the newest global version in `models` and its on-site fit (fitting it if needed).
+        Returns the version served, or None when `models` holds none yet."""
+        try:
+            target = resolve_model_folder(models)
+        except FileNotFoundError:
+            return None
+        if not target.exists():
+            return None
+        fitted = self.fitted_for(target)
+        if fitted is None:
+            self.engine.load_model(target)  # customers get the newer global model while the fit runs
+            if self.config.epochs <= 0 and self.config.alone_epochs <= 0:
+                return self.engine.current.version
+            fitted = self.fit(target)
+            if fitted is None or resolve_model_folder(models) != target:  # none, or a newer one arrived meanwhile
+                return self.engine.current.version
+        return self.engine.load_model(fitted)
+
+    def watch(self, models: str | Path, *, interval: float = 2.0, stop: threading.Event | None = None) -> threading.Thread:
+        """Poll `models` and run `step` whenever LATEST moves (and once at the start)."""
+        stop = stop or threading.Event()
+
+        def loop():
+            seen = None
+            while True:
+                try:
+                    target = resolve_model_folder(models)
+                    if target != seen and target.exists():
+                        self.step(models)
+                        seen = target
+                except FileNotFoundError:
+                    pass
+                except Exception:  # a half-published or bad model must not stop serving
+                    log.exception("could not serve the model in %s; still serving %s", models,
+                                  self.engine.current.version if self.engine.current else None)
+                if stop.wait(interval):
+                    return
+
+        thread = threading.Thread(target=loop, name="onsite-fit", daemon=True)
+        thread.start()
+        return thread
+
+    def _last_number(self) -> int:
+        numbers = [int(m.group(1)) for p in self.folder.glob("*+local*") if (m := _NUMBER.search(p.name))]
+        return max(numbers, default=0)
+
+    def _prune(self, newest: Path) -> None:
+        fitted = sorted((p for p in self.folder.glob("*+local*") if p.is_dir() and p != newest),
+                        key=lambda p: p.stat().st_mtime_ns)
+        for old in fitted[: max(0, len(fitted) - (self.keep - 1))]:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,85 @@
+"""The on-site model line: each received global version is served, then fine-tuned on site and served as +localN."""
+
+from __future__ import annotations
+
+import pytest
+
+from client.onsite.engine import open_engine
+from client.onsite.fitter import OnsiteFitter
+from client.onsite.personalise import OnsiteConfig
+
+QUICK = OnsiteConfig(epochs=4, lr=1e-3, batch_size=64, negatives=64, alone_epochs=0)
+
+
+@pytest.fixture
+def engine(onsite, tmp_path):
+    engine, _ = open_engine(str(onsite.data), "synthetic", store=tmp_path / "store.sqlite",
+                            quarantine=tmp_path / "quarantine.csv")
+    yield engine
+    engine.close()
+
+
+def _ranked(engine, user):
+    items, version = engine.recommend(user, k=20, include_purchased=True)
+    return [i.item_id for i in items], version
+
+
+def test_a_fit_is_served_under_a_version_naming_both_parts(engine, onsite, tmp_path):
+    fitter = OnsiteFitter(engine, tmp_path / "onsite", QUICK)
+    user = onsite.log.events["user_id"].iloc[0]
+    served = fitter.step(onsite.models)
+    fit = fitter.fits[-1]
+    assert served == "v0001@test-run+local1"
+    assert fit["fine-tuned"] and fit["valid-ndcg@10"] > fit["global-valid-ndcg@10"]
+    onsite_ranking, version = _ranked(engine, user)
+    assert version == "v0001@test-run+local1" == engine.profile(user)[1]
+    engine.load_model(onsite.models / "v0001")
+    global_ranking, version = _ranked(engine, user)
+    assert version == "v0001@test-run" and global_ranking != onsite_ranking  # the local part changes answers
+    # a second fit of the same global version is a new local part; only `keep` fits stay on disk
+    assert engine.load_model(fitter.fit(onsite.models / "v0001")) == "v0001@test-run+local2"
+    fitter.fit(onsite.models / "v0001")
+    assert sorted(p.name for p in (tmp_path / "onsite").iterdir()) == ["LATEST", "v0001+local2", "v0001+local3"]
+
+
+def test_a_restart_serves_the_fit_of_the_newest_global_version_and_fits_a_newer_one(engine, onsite, tmp_path):
+    fitter = OnsiteFitter(engine, tmp_path / "onsite", QUICK)
+    fitter.step(onsite.models)
+    fitted = fitter.fitted_for(onsite.models / "v0001")
+    assert fitted is not None and (fitted.parent / "LATEST").read_text() == fitted.name
+    assert fitter.step(onsite.models) == "v0001@test-run+local1" and len(fitter.fits) == 1  # not fitted again
+    models = tmp_path / "models"
+    onsite.publish(1, models)
+    onsite.publish(2, models)
+    assert fitter.fitted_for(models / "v0002") is None
+    assert fitter.step(models) == "v0002@test-run+local2" and len(fitter.fits) == 2
+
+
+def test_with_no_fitting_epochs_the_global_version_is_served_as_received(engine, onsite, tmp_path):
+    fitter = OnsiteFitter(engine, tmp_path / "onsite", OnsiteConfig(epochs=0, alone_epochs=0))
+    assert fitter.step(onsite.models) == "v0001@test-run"
+    assert not (tmp_path / "onsite").exists() and fitter.fits == []
+
+
+def test_no_fit_is_served_when_fine_tuning_does_not_beat_the_global_model(engine, onsite, tmp_path):
+    fitter = OnsiteFitter(engine, tmp_path / "onsite", OnsiteConfig(epochs=2, lr=0.0, batch_size=64, negatives=64,
+                                                                       alone_epochs=0))
+    assert fitter.step(onsite.models) == "v0001@test-run"
+    assert fitter.fits[-1]["fine-tuned"] is False and fitter.fitted_for(onsite.models / "v0001") is None
+
+
+def test_the_merchants_own_model_is_a_candidate_trained_again_only_when_its_events_change(engine, onsite, tmp_path):
+    from dataclasses import replace
+
+    fitter = OnsiteFitter(engine, tmp_path / "onsite", replace(QUICK, epochs=1, alone_epochs=2))
+    engine.load_model(onsite.models / "v0001")
+    fitter.fit(onsite.models / "v0001")
+    own = fitter._alone_model
+    assert own is not None and "alone-valid-ndcg@10" in fitter.fits[-1]
+    fitter.fit(onsite.models / "v0001")
+    assert fitter._alone_model is own  # same events: not trained again
+    user = onsite.log.events["user_id"].iloc[0]
+    assert engine.ingest([{"user_id": user, "item_id": onsite.log.events["item_id"].iloc[0], "category_id": "c0", "behavior": "view",
+                    "timestamp": int(onsite.log.events["timestamp"].max()) + 60}])["accepted"] == 1
+    fitter.fit(onsite.models / "v0001")
+    assert fitter._alone_model is not own
