@@ -75,7 +75,7 @@ class MerchantDaemon:
         elif self.model:
             self.engine.load_model(self.model)
         self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port, access=self.access)
-        self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
+        self._watcher = self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
         self._supervisor = threading.Thread(target=self._supervise, name="supernode", daemon=True)
         self._supervisor.start()
 
@@ -118,6 +118,8 @@ class MerchantDaemon:
             except subprocess.TimeoutExpired:
                 self._process.kill()
         self.server.stop(grace=2).wait()
+        # a fit in progress finishes first: a thread still inside torch when the interpreter exits aborts it
+        self._watcher.join(timeout=30)
         self.engine.close()
 
 

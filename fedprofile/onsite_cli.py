@@ -248,13 +248,14 @@ def merchant_serve(
     with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue, retention=retention) as engine:
         server, port = serve(engine, host=host, port=grpc_port, access=access)
         stop = threading.Event()
-        if watch > 0:
-            engine.watch(model, interval=watch, stop=stop)
+        watcher = engine.watch(model, interval=watch, stop=stop) if watch > 0 else None
         typer.echo(f"serving model {engine.current.version} on {host}:{port} (store {store}); Ctrl-C stops", err=True)
         wait_for_signal()
         stop.set()
         server.health.enter_graceful_shutdown()
         server.stop(grace=5).wait()
+        if watcher is not None:  # a thread still inside torch when the interpreter exits aborts the process
+            watcher.join(timeout=60)
 
 
 @merchant_app.command("run")
