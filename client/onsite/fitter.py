@@ -1,4 +1,4 @@
-"""The on-site model line: each global version a merchant receives, fine-tuned on its own customers, then served."""
+"""The on-site model line: each global version a merchant receives is served, then the best on-site model in its place."""
 
 from __future__ import annotations
 
