@@ -165,9 +165,12 @@ class OnsiteEngine:
                          batch.outputs.next_categories[row], list(batch.described.loc[user, "interests"]), segment,
                          bought, recent, names, float(risk["score"]), list(risk["reasons"]))
 
-    def watch(self, folder: str | Path, *, interval: float = 2.0, stop: threading.Event | None = None) -> threading.Thread:
-        """Poll `folder` (a models folder with LATEST, or a run folder) and load each newer version."""
+    def watch(self, folder: str | Path, *, interval: float = 2.0, stop: threading.Event | None = None,
+              on_new=None, name: str = "model-watch") -> threading.Thread:
+        """Poll `folder` (a models folder with LATEST, or a run folder) and, for each newer version, call
+        `on_new(version_folder)` (default: load it)."""
         stop = stop or threading.Event()
+        on_new = on_new or self.load_model
 
         def loop():
             seen = None
@@ -178,13 +181,13 @@ class OnsiteEngine:
                     continue
                 if target != seen and target.exists():
                     try:
-                        self.load_model(target)
+                        on_new(target)
                         seen = target
                     except Exception:  # a half-published or bad model must not stop serving
-                        log.exception("could not load model %s; still serving %s", target,
+                        log.exception("could not serve model %s; still serving %s", target,
                                       self.current.version if self.current else None)
 
-        thread = threading.Thread(target=loop, name="model-watch", daemon=True)
+        thread = threading.Thread(target=loop, name=name, daemon=True)
         thread.start()
         return thread
 

@@ -107,28 +107,9 @@ class OnsiteFitter:
         return self.engine.load_model(fitted)
 
     def watch(self, models: str | Path, *, interval: float = 2.0, stop: threading.Event | None = None) -> threading.Thread:
-        """Poll `models` and run `step` whenever LATEST moves (and once at the start)."""
-        stop = stop or threading.Event()
-
-        def loop():
-            seen = None
-            while True:
-                try:
-                    target = resolve_model_folder(models)
-                    if target != seen and target.exists():
-                        self.step(models)
-                        seen = target
-                except FileNotFoundError:
-                    pass
-                except Exception:  # a half-published or bad model must not stop serving
-                    log.exception("could not serve the model in %s; still serving %s", models,
-                                  self.engine.current.version if self.engine.current else None)
-                if stop.wait(interval):
-                    return
-
-        thread = threading.Thread(target=loop, name="onsite-fit", daemon=True)
-        thread.start()
-        return thread
+        """Poll `models` and run `step` whenever LATEST moves (the engine's watch, fitting as well as loading)."""
+        return self.engine.watch(models, interval=interval, stop=stop, on_new=lambda _: self.step(models),
+                                 name="onsite-fit")
 
     def _last_number(self) -> int:
         numbers = [int(m.group(1)) for p in self.folder.glob("*+local*") if (m := _NUMBER.search(p.name))]
