@@ -83,3 +83,24 @@ def test_the_merchants_own_model_is_a_candidate_trained_again_only_when_its_even
                     "timestamp": int(onsite.log.events["timestamp"].max()) + 60}])["accepted"] == 1
     fitter.fit(onsite.models / "v0001")
     assert fitter._alone_model is not own
+
+
+def test_a_planted_file_in_the_onsite_folder_is_read_as_data_and_never_served(engine, onsite, tmp_path):
+    """Only the merchant writes STATE/onsite, but a file planted there (code in a pickle) is refused unread by
+    the weights-only load: no fit counts as done, and a fresh one is made and served."""
+    import pickle
+
+    marker = tmp_path / "planted-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('x')",))
+
+    folder = tmp_path / "onsite"
+    (folder / "v0001+local7").mkdir(parents=True)
+    (folder / "v0001+local7" / "model.pt").write_bytes(pickle.dumps(Payload()))
+    (folder / "LATEST").write_text("v0001+local7")
+    fitter = OnsiteFitter(engine, folder, QUICK)
+    assert fitter.fitted_for(onsite.models / "v0001") is None
+    assert fitter.step(onsite.models) == "v0001@test-run+local8"
+    assert not marker.exists()
