@@ -22,6 +22,7 @@ from server.screening import (
     weighted_evaluation,
 )
 from server.store import Checkpoint, RunStore
+from server.weight_average import WeightAverage
 from shared_model.run_config import RunConfig
 from shared_model.shared_weights import initial_shared_state
 
@@ -67,6 +68,9 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         if run.distributed_dp else None
     if distributed is not None and checkpoint is not None:
         distributed.load_state_arrays(checkpoint.strategy_state)
+    average = WeightAverage(run.published_average)  # what is evaluated, published and served
+    if checkpoint is not None:
+        average.load_state_arrays(checkpoint.strategy_state)
 
     for server_round in range(result.rounds_completed + 1, run.num_rounds + 1):
         started = time.perf_counter()
@@ -81,10 +85,11 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         else:  # --- each merchant trains and noises its own update ---
             arrays = _local_round(grid, run, strategy, registry, server_round, arrays, settings, expected, result,
                                   row, started)
+        published = average.update(arrays)
         # --- federated evaluation of the (new) global model ---
         if run.fraction_evaluate > 0:
             eval_started = time.perf_counter()
-            messages = strategy.configure_evaluate(server_round, array_record(arrays), ConfigRecord(settings), grid)
+            messages = strategy.configure_evaluate(server_round, array_record(published), ConfigRecord(settings), grid)
             evaluated, dropped = screen_evaluate_replies(
                 list(grid.send_and_receive(messages, timeout=run.round_timeout)), registry=registry,
                 max_examples=run.max_examples)
@@ -100,13 +105,14 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
         state = {"run_id": result.run_id, "run_config": run.to_flat(), "history": result.history,
                  "epsilon": result.epsilon, "delta": result.delta, "final": result.final,
                  "merchants": registry.state_dict()}
-        saved_state = {**strategy_state(strategy), **(distributed.state_arrays() if distributed else {})}
+        saved_state = {**strategy_state(strategy), **(distributed.state_arrays() if distributed else {}),
+                       **average.state_arrays()}
         store.save(Checkpoint(server_round, arrays, saved_state, state))
         manifest = {"run_id": result.run_id, "round": server_round, "rounds_planned": run.num_rounds,
                     "strategy": run.strategy, "run_config": run.to_flat(), "metrics": result.final,
                     "epsilon": result.epsilon, "delta": result.delta,
                     "dp": {"target_epsilon": run.target_epsilon, "unit": "one customer of one merchant"} if run.dp else None}
-        result.model_dir = str(store.publish(server_round, model_config, arrays, manifest))
+        result.model_dir = str(store.publish(server_round, model_config, published, manifest))
         if on_round is not None:
             on_round(row)
     return result

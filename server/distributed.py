@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 
+from server.adam_bc import AdamBC
 from server.aggregation import array_record
 from server.screening import MerchantRegistry
 from shared_model.distributed_step import noise_share, value_bound
@@ -33,8 +34,8 @@ class SecureRound:
 
 class DistributedTraining:
     """Server-side DP-SGD on the merchants' secure sum: gradient = sum / (sample rate x customers of the
-    merchants in the sum), then Adam at `server-lr` (post-processing: it sees only the noised sum). `state_dict()` keeps
-    Adam's moments in the checkpoint, so a resumed run takes the same steps."""
+    merchants in the sum), then Adam (or DP-AdamBC, `server-optimizer`) at `server-lr` (post-processing: it sees only
+    the noised sum). `state_arrays()` keeps Adam's moments in the checkpoint, so a resumed run takes the same steps."""
 
     def __init__(self, run: RunConfig, arrays: dict[str, np.ndarray], *, sequential: bool = False):
         self.run, self.sequential = run, sequential  # sequential: a grid that runs merchants one after another
@@ -42,7 +43,8 @@ class DistributedTraining:
         self.shapes = {k: tuple(v.shape) for k, v in arrays.items()}
         self.length = int(sum(math.prod(s) for s in self.shapes.values()))
         self.params = [torch.nn.Parameter(torch.from_numpy(np.array(arrays[k], dtype=np.float32))) for k in self.names]
-        self.optimizer = torch.optim.Adam(self.params, lr=run.server_lr)
+        self.optimizer = AdamBC(self.params, lr=run.server_lr, noise_variance=0.0) \
+            if run.server_optimizer == "adambc" else torch.optim.Adam(self.params, lr=run.server_lr)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Adam's moments and step count as arrays (`distributed-adam/...`), for the round's checkpoint."""
@@ -179,7 +181,10 @@ class DistributedTraining:
         out.row["secure-sum-seconds"] += time.perf_counter() - unmask_started - out.row["accounting-seconds"]
         # one DP-SGD step on the noised mean gradient (the expected batch: rate x customers in the sum)
         self.last_sum = decode(total, plan)  # all the coordinator learns of the merchants' data this round
-        gradient = self.last_sum / (run.sample_rate * sum(counts[n] for n in survivors))
+        expected_batch = run.sample_rate * sum(counts[n] for n in survivors)
+        gradient = self.last_sum / expected_batch
+        if isinstance(self.optimizer, AdamBC):  # each survivor added N(0, (share x C)^2) per coordinate
+            self.optimizer.set_noise_variance(len(survivors) * (share * run.max_grad_norm / expected_batch) ** 2)
         out.arrays = self._step(gradient)
         out.row.update(aggregated=True, dropped=[registry.labels[n] for n in dropped],
                        **{"noise-share": share, "sum-bound": plan.bound, "resolution": plan.resolution})

@@ -13,6 +13,7 @@ from shared_model.privacy import PrivacyConfig, delta_for, solve_noise_multiplie
 from shared_model.training import LR_SCHEDULES, TrainConfig
 
 PRIVACY_MODES = ("local", "distributed")
+SERVER_OPTIMIZERS = ("adam", "adambc")
 STRATEGIES = ("fedavg", "fedavgm", "fedadam", "fedprox", "fedmedian", "fedtrimmedavg", "krum")
 AVERAGING_STRATEGIES = ("fedavg", "fedavgm", "fedprox")  # weighted means of the replies (sparse-rows applies)
 PARTITIONINGS = ("natural", "iid", "dirichlet")
@@ -62,6 +63,8 @@ class RunConfig:
     sample_rate: float = 0.5  # distributed: the Poisson rate at which each merchant samples its customers a round
     colluders: int = 0  # distributed: merchants assumed to collude with the coordinator (they add no noise)
     min_survivors: int = 0  # distributed: the fewest merchants a round's sum must hold (0: every one asked)
+    server_optimizer: str = "adam"  # distributed: "adam", or "adambc" (the sum's noise variance out of Adam's v)
+    published_average: float = 0.0  # publish an average of the global weights over rounds, this decay (0: off)
     # the shared model
     max_len: int = 50
     d_model: int = 64
@@ -131,6 +134,12 @@ class RunConfig:
             problems.append(f"max-examples must be at least 1, got {self.max_examples}")
         if not 0 <= self.trim_beta < 0.5:
             problems.append(f"trim-beta must be in [0, 0.5), got {self.trim_beta}")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            problems.append(f"server-optimizer must be one of {', '.join(SERVER_OPTIMIZERS)}, "
+                            f"got {self.server_optimizer!r}")
+        if not 0 <= self.published_average < 1:
+            problems.append(f"published-average must be in [0, 1) (0 publishes the last weights), "
+                            f"got {self.published_average}")
         if self.privacy not in PRIVACY_MODES:
             problems.append(f"privacy must be one of {', '.join(PRIVACY_MODES)}, got {self.privacy!r}")
         if self.distributed_dp:

@@ -86,3 +86,12 @@ def test_a_round_below_the_minimum_is_discarded_and_still_paid_for(tmp_path):
     assert not secure.row["aggregated"] and "fewer than 3" in secure.row["discarded"]
     assert secure.arrays is None and not hasattr(training, "last_sum")
     assert set(secure.epsilon) == {"merchant-0", "merchant-1"} and min(secure.epsilon.values()) > 0
+
+
+def test_adambc_takes_out_exactly_the_variance_the_sums_noise_has(tmp_path):
+    # no customer sampled: the gradient is the noise alone, so its observed variance is what AdamBC must subtract
+    run, training, secure = _one_round(tmp_path, sample_rate=1e-4, server_optimizer="adambc")
+    assert secure.row["aggregated"]
+    gradient = training.last_sum / (run.sample_rate * 3 * 60)
+    subtracted = training.optimizer.param_groups[0]["noise_variance"]
+    assert subtracted == pytest.approx(gradient.var(), rel=1e-2)
