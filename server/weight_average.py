@@ -23,7 +23,7 @@ class WeightAverage:
         """Fold in this round's global weights; returns the weights to publish."""
         if self.decay == 0:
             return arrays
-        if self.average is None or self.average.keys() != arrays.keys():
+        if self.average is None:
             self.average = {k: np.array(v, dtype=np.float32, copy=True) for k, v in arrays.items()}
         else:
             for name, value in arrays.items():
