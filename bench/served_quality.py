@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared_model.run_config import RunConfig  # noqa: E402
-from simulations.served import served_figures  # noqa: E402
+from simulations.served import onsite_config, served_figures  # noqa: E402
 
 
 def main() -> None:
@@ -39,13 +39,16 @@ def main() -> None:
     parser.add_argument("--merchants", type=int, required=True)
     parser.add_argument("--partitioning", default="iid")
     parser.add_argument("--set", action="append", default=[], help="run-config key=value (model, on-site lr ...)")
+    parser.add_argument("--no-blend", action="store_true", help="serve the models alone, without the merchants' "
+                                                                    "item adjacency (the blend's own effect)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     values = dict(item.split("=", 1) for item in args.set)
     run = RunConfig.from_flat({**values, "data": args.data, "data-format": args.format,
                                   "partitioning": args.partitioning})
     started = time.perf_counter()
-    figures = served_figures(run, args.merchants, args.dp_model, without_dp=args.plain_model)
+    figures = served_figures(run, args.merchants, args.dp_model, without_dp=args.plain_model,
+                             onsite=onsite_config(run, blend=not args.no_blend))
     seconds = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,11 +65,12 @@ def main() -> None:
         interval = f" ({ratio['low']:.3f}-{ratio['high']:.3f})" if ratio.get("low") is not None else ""
         print(f"{key}: {ratio['ratio']:.3f}{interval}")
     for name, row in sorted(figures["merchants"].items()):
-        plain = (f", no-DP on-site {row['no-dp-onsite']['ndcg@10']:.4f} ({row['no-dp-onsite-fit']['chosen']})"
-                 if "no-dp-onsite" in row else "")
-        print(f"{name}: alone {row['alone']['ndcg@10']:.4f}, shared {row['shared']['ndcg@10']:.4f}, on-site "
-              f"{row['onsite']['ndcg@10']:.4f} ({row['onsite-fit']['chosen']}, fine-tuned "
-              f"{row['onsite-fit'].get('epochs', 0)} epochs){plain}")
+        plain = (f", no-DP on-site {row['no-dp-onsite']['ndcg@10']:.4f} ({row['no-dp-onsite-fit']['chosen']}, "
+                 f"blend {row['no-dp-onsite-fit']['adjacency-weight']:g})" if "no-dp-onsite" in row else "")
+        print(f"{name}: alone {row['alone']['ndcg@10']:.4f} (blend {row['alone-fit']['adjacency-weight']:g}), "
+              f"shared {row['shared']['ndcg@10']:.4f}, on-site {row['onsite']['ndcg@10']:.4f} "
+              f"({row['onsite-fit']['chosen']}, fine-tuned {row['onsite-fit'].get('epochs', 0)} epochs, "
+              f"blend {row['onsite-fit']['adjacency-weight']:g}){plain}")
     print(f"{seconds / 60:.1f} min; figures in {out}/served.json; repeat: {result['command']}")
 
 

@@ -113,7 +113,7 @@ class LocalFederation:
                "--format", "synthetic", "--superlink", f"127.0.0.1:{self.port}", "--state-dir", str(state),
                "--grpc-port", str(grpc_port), "--clientapp-port", str(free_port()), "--store", str(state / "store.sqlite"),
                "--name", name]
-        cmd += [] if self.onsite_fit else ["--onsite-epochs", "0", "--alone-epochs", "0"]
+        cmd += [] if self.onsite_fit else ["--onsite-epochs", "0", "--alone-epochs", "0", "--no-onsite-blend"]
         cmd += ["--insecure"] if self.insecure else ["--root-certificates", str(self.out / "certs" / "ca.crt"),
                                                      "--auth-key", str(self.out / "keys" / name)]
         process = subprocess.Popen(cmd, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,

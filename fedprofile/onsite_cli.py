@@ -296,6 +296,9 @@ def merchant_run(
     alone_epochs: Annotated[int, typer.Option(help="Also train this merchant's own model from fresh weights for at "
                                                    "most this many epochs (again when its events change); it is "
                                                    "served when it beats both on validation. 0: not trained.")] = 50,
+    onsite_blend: Annotated[bool, typer.Option(help="Blend what is served with this merchant's item adjacency (how "
+                                                    "often two items came next to each other in its customers' "
+                                                    "histories) where its validation customers are ranked better.")] = True,
 ) -> None:
     """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
     service, which serves each global model version the federation sends as soon as it arrives."""
@@ -317,7 +320,8 @@ def merchant_run(
     daemon = MerchantDaemon(access=access, retention=retention, data=data, fmt=fmt, superlink=superlink, state_dir=state_dir,
                             root_certificates=root_certificates, auth_key=auth_key, name=name, policy=policy,
                             grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model,
-                            catalogue=catalogue, onsite=OnsiteConfig(epochs=onsite_epochs, alone_epochs=alone_epochs))
+                            catalogue=catalogue, onsite=OnsiteConfig(epochs=onsite_epochs, alone_epochs=alone_epochs,
+                                                                     blend=onsite_blend))
     daemon.start()
     typer.echo(f"merchant {daemon.name}: SuperNode -> {superlink}, on-site service on {host}:{daemon.port}", err=True)
     try:

@@ -28,22 +28,29 @@ def last_profiles(model, sequences: SequenceSet, *, device: torch.device, batch_
 
 
 @torch.no_grad()
-def held_out_ranks(model, sequences: SequenceSet, *, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def held_out_ranks(model, sequences: SequenceSet, *, device: torch.device, batch_size: int = 1024,
+                   boost=None, profiles: torch.Tensor | None = None) -> torch.Tensor:
     """Each user's held-out item's rank over the whole catalogue: (U,) float64 on CPU, in the users' order.
 
     Items the user interacted with before the target are removed from the ranking (the target itself is kept
     even if it was seen before); rank = number of remaining items scored at least as high as the target.
     Pessimistic where the scores cannot tell: a tie counts against the target, an item scored NaN ranks above
-    it, and a NaN target ranks below every item, so a broken model can never look good."""
+    it, and a NaN target ranks below every item, so a broken model can never look good. `boost`: scores added
+    to the model's, a callable from each user's newest input item (b,) to (b, N+1) (an on-site blend);
+    `profiles`: the users' `last_profiles`, when already computed."""
     was_training = model.training
     model.eval()
     items = model.item_vectors(torch.arange(model.descriptors.shape[0], device=device)).float()  # (N+1, k)
     model.train(was_training)
     ranks = []
-    profiles_all = last_profiles(model, sequences, device=device, batch_size=batch_size)  # (U, k)
+    profiles_all = last_profiles(model, sequences, device=device, batch_size=batch_size) if profiles is None else profiles  # (U, k)
     for start in range(0, len(sequences), batch_size):
         part = slice(start, start + batch_size)
         scores = profiles_all[part].to(device) @ items.T  # (b, N+1)
+        if boost is not None:
+            lengths = sequences.lengths[part]
+            last = sequences.events["items"][part][torch.arange(len(lengths)), (lengths - 1).clamp(min=0)]  # (b,)
+            scores = scores + boost(last).to(device=device, dtype=scores.dtype)
         targets = sequences.target_items[part].to(device)
         rows = torch.arange(len(targets), device=device)
         target_scores = scores[rows, targets].clone()

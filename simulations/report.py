@@ -85,7 +85,7 @@ def write_report(metrics: dict, out: Path) -> Path:
 def _served_lines(served: dict) -> list[str]:
     """What each merchant's customers would see: its own model alone (no DP, no federation), the shared model,
     and the on-site model: the best on validation of the shared model, it fine-tuned on site and the merchant's
-    own model (no DP: none of it leaves the merchant)."""
+    own model, each maybe blended with the merchant's item adjacency (no DP: none of it leaves the merchant)."""
     plain = "no-dp" in served
     kinds = ["alone", "shared", "onsite"] + (["no-dp-shared", "no-dp-onsite"] if plain else [])
     lines = ["## What each merchant would serve (test NDCG@10 / HR@10 on its own customers)", "",
@@ -106,9 +106,10 @@ def _served_lines(served: dict) -> list[str]:
 
 def _choice(fit: dict) -> str:
     chosen = fit.get("chosen", "fine-tuned" if fit["fine-tuned"] else "global")
+    blend = f", item-adjacency blend {fit['adjacency-weight']:g}" if fit.get("adjacency-weight") else ""
     if chosen == "fine-tuned":
-        return f"shared, fine-tuned {fit['epochs']} epoch{'s' * (fit['epochs'] != 1)}"
-    return {"global": "shared as published", "alone": "its own model"}.get(chosen, chosen)
+        return f"shared, fine-tuned {fit['epochs']} epoch{'s' * (fit['epochs'] != 1)}{blend}"
+    return {"global": "shared as published", "alone": "its own model"}.get(chosen, chosen) + blend
 
 
 def _privacy_line(metrics: dict) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from client.onsite.adjacency import ItemAdjacency, check_weight
 from client.onsite.profile import ProfileSettings, profile_users
 from client.onsite.profile_shapes import profile_record
 from client.onsite.recommend import ItemIndex, Scored
@@ -66,6 +67,20 @@ class ServingModel:
     segmenter: Segmenter
     segments: list[dict]
     users: dict[str, UserState] = field(default_factory=dict)
+    adjacency: ItemAdjacency | None = None  # the on-site blend: counts from the store's events at load time
+    blend: float = 0.0  # its weight, chosen on site (client/onsite/personalise.py); 0 = the model alone
+
+    def boost(self, state: UserState) -> tuple[np.ndarray, np.ndarray] | None:
+        """(items, added scores) next to the user's newest item, or None without a blend."""
+        if self.adjacency is None or self.blend == 0 or len(state.recent) == 0:
+            return None
+        items, scores = self.adjacency.log_row(int(state.recent[0]))
+        return items, self.blend * scores
+
+    def next_to(self, state: UserState) -> dict[int, int] | None:
+        if self.adjacency is None or self.blend == 0 or len(state.recent) == 0:
+            return None
+        return self.adjacency.neighbours(int(state.recent[0]))
 
 
 class OnsiteEngine:
@@ -101,8 +116,11 @@ class OnsiteEngine:
     def close(self) -> None:
         self.store.close()
 
-    def load_model(self, path: str | Path) -> str:
-        """Load a model version, profile every user with it, then make it the one that serves."""
+    def load_model(self, path: str | Path, *, adjacency_weight: float = 0.0) -> str:
+        """Load a model version, profile every user with it, then make it the one that serves; with
+        `adjacency_weight` > 0 (an on-site fit's, never a received model's) its scores are blended with the
+        item adjacency of every event in the store."""
+        adjacency_weight = check_weight(adjacency_weight)
         with self._write:
             started = time.perf_counter()
             events = self.store.events()
@@ -112,7 +130,7 @@ class OnsiteEngine:
             catalogue = build_catalogue(events, source.config.hash_spec, self.titles, self.items)
             model, version, _ = source.build(catalogue, device=self.device,
                                              local_state=saved_local_rows(source.file.parent, catalogue))
-            if self.current is not None and self.current.version == version:
+            if self.current is not None and self.current.version == version and self.current.blend == adjacency_weight:
                 return version
             ts = events["timestamp"].to_numpy()
             self.window_start = int(ts.min()) if self.window_start is None else self.window_start
@@ -125,7 +143,8 @@ class OnsiteEngine:
                                              k=min(self.k_segments, len(batch.user_ids)), fit_on=trusted)
             summaries = summarize_segments(batch.described, labels, batch.outputs.propensity)
             serving = ServingModel(version, model, catalogue, ItemIndex(model, catalogue, device=self.device).batched(),
-                                   batch.outputs.categories, segmenter, summaries)
+                                   batch.outputs.categories, segmenter, summaries, blend=adjacency_weight,
+                                   adjacency=ItemAdjacency.from_events(events, catalogue) if adjacency_weight else None)
             self._install(serving, batch, labels, events)
             self._signals = batch.signals
             previous = self.current
@@ -224,9 +243,9 @@ class OnsiteEngine:
         state = self._user(serving, user_id)
         ranked = serving.index.recommend(state.vector, k=k, exclude=None if include_purchased else state.purchased,
                                          category=category, min_price=min_price, max_price=max_price,
-                                         in_stock_only=in_stock_only)
+                                         in_stock_only=in_stock_only, boost=serving.boost(state))
         items = serving.index.scored(ranked, recent=state.recent, interests=state.interests,
-                                     recent_names=state.recent_names)
+                                     recent_names=state.recent_names, next_to=serving.next_to(state))
         self.store.record_answer("Recommend", str(user_id), serving.version)
         return items, serving.version
 
@@ -235,9 +254,9 @@ class OnsiteEngine:
         state = self._user(serving, user_id)
         index = serving.index.index_of(item_ids)
         unknown = [item for item, i in zip(item_ids, index) if i == 0]
-        ranked = serving.index.rerank(state.vector, index[index > 0])
+        ranked = serving.index.rerank(state.vector, index[index > 0], boost=serving.boost(state))
         items = serving.index.scored(ranked, recent=state.recent, interests=state.interests,
-                                     recent_names=state.recent_names)
+                                     recent_names=state.recent_names, next_to=serving.next_to(state))
         self.store.record_answer("Rerank", str(user_id), serving.version)
         return items, unknown, serving.version
 

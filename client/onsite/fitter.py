@@ -9,6 +9,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from client.onsite.adjacency import ItemAdjacency, check_weight
 from client.onsite.engine import OnsiteEngine, saved_local_rows
 from client.onsite.personalise import OnsiteConfig, personalise, train_alone
 from shared_model.checkpoint import open_model, resolve_model_folder, save_model
@@ -29,8 +30,9 @@ def global_part(version: str) -> str:
 class OnsiteFitter:
     """Serves each new global version at once, then, on the events in the engine's store, fine-tunes it and
     (once per change of the events) trains the merchant's own model, and serves whichever of the three is best on
-    its validation customers (client/onsite/personalise.py) as `<global version>+local<n>`, kept in `folder`. No
-    DP: none of it leaves the merchant.
+    its validation customers, blended with its item adjacency where that ranks them better
+    (client/onsite/personalise.py), as `<global version>+local<n>`, kept in `folder`. No DP: none of it leaves
+    the merchant.
     Nothing here feeds what the merchant sends: its ClientApp trains from the coordinator's message and its
     own DP-trained state, so the per-customer sensitivity of every update is the shared model's alone."""
 
@@ -52,9 +54,11 @@ class OnsiteFitter:
         data = build_sequences(events, self.engine.user_attributes, spec, max_len=source.config.max_len,
                                catalogue=catalogue)
         alone = self._alone(model, data, events) if self.config.alone_epochs > 0 else None
-        served, figures = personalise(model, data, self.config, alone=alone, device=self.engine.device)
+        adjacency = ItemAdjacency.from_training(data.train, catalogue.num_items) if self.config.blend else None
+        served, figures = personalise(model, data, self.config, alone=alone, adjacency=adjacency,
+                                      device=self.engine.device)
         self.fits.append({"global": version, **figures})
-        if figures["chosen"] == "global":
+        if figures["chosen"] == "global" and figures["adjacency-weight"] == 0:
             log.info("on-site fit of %s: the global model stays (validation NDCG@10 %.4f, no candidate beat it)",
                      version, figures["global-valid-ndcg@10"])
             return None
@@ -66,8 +70,9 @@ class OnsiteFitter:
                    metadata={"version": label, "base": str(Path(source.file.parent).resolve()), **figures})
         write_pointer(self.folder / "LATEST", out.name)
         self._prune(out)
-        log.info("on-site fit of %s: the %s model is better on validation (NDCG@10 %.4f against %.4f); next: %s",
-                 version, figures["chosen"], figures["valid-ndcg@10"], figures["global-valid-ndcg@10"], label)
+        log.info("on-site fit of %s: the %s model, blend %g, is better on validation (NDCG@10 %.4f against %.4f); "
+                 "next: %s", version, figures["chosen"], figures["adjacency-weight"], figures["valid-ndcg@10"],
+                 figures["global-valid-ndcg@10"], label)
         return out
 
     def _alone(self, template, data, events):
@@ -99,12 +104,18 @@ class OnsiteFitter:
         fitted = self.fitted_for(target)
         if fitted is None:
             self.engine.load_model(target)  # customers get the newer global model while the fit runs
-            if self.config.epochs <= 0 and self.config.alone_epochs <= 0:
+            if self.config.epochs <= 0 and self.config.alone_epochs <= 0 and not self.config.blend:
                 return self.engine.current.version
             fitted = self.fit(target)
             if fitted is None or resolve_model_folder(models) != target:  # none, or a newer one arrived meanwhile
                 return self.engine.current.version
-        return self.engine.load_model(fitted)
+        return self.engine.load_model(fitted, adjacency_weight=self._weight(fitted))
+
+    @staticmethod
+    def _weight(fitted: Path) -> float:
+        """The blend weight this fitter chose for an on-site model it saved (read back and checked)."""
+        metadata = json.loads(open_model(fitted).blob.get("metadata_json", "{}"))
+        return check_weight(metadata.get("adjacency-weight", 0.0))
 
     def watch(self, models: str | Path, *, interval: float = 2.0, stop: threading.Event | None = None) -> threading.Thread:
         """Poll `models` and run `step` whenever LATEST moves (the engine's watch, fitting as well as loading)."""

@@ -1,4 +1,4 @@
-"""On-site personalisation: the served model is the best of the global model, its fine-tuned copy and the merchant's own."""
+"""On-site personalisation: the best of the global model, its fine-tuned copy and the merchant's own, blended with its item statistics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from shared_model.evaluation import evaluate
+from client.onsite.adjacency import WEIGHTS, ItemAdjacency
+from shared_model.evaluation import held_out_ranks, last_profiles, ndcg_at
 from shared_model.features import SequenceData
 from shared_model.model import ProfileTransformer
 from shared_model.training import TrainConfig, train
@@ -26,6 +27,7 @@ class OnsiteConfig:
     seed: int = 0
     alone_epochs: int = 50  # the merchant's own model from fresh weights, a candidate too (0: not trained)
     alone_lr: float = 3e-3
+    blend: bool = True  # blend each candidate with the merchant's item adjacency, weight chosen on validation
 
     def train_config(self, *, alone: bool = False) -> TrainConfig:
         return TrainConfig(epochs=self.alone_epochs if alone else self.epochs, lr=self.alone_lr if alone else self.lr,
@@ -34,29 +36,52 @@ class OnsiteConfig:
 
 
 def personalise(global_model: ProfileTransformer, data: SequenceData, config: OnsiteConfig = OnsiteConfig(), *,
-                alone: ProfileTransformer | None = None,
+                alone: ProfileTransformer | None = None, adjacency: ItemAdjacency | None = None,
                 device: torch.device | None = None) -> tuple[ProfileTransformer, dict]:
     """The model this merchant serves, chosen on its validation users among the global model, a fine-tuned copy
     of it (`global_model` itself is left untouched) and, when given, the merchant's own model trained `alone`
-    (where the federation's model is a worse start than none, as for a merchant unlike the others).
-    Returns (model, figures); figures["chosen"] names the winner."""
+    (where the federation's model is a worse start than none, as for a merchant unlike the others); each
+    blended with the merchant's item `adjacency` at the weight its validation users like best (0 = no blend).
+    Returns (model, figures); figures["chosen"] names the winner, figures["adjacency-weight"] its blend."""
     device = device or torch.device("cpu")
     global_model.set_catalogue(data.catalogue.descriptors)
-    before = evaluate(global_model.to(device), data.valid, device=device, ks=(10,))["ndcg@10"]
-    candidates = {"global": (global_model, before, 0)}
+    adjacency = adjacency if config.blend else None
+    candidates = {"global": (global_model, *blend_weight(global_model, data, adjacency, device=device), 0)}
     if config.epochs > 0:
         model = copy.deepcopy(global_model)
         result = train(model, data, config.train_config(), device=device, evaluate_test=False)
-        candidates["fine-tuned"] = (model, result.valid.get("ndcg@10", float("-inf")), result.best_epoch)
+        candidates["fine-tuned"] = (model, *blend_weight(model, data, adjacency, device=device), result.best_epoch)
     if alone is not None:
         alone.set_catalogue(data.catalogue.descriptors)
-        candidates["alone"] = (alone, evaluate(alone.to(device), data.valid, device=device, ks=(10,))["ndcg@10"], 0)
+        candidates["alone"] = (alone, *blend_weight(alone, data, adjacency, device=device), 0)
     # strictly better than the global model, or the global model: ties keep what the federation published
     chosen = max(candidates, key=lambda name: (candidates[name][1], name == "global"))
-    served, valid, epochs = candidates[chosen]
+    served, valid, weight, epochs = candidates[chosen]
     return served, {"chosen": chosen, "fine-tuned": chosen == "fine-tuned", "epochs": epochs, "valid-ndcg@10": valid,
-                    "global-valid-ndcg@10": before,
-                    **{f"{name}-valid-ndcg@10": v for name, (_, v, _) in candidates.items() if name != "global"}}
+                    "adjacency-weight": weight, "global-valid-ndcg@10": candidates["global"][1],
+                    **{f"{name}-valid-ndcg@10": v for name, (_, v, _, _) in candidates.items() if name != "global"}}
+
+
+def blend_weight(model: ProfileTransformer, data: SequenceData, adjacency: ItemAdjacency | None, *,
+                 device: torch.device) -> tuple[float, float]:
+    """(validation NDCG@10, weight): the blend weight of `adjacency` that `model`'s validation users rank their
+    next item best with; the smaller weight on ties, so 0 (the model alone) unless a blend is strictly better."""
+    by_weight = blend_curve(model, data, adjacency, device=device)
+    weight = max(by_weight, key=lambda w: (by_weight[w], -w))
+    return by_weight[weight], weight
+
+
+def blend_curve(model: ProfileTransformer, data: SequenceData, adjacency: ItemAdjacency | None, *,
+                device: torch.device) -> dict[float, float]:
+    """Validation NDCG@10 of `model` blended with `adjacency` at each weight of WEIGHTS ({0: ...} without one)."""
+    model.to(device)
+    profiles = last_profiles(model, data.valid, device=device)  # (U, k), once for every weight
+    curve = {}
+    for weight in WEIGHTS if adjacency is not None else (0.0,):
+        boost = adjacency.booster(weight) if adjacency is not None else None
+        ranks = held_out_ranks(model, data.valid, device=device, boost=boost, profiles=profiles)
+        curve[weight] = float(ndcg_at(ranks, 10).mean()) if len(ranks) else 0.0
+    return curve
 
 
 def train_alone(template: ProfileTransformer, data: SequenceData, config: OnsiteConfig = OnsiteConfig(), *,

@@ -109,15 +109,18 @@ class ItemIndex:
 
     def recommend(self, vector: np.ndarray, *, k: int = 10, exclude: np.ndarray | None = None,
                   category: str | None = None, min_price: float | None = None, max_price: float | None = None,
-                  in_stock_only: bool = False) -> list[tuple[int, float]]:
-        """Top-k (item index, score) by dot product with the profile vector, after exclusions and filters."""
-        filtered = category or min_price is not None or max_price is not None or in_stock_only
+                  in_stock_only: bool = False, boost: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[int, float]]:
+        """Top-k (item index, score) by dot product with the profile vector plus `boost` ((item indices,
+        scores) added to theirs: the on-site item-adjacency blend), after exclusions and filters."""
+        filtered = category or min_price is not None or max_price is not None or in_stock_only or boost is not None
         if self._batched is not None and not filtered:
             excluded = set() if exclude is None else set(np.asarray(exclude, dtype=np.int64).tolist())
             index, top = self._batched.topk(self._matrix, vector, k + len(excluded) + 1)
             keep = [(int(i), float(v)) for i, v in zip(index, top) if i != 0 and int(i) not in excluded]
             return keep[:k]
         scores = self.vectors @ np.asarray(vector, dtype=np.float32)  # (N+1,)
+        if boost is not None:
+            scores[boost[0]] += boost[1]
         allowed = np.ones(len(scores), dtype=bool)
         allowed[0] = False
         if exclude is not None and len(exclude):
@@ -137,18 +140,28 @@ class ItemIndex:
         picked = picked[np.argsort(-scores[picked], kind="stable")]
         return [(int(i), float(scores[i])) for i in picked]
 
-    def rerank(self, vector: np.ndarray, candidates: np.ndarray) -> list[tuple[int, float]]:
-        """The given item indices ordered by the profile (a stable sort: ties keep the search engine's order)."""
+    def rerank(self, vector: np.ndarray, candidates: np.ndarray,
+               boost: tuple[np.ndarray, np.ndarray] | None = None) -> list[tuple[int, float]]:
+        """The given item indices ordered by the profile (plus `boost`, as in `recommend`; a stable sort: ties
+        keep the search engine's order)."""
         candidates = np.asarray(candidates, dtype=np.int64)
         scores = self.vectors[candidates] @ np.asarray(vector, dtype=np.float32)
+        if boost is not None:
+            extra = dict(zip(boost[0].tolist(), boost[1].tolist()))
+            scores = scores + np.array([extra.get(int(c), 0.0) for c in candidates], dtype=scores.dtype)
         order = np.argsort(-scores, kind="stable")
         return [(int(candidates[i]), float(scores[i])) for i in order]
 
     def explain(self, item: int, *, recent: np.ndarray, interests: list[tuple[str, float]],
-                recent_names: dict[int, str] | None = None, max_reasons: int = 2) -> tuple[str, ...]:
-        """Why this item: the user's interests it matches, and the recent events it is most like (cosine of
-        the model's item vectors)."""
+                recent_names: dict[int, str] | None = None, next_to: dict[int, int] | None = None,
+                max_reasons: int = 2) -> tuple[str, ...]:
+        """Why this item: how often it came next to the user's newest item here (`next_to`: the adjacency
+        counts of that item, when the on-site blend is served), the user's interests it matches, and the recent
+        events it is most like (cosine of the model's item vectors)."""
         reasons = []
+        if next_to and item in next_to and len(recent):
+            times = "once" if next_to[item] == 1 else f"{next_to[item]} times"
+            reasons.append(f"next to {self.catalogue.item_ids[recent[0]]} {times} in customers' histories here")
         weights = dict(interests)
         category = self.categories[item]
         if category in weights:
@@ -165,11 +178,12 @@ class ItemIndex:
         return tuple(reasons[:max(max_reasons, 1)])
 
     def scored(self, ranked: list[tuple[int, float]], *, recent: np.ndarray, interests: list[tuple[str, float]],
-               recent_names: dict[int, str] | None = None) -> list[Scored]:
+               recent_names: dict[int, str] | None = None, next_to: dict[int, int] | None = None) -> list[Scored]:
         out = []
         for index, score in ranked:
             price = self.prices[index]
             out.append(Scored(str(self.catalogue.item_ids[index]), round(score, 6), str(self.categories[index]),
                               None if np.isnan(price) else float(price),
-                              self.explain(index, recent=recent, interests=interests, recent_names=recent_names)))
+                              self.explain(index, recent=recent, interests=interests, recent_names=recent_names,
+                                           next_to=next_to)))
         return out

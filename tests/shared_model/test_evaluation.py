@@ -128,3 +128,19 @@ def test_ties_nan_scores_and_a_nan_target_rank_against_the_model():
 
     fine = torch.tensor([[0.0, 0.2, 0.9, 0.1, 0.0]])
     assert held_out_ranks(NaNItem(fine), _heldout([1], [[]]), device=cpu).tolist() == [1.0]
+
+
+def test_a_boost_from_the_newest_input_item_is_added_to_the_models_scores():
+    # user 0's newest input item is 0 (its row index): a boost of 1 on item 1 lifts the target from rank 2 to 0
+    scores = torch.tensor([[9.0, 0.1, 0.5, 0.6]])
+    sequences = _heldout([1], [[]])
+    seen = []
+
+    def boost(last_items):
+        seen.append(last_items.tolist())
+        return torch.tensor([[0.0, 1.0, 0.0, 0.0]]).expand(len(last_items), -1)
+
+    cpu = torch.device("cpu")
+    assert held_out_ranks(FixedScores(scores), sequences, device=cpu).tolist() == [2.0]
+    assert held_out_ranks(FixedScores(scores), sequences, device=cpu, boost=boost).tolist() == [0.0]
+    assert seen == [[0]]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from client.onsite.adjacency import WEIGHTS
 from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
 from shared_model.evaluation import paired_ratio
 from shared_model.merchant_data import simulated_merchants
@@ -71,6 +72,8 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
         assert fit["chosen"] in ("global", "fine-tuned", "alone")
         assert fit["valid-ndcg@10"] == max(fit["global-valid-ndcg@10"], fit["fine-tuned-valid-ndcg@10"],
                                            fit["alone-valid-ndcg@10"])
+        assert fit["adjacency-weight"] in WEIGHTS  # each candidate blended at its validation users' best weight
+    assert all(m["alone-fit"]["adjacency-weight"] in WEIGHTS for m in served["merchants"].values())
     assert "What each merchant would serve" in (out / "report.md").read_text()
     assert "served NDCG@10" in done.stdout
 

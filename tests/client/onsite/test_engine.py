@@ -139,3 +139,21 @@ def test_planted_local_rows_beside_a_model_are_refused_unread(engine, onsite, tm
     with pytest.raises(pickle.UnpicklingError):
         engine.load_model(folder)
     assert not marker.exists() and engine.current.version == "v0001@test-run"  # still serving what it had
+
+
+def test_a_blend_weight_puts_the_items_next_to_the_newest_one_first_in_recommend_and_rerank(engine, onsite):
+    version = engine.load_model(onsite.models / "v0001", adjacency_weight=1000.0)  # the adjacency decides
+    serving = engine.current
+    assert version == "v0001@test-run" and serving.blend == 1000.0
+    user, state = next((u, s) for u, s in serving.users.items() if len(s.recent) and serving.next_to(s))
+    neighbours = serving.next_to(state)
+    top = engine.recommend(user, k=5, include_purchased=True)[0]
+    first = serving.catalogue.index_of([top[0].item_id])[0]
+    assert neighbours[first] == max(neighbours.values()) and top[0].reasons[0].startswith("next to ")
+    newest = serving.catalogue.item_ids[state.recent[0]]
+    assert newest in top[0].reasons[0]
+    others = [i for i in serving.catalogue.item_ids[1:20] if serving.catalogue.index_of([i])[0] not in neighbours]
+    ranked, _, _ = engine.rerank(user, others[:3] + [top[0].item_id])
+    assert ranked[0].item_id == top[0].item_id
+    with pytest.raises(ValueError, match="adjacency weight"):
+        engine.load_model(onsite.models / "v0001", adjacency_weight=float("nan"))

@@ -56,16 +56,36 @@ def test_a_restart_serves_the_fit_of_the_newest_global_version_and_fits_a_newer_
 
 
 def test_with_no_fitting_epochs_the_global_version_is_served_as_received(engine, onsite, tmp_path):
-    fitter = OnsiteFitter(engine, tmp_path / "onsite", OnsiteConfig(epochs=0, alone_epochs=0))
+    fitter = OnsiteFitter(engine, tmp_path / "onsite", OnsiteConfig(epochs=0, alone_epochs=0, blend=False))
     assert fitter.step(onsite.models) == "v0001@test-run"
     assert not (tmp_path / "onsite").exists() and fitter.fits == []
 
 
 def test_no_fit_is_served_when_fine_tuning_does_not_beat_the_global_model(engine, onsite, tmp_path):
     fitter = OnsiteFitter(engine, tmp_path / "onsite", OnsiteConfig(epochs=2, lr=0.0, batch_size=64, negatives=64,
-                                                                       alone_epochs=0))
+                                                                       alone_epochs=0, blend=False))
     assert fitter.step(onsite.models) == "v0001@test-run"
     assert fitter.fits[-1]["fine-tuned"] is False and fitter.fitted_for(onsite.models / "v0001") is None
+
+
+def test_a_blend_with_the_merchants_item_adjacency_is_served_under_its_weight_and_again_after_a_restart(
+        engine, onsite, tmp_path):
+    config = OnsiteConfig(epochs=0, alone_epochs=0, blend=True)
+    fitter = OnsiteFitter(engine, tmp_path / "onsite", config)
+    served = fitter.step(onsite.models)
+    fit = fitter.fits[-1]
+    # on these shops the merchant's own adjacency ranks validation customers' next items better than the model
+    assert fit["chosen"] == "global" and fit["adjacency-weight"] > 0 and served == "v0001@test-run+local1"
+    assert engine.current.blend == fit["adjacency-weight"] and engine.current.adjacency is not None
+    user = next(u for u, s in engine.current.users.items() if len(s.recent) and engine.current.next_to(s))
+    top = engine.recommend(user, k=3, include_purchased=True)[0][0]
+    neighbours = engine.current.next_to(engine.current.users[user])
+    assert top.reasons[0].startswith("next to ") == (engine.current.catalogue.index_of([top.item_id])[0] in neighbours)
+    engine.load_model(onsite.models / "v0001")  # a received model is served as it came: no blend
+    assert engine.current.blend == 0 and engine.current.adjacency is None
+    again = OnsiteFitter(engine, tmp_path / "onsite", config)  # a restarted daemon
+    assert again.step(onsite.models) == "v0001@test-run+local1" and again.fits == []
+    assert engine.current.blend == fit["adjacency-weight"]
 
 
 def test_the_merchants_own_model_is_a_candidate_trained_again_only_when_its_events_change(engine, onsite, tmp_path):

@@ -1,7 +1,9 @@
 """On-site personalisation: a fine-tuned copy chosen on validation users; the global model is never changed."""
 
+import numpy as np
 import torch
 
+from client.onsite.adjacency import ItemAdjacency
 from client.onsite.personalise import OnsiteConfig, personalise, train_alone
 from shared_model.merchant_data import simulated_merchants
 from shared_model.model import ProfileTransformer
@@ -51,3 +53,23 @@ def test_a_merchant_alone_starts_from_fresh_weights_of_the_same_architecture(tmp
     assert alone is not template and alone.config == template.config and 1 <= fit["epochs"] <= 2
     assert all(torch.equal(before[k], v) for k, v in template.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in alone.state_dict().items())
+
+
+def _oracle(data) -> ItemAdjacency:
+    """An adjacency that pairs each validation customer's newest input item with its next item."""
+    items, lengths = data.valid.events["items"].numpy(), data.valid.lengths.numpy()
+    pairs = [[items[u, n - 1], int(data.valid.target_items[u])] for u, n in enumerate(lengths)]
+    return ItemAdjacency.from_histories(pairs, data.catalogue.num_items)
+
+
+def test_a_blend_is_chosen_only_when_the_adjacency_ranks_validation_customers_better(tmp_path):
+    run, data, model = _shop(tmp_path)
+    no_fit = OnsiteConfig(epochs=0, batch_size=32, negatives=32)
+    served, fit = personalise(model, data, no_fit, adjacency=_oracle(data))
+    assert served is model and fit["adjacency-weight"] > 0
+    assert fit["valid-ndcg@10"] > personalise(model, data, no_fit)[1]["valid-ndcg@10"]
+    empty = ItemAdjacency.from_histories([], data.catalogue.num_items)  # says nothing: the model alone
+    assert personalise(model, data, no_fit, adjacency=empty)[1]["adjacency-weight"] == 0
+    off = OnsiteConfig(epochs=0, batch_size=32, negatives=32, blend=False)
+    assert personalise(model, data, off, adjacency=_oracle(data))[1]["adjacency-weight"] == 0
+    assert np.isfinite(fit["global-valid-ndcg@10"])
