@@ -1,15 +1,22 @@
 """DP cost: users per second of DP-SGD (Opacus, ghost clipping) vs plain training, same model and batch.
 
-Both are measured side by side in one run, alternating, on random sequences over a catalogue of each size.
-Repeat: python bench/dp_cost.py --items 12000 100000 --batch-size 256 --steps 6
+Both are measured side by side in one run, alternating, on random sequences over a catalogue of each size
+(every user fills the window), or, with --data, as `fedprofile train --data PATH --format F --epochs 1` with the
+command's defaults, with and without --dp (real histories of every length). Repeat:
+    python bench/dp_cost.py --items 12000 100000 --batch-size 256 --steps 6
+    python bench/dp_cost.py --data ../shared/data/amazon-beauty --format amazon
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -61,15 +68,37 @@ def _head(seq, n):
                        history=None if seq.history is None else seq.history[:n])
 
 
+def command_users_per_second(data: str, fmt: str, *, dp: bool) -> float:
+    """Users per second of one epoch of `fedprofile train` with its defaults (and --dp), from its metrics.json."""
+    with tempfile.TemporaryDirectory() as out:
+        subprocess.run([sys.executable, "-m", "fedprofile", "train", "--data", data, "--format", fmt, "--epochs", "1",
+                        "--out", out, "--device", "cpu", "--dp" if dp else "--no-dp"], check=True,
+                       stdout=subprocess.DEVNULL)
+        metrics = json.loads((Path(out) / "metrics.json").read_text())
+    return float(metrics["examples_per_second"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, nargs="+", default=[12_000, 100_000])
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=2, help="alternating plain/DP repetitions")
+    parser.add_argument("--data", help="real data: time `fedprofile train` on it instead")
+    parser.add_argument("--format", help="its format (with --data)")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU")
+    if args.data:
+        plain, private = [], []
+        for _ in range(args.rounds):
+            plain.append(command_users_per_second(args.data, args.format, dp=False))
+            private.append(command_users_per_second(args.data, args.format, dp=True))
+        p, d = max(plain), max(private)
+        print(f"fedprofile train --epochs 1 on {args.data}: plain {p:.1f} users/s, --dp {d:.1f} users/s, "
+              f"DP/plain {d / p:.2f} (best of {args.rounds}; each {plain}, {private})")
+        print("repeat: python " + " ".join(sys.argv))
+        return
     config = ProfileConfig()
     for num_items in args.items:
         length = config.max_len + 3
