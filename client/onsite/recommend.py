@@ -12,6 +12,8 @@ import torch
 
 from shared_model.features import Catalogue
 
+MIN_REASON_COUNT = 5  # an adjacency count shown as a reason covers at least this many occurrences
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -156,12 +158,13 @@ class ItemIndex:
                 recent_names: dict[int, str] | None = None, next_to: dict[int, int] | None = None,
                 max_reasons: int = 2) -> tuple[str, ...]:
         """Why this item: how often it came next to the user's newest item here (`next_to`: the adjacency
-        counts of that item, when the on-site blend is served), the user's interests it matches, and the recent
-        events it is most like (cosine of the model's item vectors)."""
+        counts of that item, when the on-site blend is served; only from MIN_REASON_COUNT on, so a reason never
+        tells one customer what a few others did), the user's interests it matches, and the recent events it is
+        most like (cosine of the model's item vectors)."""
         reasons = []
-        if next_to and item in next_to and len(recent):
-            times = "once" if next_to[item] == 1 else f"{next_to[item]} times"
-            reasons.append(f"next to {self.catalogue.item_ids[recent[0]]} {times} in customers' histories here")
+        if next_to and next_to.get(item, 0) >= MIN_REASON_COUNT and len(recent):
+            reasons.append(f"next to {self.catalogue.item_ids[recent[0]]} {next_to[item]} times in customers' "
+                           "histories here")
         weights = dict(interests)
         category = self.categories[item]
         if category in weights:

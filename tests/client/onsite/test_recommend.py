@@ -54,3 +54,18 @@ def test_filters_and_reasons(small_merchants):
     item = picked[0][0]
     reasons = index.explain(item, recent=np.array([item, picked[1][0]]), interests=[("c1", 0.5)])
     assert reasons[0].startswith("interest #1: category c1")
+
+
+def test_a_boost_adds_to_the_scores_and_an_adjacency_reason_needs_enough_histories(small_merchants):
+    from client.onsite.recommend import MIN_REASON_COUNT
+
+    index, catalogue = _index(small_merchants)
+    vector = np.zeros(16, dtype=np.float32)  # every item scores 0 alone: the boost decides
+    boost = (np.array([7, 3]), np.array([2.0, 5.0]))
+    assert [i for i, _ in index.recommend(vector, k=2, boost=boost)] == [3, 7]
+    assert [i for i, _ in index.rerank(vector, np.array([5, 7, 3]), boost=boost)] == [3, 7, 5]
+    recent = np.array([9])
+    many = index.explain(3, recent=recent, interests=[], next_to={3: MIN_REASON_COUNT})
+    assert many[0] == f"next to {catalogue.item_ids[9]} {MIN_REASON_COUNT} times in customers' histories here"
+    few = index.explain(3, recent=recent, interests=[], next_to={3: MIN_REASON_COUNT - 1})
+    assert not any(r.startswith("next to") for r in few)
