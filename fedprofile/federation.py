@@ -218,7 +218,7 @@ class LocalFederation:
         state = self.checkpoint_state()
         completed = state.get("round", 0)
         expected = f"v{completed:04d}@{state.get('run_id', '')}"
-        deadline = time.time() + 60
+        deadline = time.time() + 240  # an on-site fit trains two models; on a loaded machine that takes minutes
         versions = self.served_versions()
         # each merchant serves the final global version, then (once its on-site fit is done) that fit
         while (any(global_part(versions[n]) != expected or (self.onsite_fit and not self.fitted(n, expected))
