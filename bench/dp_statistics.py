@@ -33,7 +33,7 @@ from scipy.sparse import coo_matrix
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from client.onsite.adjacency import ItemAdjacency  # noqa: E402
+from client.onsite.adjacency import ItemAdjacency, training_histories  # noqa: E402
 from shared_model.evaluation import held_out_ranks, ndcg_at, paired_ratio  # noqa: E402
 from shared_model.merchant_data import simulated_merchants  # noqa: E402
 from shared_model.run_config import RunConfig  # noqa: E402
@@ -57,11 +57,6 @@ class Popularity(torch.nn.Module):
 
     def item_vectors(self, items):
         return self.pop[items][:, None]
-
-
-def histories(sequences) -> list[np.ndarray]:
-    items, lengths, targets = sequences.events["items"].numpy(), sequences.lengths.numpy(), sequences.target_items.numpy()
-    return [np.append(items[u, :n], targets[u, n - 1]) for u, n in enumerate(lengths) if n > 0]
 
 
 def capped_pairs(history: np.ndarray, cap: int) -> list[tuple[int, int]]:
@@ -102,10 +97,11 @@ def main() -> None:
     # every merchant's customers: exact counts (pooled ceiling) and capped contributions (what DP releases)
     exact = coo_matrix((G, G), dtype=np.float32).tocsr()
     capped_rows, capped_cols, item_counts = [], [], np.zeros(G)
-    for data, l2g in zip(shops, local_to_global):
-        own = ItemAdjacency.from_training(data.train, data.catalogue.num_items).counts.tocoo()
+    owns = [ItemAdjacency.from_training(data.train, data.catalogue.num_items) for data in shops]
+    for data, l2g, own_counts in zip(shops, local_to_global, owns):
+        own = own_counts.counts.tocoo()
         exact = exact + coo_matrix((own.data, (l2g[own.row], l2g[own.col])), shape=(G, G)).tocsr()
-        for h in histories(data.train):
+        for h in training_histories(data.train):
             g = l2g[h]
             for a, b in capped_pairs(g, args.cap):
                 capped_rows.append(a)
@@ -139,8 +135,7 @@ def main() -> None:
     cpu = torch.device("cpu")
     results = {name: [] for name in ["own", *releases]}
     chosen = {name: [] for name in releases}
-    for data, l2g in zip(shops, local_to_global):
-        own = ItemAdjacency.from_training(data.train, data.catalogue.num_items)
+    for data, l2g, own in zip(shops, local_to_global, owns):
         pop = Popularity(np.asarray(own.counts.sum(axis=1)).ravel())
         ndcg = lambda split, adjacency, w=1.0: ndcg_at(held_out_ranks(pop, split, device=cpu, boost=adjacency.booster(w)), 10)  # noqa: E731
         results["own"].append(ndcg(data.test, own).numpy())

@@ -50,10 +50,7 @@ class ItemAdjacency:
     @classmethod
     def from_training(cls, sequences: SequenceSet, num_items: int) -> "ItemAdjacency":
         """Counts from training rows: each row's inputs, then its last target (the newest training event)."""
-        items, lengths = sequences.events["items"].numpy(), sequences.lengths.numpy()
-        targets = sequences.target_items.numpy()
-        return cls.from_histories((np.append(items[u, :n], targets[u, n - 1]) for u, n in enumerate(lengths) if n > 0),
-                                  num_items)
+        return cls.from_histories(training_histories(sequences), num_items)
 
     @classmethod
     def from_events(cls, events: pd.DataFrame, catalogue: Catalogue) -> "ItemAdjacency":
@@ -84,6 +81,13 @@ class ItemAdjacency:
         if weight == 0:
             return None
         return lambda last_items: weight * torch.from_numpy(self.scores(last_items.cpu().numpy()))
+
+
+def training_histories(sequences: SequenceSet) -> list[np.ndarray]:
+    """Each training row's items in time order: its inputs, then its last target (the newest training event)."""
+    items, lengths = sequences.events["items"].numpy(), sequences.lengths.numpy()
+    targets = sequences.target_items.numpy()
+    return [np.append(items[u, :n], targets[u, n - 1]) for u, n in enumerate(lengths) if n > 0]
 
 
 def check_weight(weight) -> float:
