@@ -109,6 +109,7 @@ def main() -> None:
             distinct = list(dict.fromkeys(g[g > 0][::-1]))[: args.cap]
             item_counts[distinct] += 1
     capped = coo_matrix((np.ones(len(capped_rows), np.float32), (capped_rows, capped_cols)), shape=(G, G)).tocsr()
+    capped = (capped + capped.T).tocsr()  # both orders, so the upper triangle of any re-ordered block has each pair
     rng = np.random.default_rng(args.seed)
 
     releases = {"pooled, no DP": ("exact", None)}
