@@ -6,6 +6,10 @@ drives it from an asyncio gRPC client at concurrency 1 and 32. Also measures how
 to show in the customer's profile. Repeat:
     python bench/serving_load.py                  # 100k items, 2,000 customers
     python bench/serving_load.py --items 12000 --requests 1000
+    python bench/serving_load.py --during-training    # Recommend at concurrency 1 idle, then beside DP training
+With --during-training a DP-SGD training (`fedprofile train --dp` on the built-in shops, in its own process with
+the torch threads a merchant daemon's round worker gets by default: half the cores) runs while Recommend is
+measured again at concurrency 1: what serving costs while a merchant trains (issue 19).
 """
 
 from __future__ import annotations
@@ -113,11 +117,35 @@ def scoring_bound(items: int, dim: int, *, batch: int = 32, k: int = 20, seconds
     return done / (time.perf_counter() - started)
 
 
+def _during_training(port: int, users: list[str], tmp: Path, requests: int) -> None:
+    """Recommend at concurrency 1 idle, then while `fedprofile train --dp` runs with half the cores' threads."""
+    from client.daemon import default_train_threads
+
+    threads = default_train_threads()
+    idle = asyncio.run(_drive(port, users, rpc="Recommend", concurrency=1, requests=requests))
+    trainer = subprocess.Popen([sys.executable, "-m", "fedprofile", "train", "--out", str(tmp / "train"), "--dp",
+                                "--epochs", "1000"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)})
+    try:
+        time.sleep(20)  # past loading: training steps are running
+        if trainer.poll() is not None:
+            raise SystemExit("the training beside the service exited early")
+        busy = asyncio.run(_drive(port, users, rpc="Recommend", concurrency=1, requests=requests))
+    finally:
+        trainer.kill()
+        trainer.wait()
+    print(f"\nRecommend, concurrency 1, {requests} requests: idle p50 {idle['p50_ms']:.2f} / p99 {idle['p99_ms']:.2f} ms; "
+          f"beside DP training with {threads} of {os.cpu_count()} cores' threads p50 {busy['p50_ms']:.2f} / "
+          f"p99 {busy['p99_ms']:.2f} ms ({busy['failures']} failed)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
+    parser.add_argument("--during-training", action="store_true",
+                        help="only Recommend at concurrency 1: idle, then while a DP training runs beside it")
     args = parser.parse_args()
 
     import torch
@@ -172,6 +200,9 @@ def main() -> None:
             print(f"service up (profiles for every customer built) in {time.perf_counter() - started:.0f}s")
             users = list(log.events["user_id"].unique())
             catalogue_items = len(log.events["item_id"].unique())
+            if args.during_training:
+                _during_training(port, users, tmp, args.requests)
+                return
             rows = []
             for rpc in ("Recommend", "GetProfile", "Health"):
                 for concurrency in (1, 32):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import subprocess
+import sys
+import tempfile
 import threading
 from pathlib import Path
 
 from client.app_pin import pinned_bin
+from client.forwarder import WORKER_KEY, WORKER_SOCKET
 from client.onsite.access import ServiceAccess
 from client.onsite.engine import open_engine
 from client.onsite.fitter import ONSITE, OnsiteFitter
@@ -38,7 +42,12 @@ class MerchantDaemon:
     """Starts the on-site service first (it serves the newest model on disk, or waits for the first one), then
     keeps a SuperNode running: if it exits, it is started again with exponential backoff, while the
     on-site service carries on answering. Each global version the SuperNode receives is served at once, then
-    its on-site fit (client/onsite/fitter.py) replaces it."""
+    its on-site fit (client/onsite/fitter.py) replaces it.
+
+    With `round_worker` (the default) a round worker (client/worker.py) is kept running beside them the same way:
+    a process with torch, the merchant's data and the round code loaded, limited to `train_threads` torch
+    threads, that answers the messages the SuperNode's short-lived ClientApp processes forward to it. Training
+    there never blocks serving, and a crash there costs one reply, not the service."""
 
     def __init__(self, *, data: str, fmt: str, superlink: str, state_dir: Path, root_certificates: Path | None = None,
                  auth_key: Path | None = None, name: str | None = None, policy: PrivacyPolicy = PrivacyPolicy(), access: ServiceAccess = ServiceAccess(),
@@ -47,7 +56,7 @@ class MerchantDaemon:
                  store: Path = Path("merchant.sqlite"), model: str | None = None, catalogue: Path | None = None,
                  onsite: OnsiteConfig = OnsiteConfig(),
                  watch_interval: float = 1.0, max_log_bytes: int = 50_000_000,
-                 max_backoff: float = 60.0):
+                 max_backoff: float = 60.0, round_worker: bool = True, train_threads: int | None = None):
         self.data, self.fmt, self.superlink = str(Path(data).resolve()), fmt, superlink
         self.state_dir = Path(state_dir).resolve()
         self.root_certificates, self.auth_key = root_certificates, auth_key
@@ -57,10 +66,12 @@ class MerchantDaemon:
         self.store_path, self.model, self.catalogue = Path(store), model, catalogue
         self.onsite = onsite  # how each received global version is fine-tuned on site (epochs 0: served as is)
         self.watch_interval, self.max_backoff, self.max_log_bytes = watch_interval, max_backoff, max_log_bytes
+        self.round_worker = round_worker
+        self.train_threads = train_threads or default_train_threads()
         self.port: int | None = None
         self.restarts = 0
         self._stop = threading.Event()
-        self._process: subprocess.Popen | None = None
+        self._processes: dict[str, subprocess.Popen] = {}
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -76,28 +87,55 @@ class MerchantDaemon:
             self.engine.load_model(self.model)
         self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port, access=self.access)
         self._watcher = self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
-        self._supervisor = threading.Thread(target=self._supervise, name="supernode", daemon=True)
-        self._supervisor.start()
-
-    def _supervise(self) -> None:
-        delay = 1.0
-        cmd = supernode_command(
+        node_config = {"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
+                       "merchant-name": self.name}
+        self._supervisors = []
+        if self.round_worker:
+            socket, key = self._worker_address()
+            node_config.update({WORKER_SOCKET: socket, WORKER_KEY: str(key)})
+            self._supervise("worker", [sys.executable, "-m", "client.worker", "--socket", socket, "--key", str(key),
+                                       "--threads", str(self.train_threads)], env=env_with_our_bin())
+        self._supervise("supernode", supernode_command(
             superlink=self.superlink, root_certificates=self.root_certificates, auth_key=self.auth_key,
-            clientapp_port=self.clientapp_port,
-            node_config={"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
-                         "merchant-name": self.name})
+            clientapp_port=self.clientapp_port, node_config=node_config), env=self._supernode_env())
+
+    def _worker_address(self) -> tuple[str, Path]:
+        """(socket path, secret file) of the round worker, both in a folder only this user can enter; the secret
+        is new at each start of the daemon."""
+        folder = self.state_dir / "worker"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
+        key = folder / "secret"
+        key.touch(mode=0o600)
+        key.chmod(0o600)
+        key.write_bytes(secrets.token_bytes(32))
+        socket = folder / "round.sock"
+        if len(str(socket)) > 100:  # past what an AF_UNIX address holds: a private temporary folder instead
+            socket = Path(tempfile.mkdtemp(prefix="fedprofile-worker-")) / "round.sock"
+        return str(socket), key
+
+    def _supervise(self, name: str, cmd: list[str], *, env: dict) -> None:
+        thread = threading.Thread(target=self._keep_running, args=(name, cmd, env), name=name, daemon=True)
+        self._supervisors.append(thread)
+        thread.start()
+
+    def _keep_running(self, name: str, cmd: list[str], env: dict) -> None:
+        """Run `cmd` (logging to STATE/NAME.log) and start it again with exponential backoff whenever it exits."""
+        delay = 1.0
         while not self._stop.is_set():
-            log.info("starting SuperNode: %s", " ".join(cmd))
-            with open_rotated(self.state_dir / "supernode.log", max_bytes=self.max_log_bytes) as logs:
-                self._process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=self._supernode_env())
-            code = self._process.wait()
+            log.info("starting %s: %s", name, " ".join(cmd))
+            with open_rotated(self.state_dir / f"{name}.log", max_bytes=self.max_log_bytes) as logs:
+                process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=env)
+                self._processes[name] = process
+            code = process.wait()
             if self._stop.is_set():
                 break
             self.restarts += 1
-            if refused_by_superlink(self.state_dir / "supernode.log"):
+            if name == "supernode" and refused_by_superlink(self.state_dir / "supernode.log"):
                 log.error("the SuperLink refused this merchant: its public key is not registered there (Flower code "
                           "2004); send %s.pub to the coordinator to register", self.auth_key or "your key")
-            log.warning("SuperNode exited with %s; starting it again in %.0fs (on-site service keeps serving)", code, delay)
+            log.warning("%s exited with %s; starting it again in %.0fs (on-site service keeps serving)", name, code,
+                        delay)
             if self._stop.wait(delay):
                 break
             delay = min(delay * 2, self.max_backoff)
@@ -111,16 +149,23 @@ class MerchantDaemon:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
+        for process in self._processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self._processes.values():
             try:
-                self._process.wait(timeout=10)
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self._process.kill()
+                process.kill()
         self.server.stop(grace=2).wait()
         # a fit in progress finishes first: a thread still inside torch when the interpreter exits aborts it
         self._watcher.join(timeout=30)
         self.engine.close()
+
+
+def default_train_threads() -> int:
+    """Torch threads of the round worker unless told: half the cores, so that serving keeps the rest."""
+    return max(1, (os.cpu_count() or 2) // 2)
 
 
 def open_rotated(path: Path, *, max_bytes: int):

@@ -138,6 +138,8 @@ def federation_local(
     epsilon: Annotated[float, typer.Option(help="Target epsilon per merchant.")] = 8.0,
     timeout: Annotated[float, typer.Option(help="Seconds before giving up on the run.")] = 900.0,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Further run-config key=value.")] = None,
+    round_worker: Annotated[bool, typer.Option(help="Each merchant keeps a warm round worker (off: a cold process "
+                                                    "per message).")] = True,
 ) -> None:
     """Start a SuperLink and merchant daemons as separate processes on 127.0.0.1 (TLS and authentication on),
     run a federated training with DP, check through gRPC which model each merchant serves, stop everything
@@ -146,7 +148,8 @@ def federation_local(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     extra = parse_sets(set_)
-    federation = LocalFederation(out, merchants=merchants, unregistered=unregistered, users=users, insecure=insecure)
+    federation = LocalFederation(out, merchants=merchants, unregistered=unregistered, users=users, insecure=insecure,
+                                  round_worker=round_worker)
     try:
         summary = federation.run(rounds=rounds, epsilon=epsilon, timeout=timeout, extra=extra)
     finally:

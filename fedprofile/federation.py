@@ -61,8 +61,9 @@ class LocalFederation:
     keys the server never registered: the SuperLink must refuse them."""
 
     def __init__(self, out: str | Path, *, merchants: int = 3, unregistered: int = 0, users: int = 150,
-                 insecure: bool = False, onsite_fit: bool = True):
+                 insecure: bool = False, onsite_fit: bool = True, round_worker: bool = True):
         self.out = Path(out).resolve()
+        self.round_worker = round_worker  # off: every message starts a cold ClientApp process that loads everything
         self.onsite_fit = onsite_fit  # off: each merchant serves the global versions as received
         self.n, self.unregistered, self.users, self.insecure = merchants, unregistered, users, insecure
         self.names = [f"shop-{i}" for i in range(merchants + unregistered)]
@@ -114,6 +115,7 @@ class LocalFederation:
                "--grpc-port", str(grpc_port), "--clientapp-port", str(free_port()), "--store", str(state / "store.sqlite"),
                "--name", name]
         cmd += [] if self.onsite_fit else ["--onsite-epochs", "0", "--alone-epochs", "0", "--no-onsite-blend"]
+        cmd += [] if self.round_worker else ["--no-round-worker"]
         cmd += ["--insecure"] if self.insecure else ["--root-certificates", str(self.out / "certs" / "ca.crt"),
                                                      "--auth-key", str(self.out / "keys" / name)]
         process = subprocess.Popen(cmd, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,

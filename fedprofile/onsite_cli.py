@@ -299,6 +299,12 @@ def merchant_run(
     onsite_blend: Annotated[bool, typer.Option(help="Blend what is served with this merchant's item adjacency (how "
                                                     "often two items came next to each other in its customers' "
                                                     "histories) where its validation customers are ranked better.")] = True,
+    round_worker: Annotated[bool, typer.Option(help="Keep a round worker warm (torch, data and round code loaded) "
+                                                    "that answers the federation's messages; off: each message "
+                                                    "loads everything in a fresh process, as Flower starts it.")] = True,
+    train_threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads the round worker trains with "
+                                                                     "(default: half the cores; serving keeps the "
+                                                                     "rest).")] = None,
 ) -> None:
     """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
     service, which serves each global model version the federation sends as soon as it arrives."""
@@ -321,7 +327,8 @@ def merchant_run(
                             root_certificates=root_certificates, auth_key=auth_key, name=name, policy=policy,
                             grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model,
                             catalogue=catalogue, onsite=OnsiteConfig(epochs=onsite_epochs, alone_epochs=alone_epochs,
-                                                                     blend=onsite_blend))
+                                                                     blend=onsite_blend),
+                            round_worker=round_worker, train_threads=train_threads)
     daemon.start()
     typer.echo(f"merchant {daemon.name}: SuperNode -> {superlink}, on-site service on {host}:{daemon.port}", err=True)
     try:

@@ -36,16 +36,25 @@ def load_merchant(path: str, fmt: str, run: RunConfig, *, name: str, cache_dir: 
         return _load(path, fmt, name, run.max_len, spec)
     cache = Path(cache_dir) / "data-cache.pt"
     key = _fingerprint(path, fmt, name, run.max_len, spec)
+    if (str(cache), key) in _WARM:  # a long-running process (the round worker) read these files before
+        return _WARM[(str(cache), key)]
+    data = None
     if cache.is_file():
         try:
             saved = torch.load(cache, map_location="cpu", weights_only=True)
             if saved.get("key") == key:
-                return MerchantData(name, SequenceData.from_state_dict(saved["sequences"]))
+                data = MerchantData(name, SequenceData.from_state_dict(saved["sequences"]))
         except Exception:  # a torn, foreign or older file: rebuild it
             pass
-    data = _load(path, fmt, name, run.max_len, spec)
-    atomic_torch_save(cache, {"key": key, "sequences": data.sequences.state_dict()})
+    if data is None:
+        data = _load(path, fmt, name, run.max_len, spec)
+        atomic_torch_save(cache, {"key": key, "sequences": data.sequences.state_dict()})
+    _WARM.clear()  # one merchant's data at a time
+    _WARM[(str(cache), key)] = data
     return data
+
+
+_WARM: dict[tuple[str, str], MerchantData] = {}  # (cache file, fingerprint) -> the data last loaded
 
 
 def _fingerprint(path, fmt, name, max_len, spec) -> str:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from client.client_app import STATE_OPTIMIZER
 from client.client_app import app as client_app
+from client.rounds import STATE_OPTIMIZER
 from server.coordinator import run_federation
 from shared_model.data.synthetic import SyntheticConfig, generate, write
 from simulations.inprocess import InProcessGrid

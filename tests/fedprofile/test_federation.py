@@ -47,6 +47,11 @@ def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
         if f"on-site fit of v0001@{summary['run_id']}: the global model stays" not in merchant_log:
             assert served[name]["model_version"] == f"v0001@{summary['run_id']}+local1"
         assert 7.0 < served[name]["epsilon"] <= 8.0 * 1.001
+        # every stage of the round was answered by the merchant's warm round worker, not a cold ClientApp
+        worker_log = (out / "merchants" / name / "worker.log").read_text()
+        for stage in ("query.secagg_keys", "query.secagg_shares", "train.distributed", "query.secagg_unmask",
+                      "evaluate"):
+            assert f"answered {stage} in " in worker_log, stage
     assert served["shop-2"]["epsilon"] is None and not served["shop-2"]["model_version"].startswith("v")
     # the refusal is visible on both sides
     assert "No SuperNode found with the given public key" in (out / "server" / "superlink.log").read_text()
@@ -128,6 +133,10 @@ def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
             assert final["epsilon"][name] <= 8.0 * 1.001
         rounds_2 = [r for _, r in _ledger(fed, "shop-2")["rounds"]]
         assert rounds_2 == [1, 3]
+        # the restarted daemon started a new round worker, and that worker trained round 3
+        worker_log = (fed.out / "merchants" / "shop-2" / "worker.log").read_text()
+        assert worker_log.count("round worker listening") == 2
+        assert "answered train in " in worker_log.rsplit("round worker listening", 1)[1]
         assert epsilon_after_one < final["epsilon"]["shop-2"] < final["epsilon"]["shop-0"]  # cumulative, one round short
         versions = _wait(lambda: (v := fed.served_versions()) and all(x == f"v0003@{run_id}" for x in v.values()) and v,
                          90, "every merchant to serve the final model")

@@ -167,7 +167,7 @@ def test_server_momentum_carries_over_a_resume(tmp_path):
 
 @pytest.mark.parametrize("strategy, expected_mu", [("fedavg", 0.0), ("fedprox", 0.5)])
 def test_only_fedprox_adds_the_proximal_term(tmp_path, monkeypatch, strategy, expected_mu):
-    import client.client_app as module
+    import client.rounds as module
 
     seen = []
     real = module.local_round

@@ -1,0 +1,112 @@
+"""A deployed round's overhead: round time minus the merchants' own training and evaluation, on 127.0.0.1.
+
+Issue 19. `fedprofile federation local`'s deployment (SuperLink with TLS and SuperNode authentication, merchant
+daemons as separate processes) with a narrow model and few customers, so that what is left of a round is what
+the deployment adds: Flower's message passing and polling, a process per message, loading the merchant's data
+and the app. Per round, from the coordinator's checkpointed history:
+    overhead = round seconds - the slowest merchant's training (its own `train-seconds`)
+               - one merchant's evaluation (timed here, in process, on the same data and model)
+Both privacy modes: `local` (per-merchant DP-SGD: a train and an evaluate message per round) and `distributed`
+(one DP-SGD step through the secure sum: keys, shares, masked step, unmask, evaluate). Repeat:
+    python bench/deployed_rounds.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fedprofile.federation import LocalFederation  # noqa: E402
+from shared_model.checkpoint import model_for_catalogue  # noqa: E402
+from shared_model.merchant_data import load_merchant  # noqa: E402
+from shared_model.merchant_round import local_evaluate  # noqa: E402
+from shared_model.run_config import RunConfig  # noqa: E402
+from shared_model.shared_weights import initial_shared_state  # noqa: E402
+
+# the deployment tests' narrow model: the figure is about the deployment, not the model
+TINY = {"d-model": 32, "profile-dim": 32, "n-heads": 1, "n-layers": 1, "max-len": 20, "item-buckets": 2048,
+        "negatives": 64, "batch-size": 32}
+
+
+def evaluate_seconds(fed: LocalFederation, extra: dict, repeats: int = 3) -> float:
+    """One merchant's evaluate compute on its own data with the run's model, warm, in this process."""
+    run = RunConfig.from_flat({k: str(v) for k, v in extra.items()})
+    merchant = load_merchant(str(fed.out / "data" / "merchant-0"), "synthetic", run, name="shop-0")
+    catalogue = merchant.sequences.catalogue
+    model = model_for_catalogue(run.model_config(local_items=catalogue.num_items + 1),
+                                initial_shared_state(run.model_config(), seed=0), catalogue, {})
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        local_evaluate(model, merchant.sequences, device=torch.device("cpu"))
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int, users: int) -> dict:
+    fed = LocalFederation(out / f"{privacy}-{worker}", merchants=merchants, users=users, onsite_fit=False,
+                          round_worker=worker == "warm")
+    extra = {**TINY, "privacy": privacy, "min-replies": merchants, "round-timeout": 300}
+    started = time.perf_counter()
+    try:
+        summary = fed.run(rounds=rounds, epsilon=8.0, timeout=60 + 120 * rounds, extra=extra)
+    finally:
+        fed.stop()
+    wall = time.perf_counter() - started
+    history = fed.checkpoint_state().get("history", [])
+    if len(history) < rounds:
+        raise SystemExit(f"{privacy}: {len(history)} of {rounds} rounds completed; see {fed.logs}")
+    evaluate = evaluate_seconds(fed, extra)
+    rows = []
+    for row in history:
+        train = max(row.get("local-train-seconds", {}).values(), default=0.0) if privacy == "local" \
+            else float(row.get("merchant-step-seconds", 0.0))
+        rows.append({"round": row["round"], "seconds": row["seconds"], "merchant-train-seconds": train,
+                     "overhead": row["seconds"] - train - evaluate})
+    later = [r["overhead"] for r in rows[1:]] or [rows[0]["overhead"]]  # round 1 also starts every process
+    return {"privacy": privacy, "worker": worker, "rounds": rows, "evaluate-seconds": evaluate, "wall-seconds": wall,
+            "overhead-median": statistics.median(later), "overhead-round-1": rows[0]["overhead"],
+            "epsilon": summary["merchants"][0]["epsilon"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--merchants", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--users", type=int, default=60)
+    parser.add_argument("--privacy", nargs="+", default=["local", "distributed"], choices=["local", "distributed"])
+    parser.add_argument("--workers", nargs="+", default=["cold", "warm"], choices=["cold", "warm"],
+                        help="cold: a fresh ClientApp process loads everything per message (Flower's way); warm: "
+                             "the merchant daemon's round worker answers")
+    parser.add_argument("--out", default="runs/deployed-rounds")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    results = []
+    for privacy, worker in itertools.product(args.privacy, args.workers):
+        result = measure(out, privacy=privacy, worker=worker, merchants=args.merchants, rounds=args.rounds,
+                         users=args.users)
+        results.append(result)
+        per_round = ", ".join(f"{r['seconds']:.1f}" for r in result["rounds"])
+        print(f"{privacy:>11}, {worker}: rounds {per_round} s; merchant training up to "
+              f"{max(r['merchant-train-seconds'] for r in result['rounds']):.2f} s, evaluation "
+              f"{result['evaluate-seconds']:.2f} s; overhead median (rounds 2+) {result['overhead-median']:.1f} s, "
+              f"round 1 {result['overhead-round-1']:.1f} s; {result['wall-seconds']:.0f} s in all", flush=True)
+    command = "python " + " ".join(sys.argv)
+    (out / "results.json").write_text(json.dumps(
+        {"results": results, "command": command, "machine": {"platform": platform.platform(),
+                                                             "threads": torch.get_num_threads()}}, indent=2))
+    print(f"repeat: {command}")
+
+
+if __name__ == "__main__":
+    main()
