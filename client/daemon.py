@@ -22,15 +22,17 @@ from client.onsite.store import Retention
 from client.policy import PrivacyPolicy
 from client.state import MODELS
 from shared_model.checkpoint import resolve_model_folder
-from shared_model.processes import config_string, env_with_our_bin, flower_binary
+from shared_model.processes import config_string, env_with_our_bin
 
 log = logging.getLogger("fedprofile.daemon")
+TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 def supernode_command(*, superlink: str, node_config: dict, root_certificates: Path | None, auth_key: Path | None,
                       clientapp_port: int) -> list[str]:
     """The `flower-supernode` command line for this merchant (TLS unless no root certificates are given)."""
-    cmd = [flower_binary("flower-supernode"), "--superlink", superlink, "--node-config", config_string(node_config),
+    # Flower's own SuperNode, with a shorter idle poll (client/supernode.py)
+    cmd = [sys.executable, "-m", "client.supernode", "--superlink", superlink, "--node-config", config_string(node_config),
            "--port", str(clientapp_port)]
     cmd += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     if auth_key:
@@ -145,6 +147,7 @@ class MerchantDaemon:
         only the ClientApp code installed here (client/app_pin.py)."""
         env = env_with_our_bin()
         env["PATH"] = os.pathsep.join([str(pinned_bin(self.state_dir)), env["PATH"]])
+        env.setdefault(TASK_POLL_ENV, "0.1")  # Flower's knob: its ClientApp launcher looks for tasks every 1 s
         return env
 
     def stop(self) -> None:

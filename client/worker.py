@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--key", required=True, type=Path)
     parser.add_argument("--threads", type=int, default=1, help="torch threads: the share of cores training may use")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     torch.set_num_threads(max(1, args.threads))
     serve(args.socket, args.key)
 

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid
 
 from server.aggregation import array_record, make_strategy, restore_strategy_state, strategy_state
 from server.distributed import DistributedTraining
+from server.exchange import send_and_receive
 from server.screening import (
     MerchantRegistry,
     bound_updates,
@@ -91,7 +92,7 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
             eval_started = time.perf_counter()
             messages = strategy.configure_evaluate(server_round, array_record(published), ConfigRecord(settings), grid)
             evaluated, dropped = screen_evaluate_replies(
-                list(grid.send_and_receive(messages, timeout=run.round_timeout)), registry=registry,
+                send_and_receive(grid, messages, timeout=run.round_timeout), registry=registry,
                 max_examples=run.max_examples)
             row.update(weighted_evaluation(evaluated))
             if dropped:
@@ -123,7 +124,7 @@ def _local_round(grid: Grid, run: RunConfig, strategy, registry: MerchantRegistr
                  started: float) -> dict[str, np.ndarray]:
     """Local DP (or none): each merchant trains and noises its own update; screened, bounded, aggregated."""
     messages = strategy.configure_train(server_round, array_record(arrays), ConfigRecord(settings), grid)
-    replies = list(grid.send_and_receive(messages, timeout=run.round_timeout))
+    replies = send_and_receive(grid, messages, timeout=run.round_timeout)
     row["train-phase-seconds"] = time.perf_counter() - started
     screened = screen_train_replies(replies, expected, registry=registry, max_examples=run.max_examples)
     for name, metrics in screened.metrics.items():  # a refusing merchant still reports what it has spent

@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 
 from server.adam_bc import AdamBC
 from server.aggregation import array_record
+from server.exchange import send_and_receive
 from server.screening import MerchantRegistry
 from shared_model.distributed_step import noise_share, value_bound
 from shared_model.run_config import RunConfig
@@ -206,7 +207,7 @@ class DistributedTraining:
         messages = [Message(content=contents[n] if contents else RecordDict({"config": ConfigRecord(config)}),
                             dst_node_id=n, message_type=message_type, group_id=group) for n in nodes]
         replies = {}
-        for reply in grid.send_and_receive(messages, timeout=self.run.round_timeout):
+        for reply in send_and_receive(grid, messages, timeout=self.run.round_timeout):
             if not reply.has_error() and reply.has_content():
                 replies[int(reply.metadata.src_node_id)] = reply
         return replies

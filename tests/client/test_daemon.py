@@ -12,7 +12,7 @@ def test_the_supernode_runs_with_tls_and_its_key_unless_told_insecure(tmp_path):
             "max-epsilon": 2.0}
     cmd = supernode_command(superlink="coord:9092", node_config=node, root_certificates=Path("ca.crt"),
                             auth_key=Path("shop.key"), clientapp_port=9100)
-    assert Path(cmd[0]).name == "flower-supernode"
+    assert cmd[1:3] == ["-m", "client.supernode"]  # Flower's SuperNode, polling sooner
     assert cmd[cmd.index("--superlink") + 1] == "coord:9092"
     assert cmd[cmd.index("--root-certificates") + 1] == "ca.crt" and "--insecure" not in cmd
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == "shop.key"
@@ -45,3 +45,18 @@ def test_the_supernode_log_is_rotated_at_a_size(tmp_path):
     with open_rotated(log, max_bytes=1_000) as handle:  # under the size: appended to
         handle.write(b" more")
     assert log.read_bytes() == b"fresh more"
+
+
+def test_the_supernode_polls_sooner_but_otherwise_is_flowers():
+    import time
+
+    import flwr.supernode.start_client_internal as pull_loop
+
+    from client.supernode import ShortSleeps
+
+    assert pull_loop.time is time  # what client/supernode.py replaces: a Flower upgrade that moves it fails here
+    clock = ShortSleeps(0.05)
+    started = time.perf_counter()
+    clock.sleep(3)
+    assert time.perf_counter() - started < 1.0
+    assert clock.time is time.time and clock.monotonic is time.monotonic
