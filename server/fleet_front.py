@@ -91,15 +91,11 @@ class _Forward(BaseHTTPRequestHandler):
             return self._refuse(413, "request too large")
         body = self.rfile.read(length)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-        upstream = self.server.connect_upstream()
         try:
-            upstream.request("POST", self.path, body=body, headers=headers)
-            reply = upstream.getresponse()
-            data = reply.read()
+            reply, data = self._forward(body, headers)
         except (OSError, http.client.HTTPException) as exc:
+            self._close_upstream()
             return self._refuse(502, f"the SuperLink did not answer ({type(exc).__name__})")
-        finally:
-            upstream.close()
         self.send_response(reply.status)
         for key, value in reply.getheaders():
             if key.lower() not in HOP_BY_HOP:
@@ -107,6 +103,40 @@ class _Forward(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def _forward(self, body: bytes, headers: dict):
+        """(response, body) from the SuperLink over this client connection's own upstream connection, kept open
+        between its requests: Flower moves every array of a model as a request of its own, and a TLS handshake
+        for each made them cost 45 ms apiece. A kept connection the SuperLink closed while idle is opened again
+        once (it closed before reading the request, so nothing is sent twice)."""
+        reused = getattr(self, "_upstream", None) is not None
+        if not reused:
+            self._upstream = self.server.connect_upstream()
+        try:
+            self._upstream.request("POST", self.path, body=body, headers=headers)
+            reply = self._upstream.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+            if not reused:
+                raise
+            self._close_upstream()
+            self._upstream = self.server.connect_upstream()
+            self._upstream.request("POST", self.path, body=body, headers=headers)
+            reply = self._upstream.getresponse()
+        data = reply.read()
+        if reply.will_close:
+            self._close_upstream()
+        return reply, data
+
+    def _close_upstream(self) -> None:
+        if getattr(self, "_upstream", None) is not None:
+            self._upstream.close()
+            self._upstream = None
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            self._close_upstream()
 
     def do_GET(self):  # noqa: N802
         self._refuse(404, "only the Fleet API is served at this address")

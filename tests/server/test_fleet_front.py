@@ -32,7 +32,7 @@ class _Upstream(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Upstream.calls.append((self.path, dict(self.headers)))
+        _Upstream.calls.append((self.path, dict(self.headers), self.client_address))
         self.send_response(200)
         self.send_header("Content-Type", "application/protobuf")
         self.send_header("Content-Length", str(len(body)))
@@ -78,8 +78,19 @@ def test_fleet_calls_pass_with_their_headers(front):
     connect, _ = front
     status, body = _post(connect, "/v1/fleet/pull-messages", headers={"flwr-signature": "sig"})
     assert (status, body) == (200, b"cba")
-    path, headers = _Upstream.calls[-1]
+    path, headers, _ = _Upstream.calls[-1]
     assert path == "/v1/fleet/pull-messages" and headers["flwr-signature"] == "sig"
+
+
+def test_one_merchant_connection_keeps_one_upstream_connection(front):
+    connect, _ = front
+    connection = connect()
+    for i in range(5):  # as a SuperNode pulls a model's arrays: one request each, on one kept connection
+        connection.request("POST", "/v1/fleet/pull-object", body=b"%d" % i)
+        reply = connection.getresponse()
+        assert (reply.status, reply.read()) == (200, b"%d" % i)
+    assert len(_Upstream.calls) == 5
+    assert len({client for _, _, client in _Upstream.calls}) == 1  # one upstream connection, no handshake each
 
 
 @pytest.mark.parametrize("path", ["/v1/control/list-runs", "/v1/control/start-run", "/v1/runtime/pull-task-input",
