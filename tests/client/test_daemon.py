@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from client.daemon import open_rotated, refused_by_superlink, supernode_command
 
 
@@ -60,3 +62,51 @@ def test_the_supernode_polls_sooner_but_otherwise_is_flowers():
     clock.sleep(3)
     assert time.perf_counter() - started < 1.0
     assert clock.time is time.time and clock.monotonic is time.monotonic
+
+
+@pytest.mark.processes
+def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsite, tmp_path):
+    import os
+    import signal
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from client.daemon import MerchantDaemon
+    from client.onsite.personalise import OnsiteConfig
+
+    # no SuperLink answers at this address: the SuperNode retries while the worker and the service run
+    daemon = MerchantDaemon(data=str(onsite.data), fmt="synthetic", superlink="127.0.0.1:9", state_dir=tmp_path / "state",
+                            store=tmp_path / "store.sqlite", model=str(onsite.models), grpc_port=0,
+                            clientapp_port=_free_port(), onsite=OnsiteConfig(epochs=0, alone_epochs=0), max_backoff=1.0)
+    daemon.start()
+    try:
+        def worker_up(after: int | None = None):
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                process = daemon._processes.get("worker")
+                log = (tmp_path / "state" / "worker.log")
+                if process is not None and process.pid != after and process.poll() is None and log.exists() \
+                        and log.read_text().count("round worker listening") >= (1 if after is None else 2):
+                    return process
+                time.sleep(0.2)
+            pytest.fail("the round worker did not come up")
+
+        first = worker_up()
+        assert oct((tmp_path / "state" / "worker").stat().st_mode & 0o777) == "0o700"
+        os.kill(first.pid, signal.SIGKILL)  # the training part crashes
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{daemon.port}"))
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        second = worker_up(after=first.pid)
+        assert second.pid != first.pid and daemon.restarts >= 1
+    finally:
+        daemon.stop()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
