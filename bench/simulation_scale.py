@@ -2,11 +2,12 @@
 
 Issue 19, item 5. Small synthetic shops (40 customers each, a narrow model, local DP-SGD, no evaluation rounds)
 so that what grows with the merchant count is the engine's, not the model's. Per count: the mean of rounds
-2..R, the merchants' own training (each reports its train-seconds; Ray runs as many at once as cores allow), and
-Flower's share = 1 - (sum of training / cores) / round seconds; memory is the proportional set size (PSS: shared
+2..R, the merchants' own training (each reports its train-seconds; Ray runs as many at once as its CPU shares allow), and
+Flower's share = 1 - (sum of training / merchants at once) / round seconds; memory is the proportional set size (PSS: shared
 pages split between the processes that share them) of this process and every process under it (Ray's raylet,
 workers and actors), from /proc, sampled every half second, before the simulation starts and at its peak:
-(peak - before) / merchants is what each simulated merchant costs (Linux only). Repeat:
+the growth of the peak from the fewest merchants to the most, per added merchant, is what one more simulated
+merchant costs (Ray's own processes and its actors are there at any count; Linux only). Repeat:
     python bench/simulation_scale.py --merchants 8 32 64
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared_model.run_config import RunConfig  # noqa: E402
-from simulations.simulate import run_simulation  # noqa: E402
+from simulations.simulate import backend_config, run_simulation  # noqa: E402
 
 
 def _descendants(root: int) -> list[int]:
@@ -84,11 +85,12 @@ def measure(count: int, rounds: int, out: Path) -> dict:
         result = run_simulation(run, count)
     wall = time.perf_counter() - started
     later = result.history[1:] or result.history
-    cores = os.cpu_count() or 1
+    # Ray runs as many merchants at once as its cores hold merchants' CPU shares (simulations/simulate.py)
+    cores = max(1, (os.cpu_count() or 1) // backend_config(count)["client_resources"]["num_cpus"])
     round_seconds = sum(r["seconds"] for r in later) / len(later)
     training = sum(sum(r.get("local-train-seconds", {}).values()) for r in later) / len(later)
     return {"merchants": count, "round_seconds": round_seconds, "training_seconds_sum": training,
-            "flower_share": max(0.0, 1 - training / cores / round_seconds),
+            "flower_share": max(0.0, 1 - training / cores / round_seconds), "at_once": cores,
             "trained": [len(r.get("merchants-trained", [])) for r in result.history],
             "memory_before_mb": before / 2**20, "memory_peak_mb": memory.peak / 2**20,
             "memory_per_merchant_mb": (memory.peak - before) / 2**20 / count, "wall_seconds": wall}
@@ -106,10 +108,15 @@ def main() -> None:
         row = measure(count, args.rounds, out)
         rows.append(row)
         print(f"{count:>3} merchants: round {row['round_seconds']:.1f} s, merchants' training {row['training_seconds_sum']:.1f} "
-              f"s summed over {os.cpu_count()} cores, Flower's share {row['flower_share']:.0%}; memory "
+              f"s summed, {row['at_once']} at once, Flower's share {row['flower_share']:.0%}; memory "
               f"{row['memory_before_mb']:.0f} -> peak {row['memory_peak_mb']:.0f} MB, "
               f"{row['memory_per_merchant_mb']:.1f} MB per merchant; trained per round {row['trained']}; "
               f"{row['wall_seconds']:.0f} s in all", flush=True)
+    if len(rows) > 1:  # what one more merchant costs, Ray's own processes and the first actor set aside
+        first, last = rows[0], rows[-1]
+        slope = (last["memory_peak_mb"] - first["memory_peak_mb"]) / (last["merchants"] - first["merchants"])
+        print(f"memory per added merchant, {first['merchants']} -> {last['merchants']}: {slope:.1f} MB")
+        rows.append({"memory_per_added_merchant_mb": slope})
     command = "python " + " ".join(sys.argv)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"rows": rows, "command": command,

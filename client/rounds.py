@@ -17,6 +17,7 @@ from shared_model.checkpoint import model_for_catalogue
 from shared_model.device import pick_device
 from shared_model.merchant_data import load_merchant, simulated_merchants
 from shared_model.merchant_round import local_evaluate, local_round
+from shared_model.packing import PackingError, pack, unpack
 from shared_model.privacy import PrivacyBudgetExhausted, PrivacyLedger
 from shared_model.run_config import RunConfig
 from shared_model.secure_sum import SecureSumError
@@ -266,8 +267,17 @@ HANDLERS = {"train": train, "evaluate": evaluate, "query.secagg_keys": secagg_ke
 
 
 def handle(msg: Message, context: Context) -> Message:
-    """The reply to `msg`: one code path for a simulated merchant, a cold ClientApp and the warm round worker."""
+    """The reply to `msg`: one code path for a simulated merchant, a cold ClientApp and the warm round worker. A
+    message whose arrays came packed (a deployment: shared_model/packing.py) is answered packed."""
     handler = HANDLERS.get(msg.metadata.message_type)
     if handler is None:
         return _refuse(msg, _name(context), f"unknown message type {msg.metadata.message_type!r}", train=False)
-    return handler(msg, context)
+    try:
+        packed = unpack(msg.content)
+    except PackingError as exc:
+        return _refuse(msg, _name(context), f"the message's arrays do not unpack: {exc}",
+                       train=msg.metadata.message_type == "train")
+    reply = handler(msg, context)
+    if packed and reply.has_content():
+        pack(reply.content)
+    return reply

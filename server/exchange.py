@@ -1,13 +1,18 @@
-"""A round's messages out and their replies back, pulling from the SuperLink every fraction of a second."""
+"""A round's messages out and their replies back: arrays packed, the SuperLink pulled every fraction of a second."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.superlink.grid.http_grid import HttpGrid
+
+from shared_model.packing import PackingError, pack, unpack
+
+log = logging.getLogger("fedprofile.server")
 
 FIRST_POLL, MAX_POLL = 0.05, 0.5  # seconds between pulls: from 50 ms, doubling up to half a second
 
@@ -18,6 +23,9 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float 
     engine's in-memory grid, the in-process test grid) answer as they do."""
     if not isinstance(grid, HttpGrid):
         return list(grid.send_and_receive(messages, timeout=timeout))
+    messages, memo = list(messages), {}
+    for msg in messages:  # Flower moves each array as a request of its own: a model goes as one flat array
+        pack(msg.content, memo)
     waiting = set(grid.push_messages(messages))
     end = time.monotonic() + (timeout if timeout is not None else float("inf"))
     replies: list[Message] = []
@@ -30,4 +38,16 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float 
             break
         time.sleep(min(pause, max(0.0, end - time.monotonic())))
         pause = FIRST_POLL if arrived else min(pause * 2, MAX_POLL)
-    return replies
+    return [reply for reply in replies if _unpacked(reply)]
+
+
+def _unpacked(reply: Message) -> bool:
+    """Unpack a reply's arrays in place; a reply whose arrays do not unpack is left out, as if it never came."""
+    if reply.has_error() or not reply.has_content():
+        return True
+    try:
+        unpack(reply.content)
+    except PackingError as exc:
+        log.warning("left out the reply of node %s: %s", reply.metadata.src_node_id, exc)
+        return False
+    return True

@@ -27,6 +27,11 @@ def test_sequences_are_cached_until_the_data_changes(tmp_path, monkeypatch):
     assert list(again.sequences.train.user_ids) == list(first.sequences.train.user_ids)
     assert again.sequences.catalogue.num_items == first.sequences.catalogue.num_items
 
+    assert again is first  # a long-running process (the round worker) keeps it in memory: not even the file is read
+    merchant_data._WARM.clear()
+    from_disk = merchant_data.load_merchant(str(events), "events", run, name="a", cache_dir=tmp_path / "state")
+    assert from_disk is not first and list(from_disk.sequences.train.user_ids) == list(first.sequences.train.user_ids)
+
     stat = events.stat()
     os.utime(events, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # the merchant's export changed
     with pytest.raises(AssertionError, match="read again"):
