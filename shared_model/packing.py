@@ -9,7 +9,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 PACKED = "fedprofile.packed"  # the one array of a packed ArrayRecord: its arrays' bytes, one after another
 LAYOUT = "fedprofile.layout."  # + the record's name: a ConfigRecord of the arrays' names, dtypes and shapes
-DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"})
+DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                    "uint64", "bool"})  # uint64: the secure sum's masked vectors
 
 
 class PackingError(ValueError):

@@ -147,7 +147,8 @@ def test_what_a_merchant_sends_does_not_depend_on_its_onsite_model(tmp_path, mon
         assert all((plain[key][name] == with_onsite[key][name]).all() for name in plain[key]), key
 
 
-def test_packed_arrays_are_answered_packed_and_train_the_same(tmp_path):
+@pytest.mark.parametrize("privacy", ["local", "distributed"])
+def test_packed_arrays_are_answered_packed_and_train_the_same(tmp_path, privacy):
     """What a deployment's coordinator sends (server/exchange.py packs every model into one flat array): the
     merchant unpacks, trains and packs its reply; the federation ends where an unpacked one does."""
     import copy
@@ -165,14 +166,15 @@ def test_packed_arrays_are_answered_packed_and_train_the_same(tmp_path):
             replies = list(super().send_and_receive(messages, timeout=timeout))
             for reply in replies:
                 if reply.has_content() and reply.content.array_records:
-                    seen.append(list(reply.content.array_records["arrays"].keys()))
+                    seen.append([list(r.keys()) for r in reply.content.array_records.values()])
                     unpack(reply.content)
             return replies
 
-    run = tiny_run(tmp_path, num_rounds=2, local_epochs=1)
+    run = tiny_run(tmp_path, num_rounds=2, local_epochs=1, privacy=privacy)
     packed = run_federation(PackingGrid(client_app, 2), run)
     plain = run_federation(InProcessGrid(client_app, 2), run.replace(run_dir=str(tmp_path / "plain")))
-    assert seen and all(keys == [PACKED] for keys in seen)  # every reply with weights came back as one array
+    assert seen and all(keys == [[PACKED]] for keys in seen)  # every reply with arrays came back as one array
     assert packed.rounds_completed == plain.rounds_completed == 2
     assert packed.epsilon == pytest.approx(plain.epsilon)
     assert packed.final["ndcg@10"] > 0
+    assert all(row.get("aggregated", True) for row in packed.history)  # (a distributed round needs every vector)
