@@ -20,6 +20,7 @@ from client.rounds import handle
 
 log = logging.getLogger("fedprofile.worker")
 MAX_SECRET = 1024  # bytes: the first frame of a connection is the secret, nothing longer is read
+FRAME_WAIT = 30.0  # seconds a connected client may take to send its next frame
 
 
 def serve(address: str, key_file: Path, *, max_messages: int | None = None) -> None:
@@ -43,9 +44,11 @@ def serve(address: str, key_file: Path, *, max_messages: int | None = None) -> N
 
 
 def _answer(conn: Connection, key_file: Path) -> int:
+    _wait_for_frame(conn)
     if not check_secret(conn.recv_bytes(MAX_SECRET), key_file):
         log.warning("refused a connection without the daemon's secret")
         return 0
+    _wait_for_frame(conn)
     message_bytes, context_bytes = receive_frames(conn, 2)
     msg = message_from_proto(ProtoMessage.FromString(message_bytes))
     context = context_from_proto(ProtoContext.FromString(context_bytes))
@@ -61,6 +64,12 @@ def _answer(conn: Connection, key_file: Path) -> int:
     log.info("answered %s in %.2fs (%.2fs after the coordinator created it)", msg.metadata.message_type,
              time.perf_counter() - started, time.time() - msg.metadata.created_at - (time.perf_counter() - started))
     return 1
+
+
+def _wait_for_frame(conn: Connection) -> None:
+    # one connection at a time: a client that connects and sends nothing must not hold up every later message
+    if not conn.poll(FRAME_WAIT):
+        raise EOFError(f"nothing arrived within {FRAME_WAIT:.0f}s")
 
 
 @contextmanager

@@ -74,3 +74,21 @@ def test_no_worker_is_a_clear_error(tmp_path):
     msg = Message(content=RecordDict(), message_type="train", dst_node_id=1)
     with pytest.raises(WorkerError, match="no round worker answers"):
         forward(msg, context, wait=0.3)
+
+
+def test_a_client_that_connects_and_sends_nothing_holds_up_no_one(tmp_path, monkeypatch):
+    from multiprocessing.connection import Client
+
+    import client.worker as worker
+
+    monkeypatch.setattr(worker, "FRAME_WAIT", 0.5)
+    socket, key, thread = _worker(tmp_path, secret=b"k" * 32, max_messages=8)
+    stalled = Client(socket, family="AF_UNIX")  # connects, then never sends its secret
+    try:
+        run = tiny_run(tmp_path, num_rounds=2, local_epochs=1)
+        result = run_federation(InProcessGrid(client_app, 2, node_configs=_nodes(socket, key)), run)
+        assert result.rounds_completed == 2
+    finally:
+        stalled.close()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
