@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
+import time
 
 import pytest
 
@@ -83,6 +85,9 @@ def test_a_client_that_connects_and_sends_nothing_holds_up_no_one(tmp_path, monk
 
     monkeypatch.setattr(worker, "FRAME_WAIT", 0.5)
     socket, key, thread = _worker(tmp_path, secret=b"k" * 32, max_messages=8)
+    deadline = time.time() + 30
+    while not os.path.exists(socket) and time.time() < deadline:  # the worker thread is still binding
+        time.sleep(0.05)
     stalled = Client(socket, family="AF_UNIX")  # connects, then never sends its secret
     try:
         run = tiny_run(tmp_path, num_rounds=2, local_epochs=1)
