@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,7 +114,8 @@ class MerchantDaemon:
         key.write_bytes(secrets.token_bytes(32))
         socket = folder / "round.sock"
         if len(str(socket)) > 100:  # past what an AF_UNIX address holds: a private temporary folder instead
-            socket = Path(tempfile.mkdtemp(prefix="fedprofile-worker-")) / "round.sock"
+            self._socket_folder = Path(tempfile.mkdtemp(prefix="fedprofile-worker-"))
+            socket = self._socket_folder / "round.sock"
         return str(socket), key
 
     def _supervise(self, name: str, cmd: list[str], *, env: dict) -> None:
@@ -160,6 +162,8 @@ class MerchantDaemon:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+        if getattr(self, "_socket_folder", None) is not None:
+            shutil.rmtree(self._socket_folder, ignore_errors=True)
         self.server.stop(grace=2).wait()
         # a fit in progress finishes first: a thread still inside torch when the interpreter exits aborts it
         self._watcher.join(timeout=30)

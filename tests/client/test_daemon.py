@@ -65,7 +65,8 @@ def test_the_supernode_polls_sooner_but_otherwise_is_flowers():
 
 
 @pytest.mark.processes
-def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsite, tmp_path):
+@pytest.mark.parametrize("deep", [False, True])
+def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsite, tmp_path, deep):
     import os
     import signal
     import time
@@ -77,7 +78,9 @@ def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsit
     from client.onsite.personalise import OnsiteConfig
 
     # no SuperLink answers at this address: the SuperNode retries while the worker and the service run
-    daemon = MerchantDaemon(data=str(onsite.data), fmt="synthetic", superlink="127.0.0.1:9", state_dir=tmp_path / "state",
+    # deep: a state folder whose socket path would pass what an AF_UNIX address holds
+    state = tmp_path / ("a-state-folder-far-down-" * 4 if deep else "") / "state"
+    daemon = MerchantDaemon(data=str(onsite.data), fmt="synthetic", superlink="127.0.0.1:9", state_dir=state,
                             store=tmp_path / "store.sqlite", model=str(onsite.models), grpc_port=0,
                             clientapp_port=_free_port(), onsite=OnsiteConfig(epochs=0, alone_epochs=0), max_backoff=1.0)
     daemon.start()
@@ -86,7 +89,7 @@ def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsit
             deadline = time.time() + 120
             while time.time() < deadline:
                 process = daemon._processes.get("worker")
-                log = (tmp_path / "state" / "worker.log")
+                log = state / "worker.log"
                 if process is not None and process.pid != after and process.poll() is None and log.exists() \
                         and log.read_text().count("round worker listening") >= (1 if after is None else 2):
                     return process
@@ -94,7 +97,9 @@ def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsit
             pytest.fail("the round worker did not come up")
 
         first = worker_up()
-        assert oct((tmp_path / "state" / "worker").stat().st_mode & 0o777) == "0o700"
+        assert oct((state / "worker").stat().st_mode & 0o777) == "0o700"
+        socket = Path(daemon._processes["worker"].args[daemon._processes["worker"].args.index("--socket") + 1])
+        assert socket.exists() and (socket.parent == state / "worker") != deep
         os.kill(first.pid, signal.SIGKILL)  # the training part crashes
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{daemon.port}"))
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
@@ -102,6 +107,8 @@ def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsit
         assert second.pid != first.pid and daemon.restarts >= 1
     finally:
         daemon.stop()
+    if deep:  # the temporary folder goes with the daemon
+        assert not socket.parent.exists()
 
 
 def _free_port() -> int:
