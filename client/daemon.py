@@ -75,6 +75,7 @@ class MerchantDaemon:
         self.restarts = 0
         self._stop = threading.Event()
         self._processes: dict[str, subprocess.Popen] = {}
+        self._socket_folder: Path | None = None  # a temporary home for the worker's socket, when the state path is long
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +93,6 @@ class MerchantDaemon:
         self._watcher = self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
         node_config = {"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
                        "merchant-name": self.name}
-        self._supervisors = []
         if self.round_worker:
             socket, key = self._worker_address()
             node_config.update({WORKER_SOCKET: socket, WORKER_KEY: str(key)})
@@ -119,9 +119,7 @@ class MerchantDaemon:
         return str(socket), key
 
     def _supervise(self, name: str, cmd: list[str], *, env: dict) -> None:
-        thread = threading.Thread(target=self._keep_running, args=(name, cmd, env), name=name, daemon=True)
-        self._supervisors.append(thread)
-        thread.start()
+        threading.Thread(target=self._keep_running, args=(name, cmd, env), name=name, daemon=True).start()
 
     def _keep_running(self, name: str, cmd: list[str], env: dict) -> None:
         """Run `cmd` (logging to STATE/NAME.log) and start it again with exponential backoff whenever it exits."""
@@ -162,7 +160,7 @@ class MerchantDaemon:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if getattr(self, "_socket_folder", None) is not None:
+        if self._socket_folder is not None:
             shutil.rmtree(self._socket_folder, ignore_errors=True)
         self.server.stop(grace=2).wait()
         # a fit in progress finishes first: a thread still inside torch when the interpreter exits aborts it

@@ -69,6 +69,7 @@ class _Forward(BaseHTTPRequestHandler):
     timeout = 120  # seconds a socket read or write may stall before the connection is dropped
     protocol_version = "HTTP/1.1"
     server: FleetFront
+    _upstream: http.client.HTTPConnection | None = None  # this client connection's own, opened at its first request
 
     def log_message(self, format, *args):  # noqa: A002 - the signature BaseHTTPRequestHandler calls
         log.debug("fleet front: " + format, *args)
@@ -109,26 +110,27 @@ class _Forward(BaseHTTPRequestHandler):
         between its requests: Flower moves every array of a model as a request of its own, and a TLS handshake
         for each made them cost 45 ms apiece. A kept connection the SuperLink closed while idle is opened again
         once (it closed before reading the request, so nothing is sent twice)."""
-        reused = getattr(self, "_upstream", None) is not None
-        if not reused:
-            self._upstream = self.server.connect_upstream()
+        reused = self._upstream is not None
         try:
-            self._upstream.request("POST", self.path, body=body, headers=headers)
-            reply = self._upstream.getresponse()
+            return self._send_upstream(body, headers)
         except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             if not reused:
                 raise
             self._close_upstream()
+            return self._send_upstream(body, headers)
+
+    def _send_upstream(self, body: bytes, headers: dict):
+        if self._upstream is None:
             self._upstream = self.server.connect_upstream()
-            self._upstream.request("POST", self.path, body=body, headers=headers)
-            reply = self._upstream.getresponse()
+        self._upstream.request("POST", self.path, body=body, headers=headers)
+        reply = self._upstream.getresponse()
         data = reply.read()
         if reply.will_close:
             self._close_upstream()
         return reply, data
 
     def _close_upstream(self) -> None:
-        if getattr(self, "_upstream", None) is not None:
+        if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
 

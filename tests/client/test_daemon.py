@@ -76,13 +76,14 @@ def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsit
 
     from client.daemon import MerchantDaemon
     from client.onsite.personalise import OnsiteConfig
+    from fedprofile.federation import free_port
 
     # no SuperLink answers at this address: the SuperNode retries while the worker and the service run
     # deep: a state folder whose socket path would pass what an AF_UNIX address holds
     state = tmp_path / ("a-state-folder-far-down-" * 4 if deep else "") / "state"
     daemon = MerchantDaemon(data=str(onsite.data), fmt="synthetic", superlink="127.0.0.1:9", state_dir=state,
                             store=tmp_path / "store.sqlite", model=str(onsite.models), grpc_port=0,
-                            clientapp_port=_free_port(), onsite=OnsiteConfig(epochs=0, alone_epochs=0), max_backoff=1.0)
+                            clientapp_port=free_port(), onsite=OnsiteConfig(epochs=0, alone_epochs=0), max_backoff=1.0)
     daemon.start()
     try:
         def worker_up(after: int | None = None):
@@ -110,10 +111,3 @@ def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsit
     if deep:  # the temporary folder goes with the daemon
         assert not socket.parent.exists()
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
