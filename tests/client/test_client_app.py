@@ -176,5 +176,6 @@ def test_packed_arrays_are_answered_packed_and_train_the_same(tmp_path, privacy)
     assert seen and all(keys == [[PACKED]] for keys in seen)  # every reply with arrays came back as one array
     assert packed.rounds_completed == plain.rounds_completed == 2
     assert packed.epsilon == pytest.approx(plain.epsilon)
-    assert packed.final["ndcg@10"] > 0
+    # every merchant's evaluation came back and counted (NDCG itself can be 0 on a noisy 2-round DP run)
+    assert packed.history[-1]["evaluated-merchants"] == 2
     assert all(row.get("aggregated", True) for row in packed.history)  # (a distributed round needs every vector)

@@ -97,3 +97,19 @@ def test_a_client_that_connects_and_sends_nothing_holds_up_no_one(tmp_path, monk
         stalled.close()
     thread.join(timeout=60)
     assert not thread.is_alive()
+
+
+def test_a_message_whose_arrays_do_not_unpack_is_refused_before_anything_runs():
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+
+    from client.rounds import handle
+    from shared_model.packing import PACKED
+
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2, "merchant-name": "m"},
+                      state=RecordDict(), run_config={})
+    msg = Message(content=RecordDict({"arrays": ArrayRecord({PACKED: Array(np.zeros(8, np.uint8))})}),
+                  message_type="evaluate", dst_node_id=1)  # packed, but no layout came with it
+    reply = handle(msg, context)
+    assert "do not unpack" in str(reply.content.config_records["merchant"]["refused"])
+    assert not reply.content.metric_records and not reply.content.array_records

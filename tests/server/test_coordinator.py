@@ -211,3 +211,18 @@ def test_sparse_rows_averages_a_table_row_over_the_merchants_that_changed_it(tmp
     assert changed.any()
     # plain averaging moves those rows only part of the way (merchant 1's share of the examples)
     assert not np.allclose(plain[changed], returned[1][changed], rtol=1e-6, atol=1e-7)
+
+
+def test_a_reply_whose_arrays_do_not_unpack_is_left_out():
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, Message, RecordDict
+
+    from server.exchange import _unpacked
+    from shared_model.packing import PACKED, pack
+
+    good = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(3, np.float32))})})
+    pack(good)
+    assert _unpacked(Message(content=good, message_type="train", dst_node_id=1))
+    assert list(good.array_records["arrays"].keys()) == ["w"]
+    bad = RecordDict({"arrays": ArrayRecord({PACKED: Array(np.zeros(8, np.uint8))})})
+    assert not _unpacked(Message(content=bad, message_type="train", dst_node_id=1))
