@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+# What one more physical batch costs under DP-SGD, in padded positions (hooks, a second backward, accumulating
+# the gradients): on Beauty's Poisson batches 300 split best of 150-1,500 (CPU-2, docs/benchmarks.md 3)
+CHUNK_COST_POSITIONS = 300
 
 
 def length_grouped_batches(lengths: torch.Tensor, batch_size: int, *, seed: int, group: int = 64):
@@ -50,12 +53,50 @@ def steps_for(epochs: float, batches_per_epoch: int) -> int:
     return max(1, int(epochs * batches_per_epoch))
 
 
+def length_chunks(lengths: list[int], *, max_users: int | None = None,
+                  chunk_cost: float = CHUNK_COST_POSITIONS) -> list[tuple[int, int]]:
+    """Cut users sorted by length (ascending) into consecutive chunks [a, b) that minimise padded positions
+    (each chunk padded to its longest user) plus `chunk_cost` per chunk; then any chunk over `max_users` is
+    cut into equal parts. Cuts fall only where the length changes, so this is quick for any batch size."""
+    n = len(lengths)
+    cuts = [0] + [i for i in range(1, n) if lengths[i] != lengths[i - 1]] + [n] if n else [0]
+    best, previous = [0.0] + [float("inf")] * (len(cuts) - 1), [0] * len(cuts)
+    for j in range(1, len(cuts)):
+        for i in range(j):
+            cost = best[i] + (cuts[j] - cuts[i]) * lengths[cuts[j] - 1] + chunk_cost
+            if cost < best[j]:
+                best[j], previous[j] = cost, i
+    chunks, j = [], len(cuts) - 1
+    while j > 0:
+        chunks.append((cuts[previous[j]], cuts[j]))
+        j = previous[j]
+    out = []
+    for start, end in reversed(chunks):
+        parts = -(-(end - start) // max_users) if max_users else 1
+        bounds = [start + (end - start) * k // parts for k in range(parts + 1)]
+        out.extend(zip(bounds[:-1], bounds[1:]))
+    return out
+
+
+def _private_chunks(loader, optimizer, *, max_users: int | None):
+    """Each Poisson-sampled (logical) batch as physical batches of users of similar length; the optimizer skips
+    its step until the last one, so clipping is per customer and noise and accounting per logical batch."""
+    for batch in loader:
+        targets = batch[-3]  # (B, L): 0 = no target at that position
+        if targets.shape[0] == 0:  # an empty sample still takes its (noise-only) step
+            optimizer.signal_skip_step(do_skip=False)
+            yield batch
+            continue
+        lengths = (targets > 0).sum(1).clamp(min=1)
+        order = torch.argsort(lengths, stable=True)
+        chunks = length_chunks(lengths[order].tolist(), max_users=max_users)
+        for i, (start, end) in enumerate(chunks):
+            optimizer.signal_skip_step(do_skip=i < len(chunks) - 1)
+            yield [t[order[start:end]] for t in batch]
+
+
 @contextlib.contextmanager
-def physical_batches(loader, optimizer, *, physical_batch_size: int | None, batch_size: int, private: bool):
-    """Under DP, split each sampled (logical) batch into physical ones; accounting stays per logical batch."""
-    if not private or not physical_batch_size or physical_batch_size >= batch_size:
-        yield loader
-        return
-    with BatchMemoryManager(data_loader=loader, max_physical_batch_size=physical_batch_size,
-                            optimizer=optimizer) as physical:
-        yield physical
+def physical_batches(loader, optimizer, *, physical_batch_size: int | None, private: bool):
+    """Under DP, split each sampled (logical) batch into physical ones by length (at most `physical_batch_size`
+    users each, to bound memory); accounting stays per logical batch. Plain batches pass as they are."""
+    yield _private_chunks(loader, optimizer, max_users=physical_batch_size) if private else loader

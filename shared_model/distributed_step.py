@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from shared_model import embedding_norm
 from shared_model.features import SequenceData
+from shared_model.ghost_clipping import GhostClippingSpeedup
 from shared_model.loss import ProfileLoss
 from shared_model.model import ProfileTransformer
 from shared_model.privacy import secret_generator
@@ -74,7 +75,9 @@ def noised_gradient_sum(model: ProfileTransformer, data: SequenceData, run: RunC
                                   noise_generator=generator, grad_sample_mode=mode, loss_reduction="mean")
     net, optimizer, criterion, loader = wrapped
     optimizer.expected_batch_size = 1  # "mean" divides .grad by this: 1 keeps the plain sum
-    step = _Step(net, optimizer, criterion, config, data, device, private=True, proximal_mu=0.0, model=model)
+    speedup = GhostClippingSpeedup(net, optimizer)
+    step = _Step(net, optimizer, criterion, config, data, device, private=True, proximal_mu=0.0, model=model,
+                 backward=speedup.backward)
     batch = next(iter(loader))
     _, sampled, _ = step(batch)
     params = dict(model.named_parameters())
@@ -85,6 +88,7 @@ def noised_gradient_sum(model: ProfileTransformer, data: SequenceData, run: RunC
             parts.append(np.zeros(int(np.prod(shape))))
         else:
             parts.append(param.grad.detach().double().cpu().numpy().ravel())
+    speedup.close()
     net._close()
     model.cpu()
     return GradientShare(vector=np.concatenate(parts), sampled=int(sampled), seconds=time.perf_counter() - started)

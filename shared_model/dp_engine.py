@@ -12,6 +12,7 @@ from opacus.data_loader import DPDataLoader
 
 from shared_model import embedding_norm
 from shared_model.batching import steps_for
+from shared_model.ghost_clipping import GhostClippingSpeedup
 from shared_model.model import ProfileTransformer
 from shared_model.privacy import PrivacyConfig, PrivacyLedger, secret_generator
 
@@ -26,6 +27,14 @@ class PrivateTraining:
     loader: torch.utils.data.DataLoader
     engine: PrivacyEngine
     ledger: PrivacyLedger
+    speedup: GhostClippingSpeedup | None = None  # ghost clipping only
+
+    def backward(self, loss) -> None:
+        """Both of ghost clipping's passes (or Opacus' hooks mode's one)."""
+        if self.speedup is not None:
+            self.speedup.backward(loss)
+        else:
+            loss.backward()
 
     def epsilon(self) -> float:
         """Record the steps taken so far in the ledger and return the epsilon spent over every call."""
@@ -34,6 +43,8 @@ class PrivateTraining:
 
     def close(self) -> None:
         """Remove Opacus' hooks and per-sample attributes: the model is plain again."""
+        if self.speedup is not None:
+            self.speedup.close()
         self.net._close()
 
 
@@ -86,4 +97,5 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
     else:
         net, optimizer, loader = wrapped
     net.forbid_grad_accumulation()  # as Opacus does for the Poisson sampling it sets up itself
-    return PrivateTraining(net, optimizer, criterion, loader, engine, ledger)
+    speedup = GhostClippingSpeedup(net, optimizer) if mode == "ghost" else None
+    return PrivateTraining(net, optimizer, criterion, loader, engine, ledger, speedup)

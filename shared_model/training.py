@@ -147,7 +147,7 @@ def train(
                                ledger_state=ledger_state)
         net, optimizer, criterion, loader = private.net, private.optimizer, private.criterion, private.loader
     step = _Step(net, optimizer, criterion, config, data, device, private=privacy is not None,
-                 proximal_mu=proximal_mu, model=model)
+                 proximal_mu=proximal_mu, model=model, backward=private.backward if private else None)
 
     result = TrainResult(delta=privacy.target_delta if privacy else 0.0)
     examples, train_seconds = 0, 0.0
@@ -158,7 +158,7 @@ def train(
         started = time.perf_counter()
         total_loss, batches = 0.0, 0
         with physical_batches(loader, optimizer, physical_batch_size=config.physical_batch_size,
-                              batch_size=config.batch_size, private=privacy is not None) as physical:
+                              private=privacy is not None) as physical:
             for batch in physical:
                 if batch[0].shape[0] == 0 and privacy is None:
                     continue
@@ -217,8 +217,9 @@ class _Step:
     autocast, the step, then FedProx's pull. Returns (loss, users, whether the optimizer stepped)."""
 
     def __init__(self, net, optimizer, criterion, config: TrainConfig, data: SequenceData, device: torch.device, *,
-                 private: bool, proximal_mu: float, model: ProfileTransformer):
+                 private: bool, proximal_mu: float, model: ProfileTransformer, backward: Callable | None = None):
         self.net, self.optimizer, self.criterion, self.config, self.device = net, optimizer, criterion, config, device
+        self.backward = backward or (lambda loss: loss.backward())
         self.private = private
         self.num_items = data.catalogue.num_items
         self.category_set = torch.unique(data.catalogue.descriptors[1:, 2]).to(device)  # the merchant's categories
@@ -243,7 +244,7 @@ class _Step:
                                train_negatives=not self.private)
             loss = self.criterion(outputs, (target_items, target_categories, target_purchase, negatives,
                                             self.category_set))
-        loss.backward()
+        self.backward(loss)
         self.optimizer.step()
         stepped = not getattr(self.optimizer, "_is_last_step_skipped", False)
         if self.anchor and stepped:

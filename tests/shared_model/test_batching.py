@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from shared_model.batching import length_grouped_batches, steps_for, trim_padding
+from shared_model.batching import length_chunks, length_grouped_batches, steps_for, trim_padding
 from shared_model.features import build_sequences
 from shared_model.loss import ProfileLoss
 from shared_model.model import ProfileConfig, ProfileTransformer
@@ -51,3 +51,15 @@ def test_a_fraction_of_an_epoch_rounds_down_but_takes_at_least_one_step():
     assert steps_for(2, 10) == 20
     assert steps_for(0.55, 10) == 5
     assert steps_for(0.01, 10) == 1
+
+
+def test_length_chunks_cover_sorted_users_in_order_and_split_only_where_it_saves_positions():
+    lengths = [2] * 60 + [5] * 30 + [50] * 6
+    chunks = length_chunks(lengths, chunk_cost=300)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))  # consecutive, nothing lost or repeated
+    padded = sum((end - start) * lengths[end - 1] for start, end in chunks)
+    assert padded + 300 * len(chunks) < len(lengths) * 50 + 300  # cheaper than one chunk padded to 50
+    assert length_chunks([7] * 10, chunk_cost=300) == [(0, 10)]  # one length: nothing to save
+    assert length_chunks([3] * 10, max_users=4) == [(0, 3), (3, 6), (6, 10)]  # memory bound respected
+    assert length_chunks([]) == []
