@@ -13,6 +13,9 @@ import threading
 from pathlib import Path
 
 from client.app_pin import pinned_bin
+from client.console.federation import federation_status
+from client.console.server import TOKEN_FILE as CONSOLE_TOKEN
+from client.console.server import ConsoleOptions
 from client.forwarder import WORKER_KEY, WORKER_SOCKET
 from client.onsite.access import ServiceAccess
 from client.onsite.engine import open_engine
@@ -59,7 +62,8 @@ class MerchantDaemon:
                  store: Path = Path("merchant.sqlite"), model: str | None = None, catalogue: Path | None = None,
                  onsite: OnsiteConfig = OnsiteConfig(),
                  watch_interval: float = 1.0, max_log_bytes: int = 50_000_000,
-                 max_backoff: float = 60.0, round_worker: bool = True, train_threads: int | None = None):
+                 max_backoff: float = 60.0, round_worker: bool = True, train_threads: int | None = None,
+                 console: ConsoleOptions | None = None):
         self.data, self.fmt, self.superlink = str(Path(data).resolve()), fmt, superlink
         self.state_dir = Path(state_dir).resolve()
         self.root_certificates, self.auth_key = root_certificates, auth_key
@@ -70,6 +74,7 @@ class MerchantDaemon:
         self.onsite = onsite  # how each received global version is fine-tuned on site (epochs 0: served as is)
         self.watch_interval, self.max_backoff, self.max_log_bytes = watch_interval, max_backoff, max_log_bytes
         self.round_worker = round_worker
+        self.console_options, self.console = console, None
         self.train_threads = train_threads or default_train_threads()
         self.port: int | None = None
         self.restarts = 0
@@ -90,6 +95,9 @@ class MerchantDaemon:
         elif self.model:
             self.engine.load_model(self.model)
         self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port, access=self.access)
+        if self.console_options is not None:
+            self.console = self.console_options.start(self.engine, token_file=self.state_dir / CONSOLE_TOKEN,
+                                                      federation=self._federation_status)
         self._watcher = self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
         node_config = {"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
                        "merchant-name": self.name}
@@ -101,6 +109,10 @@ class MerchantDaemon:
         self._supervise("supernode", supernode_command(
             superlink=self.superlink, root_certificates=self.root_certificates, auth_key=self.auth_key,
             clientapp_port=self.clientapp_port, node_config=node_config), env=self._supernode_env())
+
+    def _federation_status(self) -> dict:
+        serving = self.engine.current.version if self.engine.current else None
+        return federation_status(models=self.state_dir / MODELS, state_dir=self.state_dir, serving=serving)
 
     def _worker_address(self) -> tuple[str, Path]:
         """(socket path, secret file) of the round worker, both in a folder only this user can enter; the secret
@@ -162,6 +174,8 @@ class MerchantDaemon:
                 process.kill()
         if self._socket_folder is not None:
             shutil.rmtree(self._socket_folder, ignore_errors=True)
+        if self.console is not None:
+            self.console.stop()
         self.server.stop(grace=2).wait()
         # a fit in progress finishes first: a thread still inside torch when the interpreter exits aborts it
         self._watcher.join(timeout=30)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from client.policy import PolicyRefusal, PrivacyPolicy
 from client.secure_round import keys_reply, ledger_for, masked_reply, shares_reply, unmask_reply
-from client.state import MerchantState, keep_global_model
+from client.state import MerchantState, keep_global_model, log_sent
 from shared_model.checkpoint import model_for_catalogue
 from shared_model.device import pick_device
 from shared_model.merchant_data import load_merchant, simulated_merchants
@@ -278,6 +279,19 @@ def handle(msg: Message, context: Context) -> Message:
         return _refuse(msg, _name(context), f"the message's arrays do not unpack: {exc}",
                        train=msg.metadata.message_type == "train")
     reply = handler(msg, context)
+    if "state-dir" in context.node_config and reply.has_content():
+        log_sent(Path(str(context.node_config["state-dir"])), _sent_counts(msg, reply))
     if packed and reply.has_content():
         pack(reply.content)
     return reply
+
+
+def _sent_counts(msg: Message, reply: Message) -> dict:
+    """What a reply carries out of the merchant, as counts: numbers in its arrays, named figures in its metrics."""
+    values = sum(math.prod(array.shape) for record in reply.content.array_records.values() for array in record.values())
+    metrics = {key: value for record in reply.content.metric_records.values() for key, value in record.items()}
+    return {"at": time.time(), "run_id": int(msg.metadata.run_id), "round": msg.metadata.group_id,
+            "message": msg.metadata.message_type, "array_values": int(values), "metrics": len(metrics),
+            "customers": int(metrics.get("num-examples", 0)),
+            "refused": bool(metrics.get("refused", 0)) or any(record.get("refused") for record in
+                                                               reply.content.config_records.values())}

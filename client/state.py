@@ -67,6 +67,29 @@ class MerchantState:
 
 MODELS = "models"
 LOCAL_WITH_IDS = "local.pt"
+SENT_LOG = "sent.jsonl"
+
+
+def log_sent(folder: str | Path, entry: dict) -> None:
+    """Append what one reply carried out of the merchant (counts, never values) to the folder's sent log."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / SENT_LOG, "a") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def sent_log(folder: str | Path, *, last: int = 200) -> list[dict]:
+    """The newest `last` entries of the sent log, newest first (a line cut by a crash is skipped)."""
+    path = Path(folder) / SENT_LOG
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines()[-last:]:
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries[::-1]
 
 
 def keep_global_model(folder: Path, model, server_round: int, run_id: str, *, item_ids=(), keep: int = 3) -> Path:

@@ -34,6 +34,14 @@ TlsKey = Annotated[Optional[Path], typer.Option(help="TLS private key (PEM) of t
 TokenFile = Annotated[Optional[Path], typer.Option(help="File holding the token callers must send (authorization: "
                                                         "Bearer TOKEN); made, owner-readable, if missing. Needed beyond "
                                                         "loopback.", envvar="FEDPROFILE_TOKEN_FILE")]
+ConsolePort = Annotated[Optional[int], typer.Option(help="Serve the console (profiles, segments, audiences, risk, "
+                                                         "federation in a browser) on this port; off unless given; "
+                                                         "0: a free port. Its token is the console-token file.",
+                                                    envvar="FEDPROFILE_CONSOLE_PORT")]
+ConsoleHost = Annotated[str, typer.Option(help="Interface the console listens on (beyond loopback: TLS, from "
+                                               "--tls-cert/--tls-key, or --insecure).")]
+ConsoleWritable = Annotated[bool, typer.Option(help="Let console users mark risk suspects reviewed (read-only "
+                                                    "otherwise).")]
 
 
 
@@ -239,18 +247,36 @@ def merchant_serve(
     insecure: Annotated[bool, typer.Option(help="Listen beyond loopback without TLS and token (trusted networks "
                                                 "only).")] = False,
     retention_days: RetentionDays = 90.0,
+    console_port: ConsolePort = None,
+    console_host: ConsoleHost = "127.0.0.1",
+    console_writable: ConsoleWritable = False,
 ) -> None:
     """Run the on-site service alone on a published model (no federation), reloading newer versions."""
+    from client.console.federation import federation_status
+    from client.console.server import TOKEN_FILE, ConsoleOptions
     from client.onsite.service import serve
 
     access, retention = _service_settings(host, tls_cert, tls_key, token_file, insecure, retention_days)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue, retention=retention) as engine:
         server, port = serve(engine, host=host, port=grpc_port, access=access)
+        console = None
+        if console_port is not None:
+            options = ConsoleOptions(port=console_port, host=console_host, writable=console_writable,
+                                     tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
+            try:
+                console = options.start(engine, token_file=store.resolve().parent / TOKEN_FILE, federation=lambda: (
+                    federation_status(models=model, state_dir=None, serving=engine.current.version)))
+            except (OSError, ValueError, RuntimeError) as exc:
+                server.stop(grace=0)
+                fail(f"console: {exc}")
+            typer.echo(f"console on {console.url} (token: {store.resolve().parent / TOKEN_FILE})", err=True)
         stop = threading.Event()
         watcher = engine.watch(model, interval=watch, stop=stop) if watch > 0 else None
         typer.echo(f"serving model {engine.current.version} on {host}:{port} (store {store}); Ctrl-C stops", err=True)
         wait_for_signal()
+        if console is not None:
+            console.stop()
         stop.set()
         server.health.enter_graceful_shutdown()
         server.stop(grace=5).wait()
@@ -305,9 +331,13 @@ def merchant_run(
     train_threads: Annotated[Optional[int], typer.Option(min=1, help="Torch threads the round worker trains with "
                                                                      "(default: half the cores; serving keeps the "
                                                                      "rest).")] = None,
+    console_port: ConsolePort = None,
+    console_host: ConsoleHost = "127.0.0.1",
+    console_writable: ConsoleWritable = False,
 ) -> None:
     """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
     service, which serves each global model version the federation sends as soon as it arrives."""
+    from client.console.server import ConsoleOptions
     from client.daemon import MerchantDaemon
     from client.onsite.personalise import OnsiteConfig
     from client.policy import PrivacyPolicy
@@ -328,9 +358,17 @@ def merchant_run(
                             grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model,
                             catalogue=catalogue, onsite=OnsiteConfig(epochs=onsite_epochs, alone_epochs=alone_epochs,
                                                                      blend=onsite_blend),
-                            round_worker=round_worker, train_threads=train_threads)
-    daemon.start()
+                            round_worker=round_worker, train_threads=train_threads,
+                            console=None if console_port is None else ConsoleOptions(
+                                port=console_port, host=console_host, writable=console_writable, tls_cert=tls_cert,
+                                tls_key=tls_key, insecure=insecure))
+    try:
+        daemon.start()
+    except (OSError, ValueError, RuntimeError) as exc:
+        fail(str(exc))
     typer.echo(f"merchant {daemon.name}: SuperNode -> {superlink}, on-site service on {host}:{daemon.port}", err=True)
+    if daemon.console is not None:
+        typer.echo(f"console on {daemon.console.url} (token: {state_dir / 'console-token'})", err=True)
     try:
         wait_for_signal()
     finally:

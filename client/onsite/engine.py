@@ -294,6 +294,61 @@ class OnsiteEngine:
         self.store.record_answer("RiskReport", str(user_id or ""), serving.version)
         return entries, serving.version
 
+    # ---- what the console reads (the same serving model the gRPC calls answer from) -----------------------
+
+    def find_users(self, query: str, *, limit: int = 25) -> tuple[list[str], str]:
+        """Customer ids containing `query` (case-insensitive), in id order."""
+        serving = self._serving()
+        query = str(query).strip().lower()
+        found = sorted(u for u in serving.users if query in u.lower()) if query else sorted(serving.users)
+        return found[:limit], serving.version
+
+    def recent_events(self, user_id: str, *, n: int = 20) -> pd.DataFrame:
+        """A customer's newest `n` events from the store, newest first."""
+        events = self.store.events([str(user_id)])
+        return events.iloc[::-1].head(n).reset_index(drop=True)
+
+    def segment_members(self, segment: int, *, limit: int = 200) -> tuple[list[dict], str]:
+        """Members of a segment, most likely to buy first."""
+        serving = self._serving()
+        members = [{"user_id": u, "propensity": s.propensity, "risk_score": s.risk_score}
+                   for u, s in serving.users.items() if s.segment == segment]
+        members.sort(key=lambda m: -m["propensity"])
+        return members[:limit], serving.version
+
+    def segment_map(self, *, max_points: int = 3000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+        """Profile vectors projected on their first two principal axes: (N, 2) points and (N,) segments, a
+        random `max_points` of the customers at most."""
+        serving = self._serving()
+        states = list(serving.users.values())
+        if len(states) > max_points:
+            keep = np.random.default_rng(seed).choice(len(states), max_points, replace=False)
+            states = [states[i] for i in sorted(keep)]
+        vectors = np.stack([s.vector for s in states]).astype(np.float64)  # (N, k)
+        centred = vectors - vectors.mean(0)
+        _, _, axes = np.linalg.svd(centred, full_matrices=False)  # rows: principal axes
+        return centred @ axes[:2].T, np.array([s.segment for s in states]), serving.version
+
+    def audience_preview(self, category: str, *, n: int, segment: int | None = None,
+                         min_propensity: float = 0.0) -> tuple[list[dict], str]:
+        """The Audience call's ranking for `category`, narrowed to one segment and a purchase-propensity floor;
+        without those it is exactly the Audience call's answer."""
+        serving = self._serving()
+        ranked, version = self.audience(category, len(serving.users))
+        chosen = []
+        for user_id, score in ranked:
+            state = serving.users.get(user_id)
+            if state is None or (segment is not None and state.segment != segment) or state.propensity < min_propensity:
+                continue
+            chosen.append({"user_id": user_id, "score": score, "segment": state.segment,
+                           "propensity": state.propensity})
+            if len(chosen) == n:
+                break
+        return chosen, version
+
+    def categories(self) -> list[str]:
+        return sorted(str(c) for c in self._serving().categories)
+
     # ---- real-time updates --------------------------------------------------------------------------------
 
     def ingest(self, records: list[dict], *, source: str = "stream") -> dict:

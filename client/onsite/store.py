@@ -57,6 +57,14 @@ class ProfileStore(ABC):
     def answers(self) -> pd.DataFrame: ...
 
     @abstractmethod
+    def mark_reviewed(self, user_id: str, *, by: str, note: str = "") -> None:
+        """Record that staff reviewed a risk suspect (kept across restarts and model versions)."""
+
+    @abstractmethod
+    def reviews(self) -> dict[str, dict]:
+        """user_id -> {"at", "by", "note"} of the latest review."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -93,6 +101,8 @@ class SQLiteStore(ProfileStore):
     CREATE TABLE IF NOT EXISTS answers (
         id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, rpc TEXT NOT NULL, user_id TEXT,
         model_version TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS reviews (
+        user_id TEXT PRIMARY KEY, at REAL NOT NULL, by TEXT NOT NULL, note TEXT NOT NULL);
     """
 
     def __init__(self, path: str | Path, *, retention: "Retention | None" = None):
@@ -228,6 +238,15 @@ class SQLiteStore(ProfileStore):
     def answers(self) -> pd.DataFrame:
         self.flush()
         return pd.read_sql_query("SELECT at, rpc, user_id, model_version FROM answers ORDER BY id", self._connect())
+
+    def mark_reviewed(self, user_id: str, *, by: str, note: str = "") -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO reviews (user_id, at, by, note) VALUES (?,?,?,?)",
+                       (str(user_id), time.time(), str(by), str(note)))
+
+    def reviews(self) -> dict[str, dict]:
+        rows = self._connect().execute("SELECT user_id, at, by, note FROM reviews").fetchall()
+        return {user: {"at": at, "by": by, "note": note} for user, at, by, note in rows}
 
     def close(self) -> None:
         self._stop.set()

@@ -1,0 +1,29 @@
+"""The console's one drawn chart, the segment map: an SVG made by matplotlib on the server, nothing fetched."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on a server
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def segment_map_svg(points: np.ndarray, segments: np.ndarray, names: dict[int, str]) -> bytes:
+    """points (N, 2) coloured by segments (N,), one legend entry per segment name."""
+    figure, axes = plt.subplots(figsize=(7, 5), dpi=100)
+    colours = plt.get_cmap("tab10")
+    for segment in sorted(set(segments.tolist())):
+        mine = segments == segment
+        axes.scatter(points[mine, 0], points[mine, 1], s=8, alpha=0.7, color=colours(segment % 10),
+                     label=names.get(segment, f"segment {segment}"))
+    axes.set_xlabel("first principal axis of the profile vectors")
+    axes.set_ylabel("second principal axis")
+    axes.legend(loc="best", fontsize=8, markerscale=2)
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="svg")
+    plt.close(figure)
+    return out.getvalue()
