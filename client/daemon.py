@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 
 from client.app_pin import pinned_bin
+from client.console.app import TOKEN_FILE as CONSOLE_TOKEN
+from client.console.app import ConsoleOptions
 from client.console.federation import federation_status
-from client.console.server import TOKEN_FILE as CONSOLE_TOKEN
-from client.console.server import ConsoleOptions
 from client.forwarder import WORKER_KEY, WORKER_SOCKET
 from client.onsite.access import ServiceAccess
 from client.onsite.engine import open_engine
@@ -25,6 +25,7 @@ from client.onsite.service import serve
 from client.onsite.store import Retention
 from client.policy import PrivacyPolicy
 from client.state import MODELS
+from shared_model.access import read_or_make_token
 from shared_model.checkpoint import resolve_model_folder
 from shared_model.processes import config_string, env_with_our_bin
 
@@ -96,8 +97,8 @@ class MerchantDaemon:
             self.engine.load_model(self.model)
         self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port, access=self.access)
         if self.console_options is not None:
-            self.console = self.console_options.start(self.engine, token_file=self.state_dir / CONSOLE_TOKEN,
-                                                      federation=self._federation_status)
+            self.console = self.console_options.start(
+                self.engine, token=read_or_make_token(self.state_dir / CONSOLE_TOKEN), federation=self._federation_status)
         self._watcher = self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
         node_config = {"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
                        "merchant-name": self.name}

@@ -55,10 +55,18 @@ def server_run(
                                                     "operator's `flwr`; default PORT + 1).")] = 0,
     address: Annotated[Optional[str], typer.Option(help="Address operators use for `flwr` (default "
                                                         "127.0.0.1:INTERNAL_PORT).")] = None,
+    console_port: Annotated[Optional[int], typer.Option(help="Serve the coordinator's console (rounds, merchants "
+                                                             "connected and refused, quality, epsilon) on this port; "
+                                                             "off unless given; 0: a free port.")] = None,
+    console_host: Annotated[str, typer.Option(help="Interface the console listens on (beyond loopback: TLS from "
+                                                   "--certs, or --insecure).")] = "127.0.0.1",
 ) -> None:
     """Start the SuperLink (persistent database in STATE_DIR; TLS and SuperNode authentication unless --insecure)
     and write the operator's `flwr` connection; stops on Ctrl-C."""
+    from server.console.app import TOKEN_FILE, create_app, superlink_nodes
     from server.superlink import APP_DIR, start_front, start_superlink
+    from shared_model.access import read_or_make_token
+    from shared_model.console.server import ConsoleServer
 
     settings = _settings(state_dir, certs, insecure, host, port, internal_port)
     flwr_home = settings.write_operator_config(address)
@@ -67,6 +75,20 @@ def server_run(
         front = start_front(settings)
     except (OSError, RuntimeError) as exc:
         fail(str(exc))
+    console = None
+    if console_port is not None:
+        try:
+            app = create_app(state_dir / "run", token=read_or_make_token(state_dir / TOKEN_FILE),
+                             nodes=superlink_nodes(flwr_home), superlink_log=settings.state_dir / "superlink.log",
+                             secure_cookie=certs is not None)
+            console = ConsoleServer(app, host=console_host, port=console_port, insecure=insecure,
+                                    tls_cert=certs / "server.pem" if certs else None,
+                                    tls_key=certs / "server.key" if certs else None).start()
+        except (OSError, ValueError, RuntimeError) as exc:
+            front.stop()
+            process.terminate()
+            fail(f"console: {exc}")
+        typer.echo(f"console on {console.url} (token: {state_dir / TOKEN_FILE})", err=True)
     typer.echo(f"merchants' address {host}:{port} (the Fleet API alone; "
                f"{'INSECURE' if insecure else 'TLS, merchant authentication on'}); SuperLink on "
                f"127.0.0.1:{settings.internal} for the operator; database {settings.database}", err=True)
@@ -74,6 +96,8 @@ def server_run(
     typer.echo(f"start a run:        fedprofile server submit --state-dir {state_dir} [--set num-rounds=5 ...]", err=True)
     typer.echo(f"(or FLWR_HOME={flwr_home} flwr run {APP_DIR} fedprofile)", err=True)
     stopped = wait_for_signal(while_=lambda: process.poll() is None)
+    if console is not None:
+        console.stop()
     front.stop()
     if process.poll() is None:
         process.terminate()
@@ -140,6 +164,9 @@ def federation_local(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Further run-config key=value.")] = None,
     round_worker: Annotated[bool, typer.Option(help="Each merchant keeps a warm round worker (off: a cold process "
                                                     "per message).")] = True,
+    console: Annotated[bool, typer.Option(help="Start the coordinator's console and each merchant's; their pages "
+                                               "as the run ended go to OUT/console/.")] = False,
+    stay: Annotated[bool, typer.Option(help="After the run, keep everything up (with the consoles) until Ctrl-C.")] = False,
 ) -> None:
     """Start a SuperLink and merchant daemons as separate processes on 127.0.0.1 (TLS and authentication on),
     run a federated training with DP, check through gRPC which model each merchant serves, stop everything
@@ -149,9 +176,14 @@ def federation_local(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     extra = parse_sets(set_)
     federation = LocalFederation(out, merchants=merchants, unregistered=unregistered, users=users, insecure=insecure,
-                                  round_worker=round_worker)
+                                  round_worker=round_worker, console=console or stay)
     try:
         summary = federation.run(rounds=rounds, epsilon=epsilon, timeout=timeout, extra=extra)
+        if stay:
+            for name, (url, token_file, path) in federation.console_pages().items():
+                typer.echo(f"{name} console: {url}{path} (token: {token_file})", err=True)
+            typer.echo("the federation stays up; Ctrl-C stops it", err=True)
+            wait_for_signal()
     finally:
         federation.stop()
     typer.echo(json.dumps(summary, indent=2))

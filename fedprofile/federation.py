@@ -13,14 +13,18 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client.console.app import TOKEN_FILE as CONSOLE_TOKEN
 from client.daemon import refused_by_superlink
 from client.keys import make_merchant_keys
 from client.onsite.fitter import global_part
 from client.onsite.proto import merchant_pb2 as pb
 from client.onsite.proto import merchant_pb2_grpc as pb_grpc
+from server.console.app import create_app as create_console
+from server.console.app import superlink_nodes
 from server.keys import make_server_certificates
 from server.superlink import (
     APP_DIR,
@@ -32,6 +36,8 @@ from server.superlink import (
     start_front,
     start_superlink,
 )
+from shared_model.access import read_or_make_token
+from shared_model.console.server import ConsoleServer
 from shared_model.data.synthetic import SyntheticConfig, generate, write
 from shared_model.processes import env_with_our_bin, flower_binary
 
@@ -61,7 +67,7 @@ class LocalFederation:
     keys the server never registered: the SuperLink must refuse them."""
 
     def __init__(self, out: str | Path, *, merchants: int = 3, unregistered: int = 0, users: int = 150,
-                 insecure: bool = False, onsite_fit: bool = True, round_worker: bool = True):
+                 insecure: bool = False, onsite_fit: bool = True, round_worker: bool = True, console: bool = False):
         self.out = Path(out).resolve()
         self.round_worker = round_worker  # off: every message starts a cold ClientApp process that loads everything
         self.onsite_fit = onsite_fit  # off: each merchant serves the global versions as received
@@ -72,6 +78,9 @@ class LocalFederation:
         self.daemons: dict[str, subprocess.Popen] = {}
         self.grpc_ports: dict[str, int] = {}
         self.logs = self.out / "logs"
+        self.console = console  # the coordinator's console here, each merchant's in its daemon
+        self.console_ports: dict[str, int] = {}
+        self.coordinator_console = None
 
     # ---- set-up ---------------------------------------------------------------------------------------------
 
@@ -97,6 +106,11 @@ class LocalFederation:
         self.superlink = start_superlink(self.settings, stdout=open(self.logs / "superlink.out", "ab"))
         self.front = start_front(self.settings)
         log.info("SuperLink on 127.0.0.1:%d (%s)", self.port, "insecure" if self.insecure else "TLS + authentication")
+        if self.console and self.coordinator_console is None:
+            app = create_console(self.out / "server" / "run", token=read_or_make_token(self.out / "server" / CONSOLE_TOKEN),
+                                 nodes=superlink_nodes(self.flwr_home),
+                                 superlink_log=self.out / "server" / "superlink.log")
+            self.coordinator_console = ConsoleServer(app, port=free_port()).start()
 
     def register(self) -> None:
         if self.insecure:
@@ -116,6 +130,8 @@ class LocalFederation:
                "--name", name]
         cmd += [] if self.onsite_fit else ["--onsite-epochs", "0", "--alone-epochs", "0", "--no-onsite-blend"]
         cmd += [] if self.round_worker else ["--no-round-worker"]
+        if self.console:
+            cmd += ["--console-port", str(self.console_ports.setdefault(name, free_port()))]
         cmd += ["--insecure"] if self.insecure else ["--root-certificates", str(self.out / "certs" / "ca.crt"),
                                                      "--auth-key", str(self.out / "keys" / name)]
         process = subprocess.Popen(cmd, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
@@ -229,6 +245,7 @@ class LocalFederation:
             time.sleep(1.0)
             versions = self.served_versions()
         refused = self.refused()
+        consoles = self.snapshot_consoles() if self.console else {}
         summary = {
             "merchants": [{"name": n, "model_version": versions.get(n), "global_version": global_part(versions.get(n, "")),
                            "epsilon": state.get("epsilon", {}).get(n), "registered": n in self.registered}
@@ -238,10 +255,37 @@ class LocalFederation:
             "run_id": state.get("run_id"),
             "expected_model_version": expected,
             "tls": not self.insecure,
+            "consoles": consoles,
             "seconds": round(time.time() - started, 1),
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def console_pages(self) -> dict[str, tuple[str, str, str]]:
+        """(url, token file, the page to look at) of the coordinator's console and each registered merchant's."""
+        pages = {}
+        if self.coordinator_console is not None:
+            pages["coordinator"] = (self.coordinator_console.url, str(self.out / "server" / CONSOLE_TOKEN), "/rounds")
+        for name in self.registered:
+            if name in self.console_ports:
+                pages[name] = (f"http://127.0.0.1:{self.console_ports[name]}",
+                               str(self.out / "merchants" / name / CONSOLE_TOKEN), "/federation")
+        return pages
+
+    def snapshot_consoles(self) -> dict[str, str]:
+        """Save each console's page as the run ended to OUT/console/NAME.html; returns where each console is."""
+        folder = self.out / "console"
+        folder.mkdir(exist_ok=True)
+        out = {}
+        for name, (url, token_file, path) in self.console_pages().items():
+            try:
+                page = httpx.get(url + path, timeout=30,
+                                 headers={"authorization": f"Bearer {Path(token_file).read_text().strip()}"})
+                (folder / f"{name}.html").write_text(page.text)
+            except (OSError, httpx.HTTPError) as exc:
+                log.warning("could not read %s's console at %s: %s", name, url, exc)
+            out[name] = url
+        return out
 
     def kill_merchant(self, name: str) -> None:
         """SIGKILL the merchant's daemon, SuperNode and ClientApp at once (a crash, not a shutdown)."""
@@ -253,6 +297,9 @@ class LocalFederation:
         self.front.stop()
 
     def stop(self) -> None:
+        if self.coordinator_console is not None:
+            self.coordinator_console.stop()
+            self.coordinator_console = None
         if getattr(self, "front", None) is not None:
             self.front.stop()
         for process in self.daemons.values():

@@ -252,9 +252,10 @@ def merchant_serve(
     console_writable: ConsoleWritable = False,
 ) -> None:
     """Run the on-site service alone on a published model (no federation), reloading newer versions."""
+    from client.console.app import TOKEN_FILE, ConsoleOptions
     from client.console.federation import federation_status
-    from client.console.server import TOKEN_FILE, ConsoleOptions
     from client.onsite.service import serve
+    from shared_model.access import read_or_make_token
 
     access, retention = _service_settings(host, tls_cert, tls_key, token_file, insecure, retention_days)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
@@ -265,8 +266,9 @@ def merchant_serve(
             options = ConsoleOptions(port=console_port, host=console_host, writable=console_writable,
                                      tls_cert=tls_cert, tls_key=tls_key, insecure=insecure)
             try:
-                console = options.start(engine, token_file=store.resolve().parent / TOKEN_FILE, federation=lambda: (
-                    federation_status(models=model, state_dir=None, serving=engine.current.version)))
+                console = options.start(engine, token=read_or_make_token(store.resolve().parent / TOKEN_FILE),
+                                        federation=lambda: federation_status(models=model, state_dir=None,
+                                                                             serving=engine.current.version))
             except (OSError, ValueError, RuntimeError) as exc:
                 server.stop(grace=0)
                 fail(f"console: {exc}")
@@ -337,7 +339,7 @@ def merchant_run(
 ) -> None:
     """Run both jobs of a merchant: the Flower SuperNode that trains with the federation, and the on-site
     service, which serves each global model version the federation sends as soon as it arrives."""
-    from client.console.server import ConsoleOptions
+    from client.console.app import ConsoleOptions
     from client.daemon import MerchantDaemon
     from client.onsite.personalise import OnsiteConfig
     from client.policy import PrivacyPolicy

@@ -54,6 +54,13 @@ class RunStore:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
+    def latest_state(self) -> dict | None:
+        """The newest checkpoint's state (round, history, epsilon per merchant, merchants) without its arrays."""
+        pointer = self.checkpoints / LATEST
+        if not pointer.exists():
+            return None
+        return json.loads((self.checkpoints / pointer.read_text().strip() / "state.json").read_text())
+
     def latest(self) -> Checkpoint | None:
         pointer = self.checkpoints / LATEST
         if not pointer.exists():

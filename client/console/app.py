@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import hmac
 import io
 import time
@@ -13,23 +12,17 @@ from pathlib import Path
 
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 
-from client.console.charts import segment_map_svg
-from client.onsite.engine import BEHAVIOR_NAMES, OnsiteEngine, UnknownUser
+from client.onsite.engine import BEHAVIOR_NAMES, NoModelYet, OnsiteEngine
+from shared_model.console.charts import segment_map_svg
+from shared_model.console.server import ConsoleServer
+from shared_model.console.web import console_frame, form_key
 
 HERE = Path(__file__).parent
-COOKIE = "fedprofile_console"
+TOKEN_FILE = "console-token"
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-# Pages load nothing from elsewhere and run no script: a page that shows customer data cannot leak it by one.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-                               "frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
+TOKEN_HINT = ("This console shows customers' profiles. Give the console token: the console-token file in the "
+              "merchant's state folder (beside the store for merchant serve).")
 
 
 @dataclass(frozen=True)
@@ -42,13 +35,23 @@ class ConsoleSettings:
     secure_cookie: bool = False
     federation: Callable[[], dict] | None = None  # client/console/federation.py's federation_status, bound
 
-    def __post_init__(self):
-        if len(self.token) < 16:
-            raise ValueError("the console token must be at least 16 characters")
 
-    def form_key(self) -> str:
-        """What a form posts back to prove it came from a page this console served (with the token's cookie)."""
-        return hmac.new(self.token.encode(), b"console-form", hashlib.sha256).hexdigest()
+@dataclass(frozen=True)
+class ConsoleOptions:
+    """How a merchant's console listens: `port` (0: a free one), TLS files, and whether staff may mark reviews."""
+
+    port: int = 8080
+    host: str = "127.0.0.1"
+    writable: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
+
+    def start(self, engine: OnsiteEngine, *, token: str, federation: Callable[[], dict] | None = None) -> ConsoleServer:
+        settings = ConsoleSettings(token=token, writable=self.writable, secure_cookie=self.tls_cert is not None,
+                                   federation=federation)
+        return ConsoleServer(create_app(engine, settings), host=self.host, port=self.port, tls_cert=self.tls_cert,
+                             tls_key=self.tls_key, insecure=self.insecure).start()
 
 
 def _level(share: float, peak: float) -> int:
@@ -57,69 +60,23 @@ def _level(share: float, peak: float) -> int:
 
 
 def create_app(engine: OnsiteEngine, settings: ConsoleSettings) -> FastAPI:
-    app = FastAPI(title="fedprofile console", docs_url=None, redoc_url=None, openapi_url=None)
-    templates = Jinja2Templates(directory=HERE / "templates")
-    templates.env.filters["clock"] = lambda at: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at)))
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-
-    def signed_in(request: Request) -> bool:
-        given = request.cookies.get(COOKIE) or request.headers.get("authorization", "").removeprefix("Bearer ")
-        return bool(given) and hmac.compare_digest(given.encode(), settings.token.encode())
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if not request.url.path.startswith(("/login", "/static/")) and not signed_in(request):
-            response = templates.TemplateResponse(request, "login.html", {"page": "login", "failed": False},
-                                                  status_code=401)
-        else:
-            response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+    app, templates = console_frame(title="fedprofile console", templates=HERE / "templates", token=settings.token,
+                                   home="/customers", secure_cookie=settings.secure_cookie, hint=TOKEN_HINT)
+    key = form_key(settings.token)
 
     def page(request: Request, name: str, *, status_code: int = 200, **context) -> HTMLResponse:
         serving = engine.current.version if engine.current else None
         return templates.TemplateResponse(request, f"{name}.html", {
-            "page": name, "version": serving, "writable": settings.writable, "form_key": settings.form_key(),
+            "page": name, "version": serving, "writable": settings.writable, "form_key": key,
             "level": _level, **context}, status_code=status_code)
 
-    @app.exception_handler(UnknownUser)
-    async def unknown_user(request: Request, exc: UnknownUser):
-        return page(request, "error", message=str(exc).strip("'\""), status_code=404)
+    @app.exception_handler(KeyError)  # UnknownUser is one too
+    async def unknown(request: Request, exc: KeyError):
+        return page(request, "error", heading="Not found", message=str(exc).strip("'\""), status_code=404)
 
-    @app.exception_handler(KeyError)
-    async def unknown_thing(request: Request, exc: KeyError):
-        return page(request, "error", message=str(exc).strip("'\""), status_code=404)
-
-    # ---- signing in ------------------------------------------------------------------------------------
-
-    def sign_in(token: str) -> Response:
-        if not hmac.compare_digest(token.encode(), settings.token.encode()):
-            raise HTTPException(401, "wrong token")
-        response = RedirectResponse("/customers", status_code=303)
-        response.set_cookie(COOKIE, settings.token, httponly=True, samesite="strict", secure=settings.secure_cookie)
-        return response
-
-    @app.get("/login")
-    def login_page(request: Request, token: str = ""):
-        if token:  # the address the daemon prints: sign in once, the token leaves the address bar at once
-            try:
-                return sign_in(token)
-            except HTTPException:
-                return templates.TemplateResponse(request, "login.html", {"page": "login", "failed": True},
-                                                  status_code=401)
-        return templates.TemplateResponse(request, "login.html", {"page": "login", "failed": False})
-
-    @app.post("/login")
-    def login(request: Request, token: str = Form("")):
-        try:
-            return sign_in(token)
-        except HTTPException:
-            return templates.TemplateResponse(request, "login.html", {"page": "login", "failed": True},
-                                              status_code=401)
-
-    @app.get("/")
-    def home():
-        return RedirectResponse("/customers", status_code=303)
+    @app.exception_handler(NoModelYet)
+    async def no_model(request: Request, exc: NoModelYet):
+        return page(request, "error", heading="No model yet", message=str(exc), status_code=503)
 
     # ---- customers --------------------------------------------------------------------------------------
 
@@ -203,7 +160,7 @@ def create_app(engine: OnsiteEngine, settings: ConsoleSettings) -> FastAPI:
     def review(user_id: str, form_key: str = Form(""), note: str = Form("")):
         if not settings.writable:
             raise HTTPException(403, "this console is read-only: start it with --console-writable to mark reviews")
-        if not hmac.compare_digest(form_key.encode(), settings.form_key().encode()):
+        if not hmac.compare_digest(form_key.encode(), key.encode()):
             raise HTTPException(403, "this form did not come from this console")
         engine.risk(user_id=user_id)  # an unknown customer is an error, not a review of no one
         engine.store.mark_reviewed(user_id, by="console", note=note[:500])

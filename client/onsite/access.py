@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from shared_model.access import is_loopback, read_or_make_token
 
 # Health checks carry no customer data: load balancers and the daemon's supervisors may call them bare.
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
@@ -25,31 +24,6 @@ class ServiceAccess:
 
     def interceptors(self) -> list[grpc.ServerInterceptor]:
         return [TokenInterceptor(self.token)] if self.token else []
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:  # "", "0.0.0.0", "[::]" and names other than localhost are not loopback
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def read_or_make_token(path: str | Path) -> str:
-    """The token in `path`, or a new random one written there readable by its owner alone."""
-    path = Path(path)
-    if path.is_file():
-        token = path.read_text().strip()
-        if len(token) < 16:
-            raise ValueError(f"{path}: the service token must be at least 16 characters")
-        return token
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token + "\n")
-    return token
 
 
 def service_access(host: str, *, token_file: str | Path | None = None, tls_cert: str | Path | None = None,

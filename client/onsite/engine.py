@@ -39,6 +39,10 @@ class UnknownUser(KeyError):
     """No events and no profile for this user at this merchant."""
 
 
+class NoModelYet(RuntimeError):
+    """Nothing to answer from: no model version has been loaded (a merchant waiting for the federation's first)."""
+
+
 @dataclass
 class UserState:
     """What the engine keeps in memory per user for one model version (the profile itself is in the store)."""
@@ -215,7 +219,8 @@ class OnsiteEngine:
     def _serving(self) -> ServingModel:
         serving = self.current
         if serving is None:
-            raise RuntimeError("no model loaded yet")
+            raise NoModelYet("no model loaded yet: profiles appear once the federation sends its first model "
+                             "(or give the merchant --model)")
         return serving
 
     def _user(self, serving: ServingModel, user_id: str) -> UserState:

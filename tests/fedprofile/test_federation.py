@@ -3,9 +3,11 @@ separate processes, and faults (a merchant killed mid-run, the server killed and
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from flwr.cli.build import build_fab_from_disk
 
 from fedprofile.federation import LocalFederation
@@ -30,7 +33,7 @@ pytestmark = [pytest.mark.deployment, pytest.mark.processes]
 def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
     out = tmp_path / "fed"
     cmd = [sys.executable, "-m", "fedprofile", "federation", "local", "--merchants", "2", "--rounds", "1",
-           "--unregistered", "1", "--users", "60", "--out", str(out)]
+           "--unregistered", "1", "--users", "60", "--out", str(out), "--console"]
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={value}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -56,6 +59,34 @@ def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
     # the refusal is visible on both sides
     assert "No SuperNode found with the given public key" in (out / "server" / "superlink.log").read_text()
     assert "not registered" in (out / "logs" / "shop-2.log").read_text()
+    _check_consoles(out, summary)
+
+
+def _check_consoles(out: Path, summary: dict) -> None:
+    """The consoles' pages as the run ended (federation local --console saves them): the coordinator lists both
+    merchants online with their epsilon and the refused key; each merchant shows its epsilon against its policy
+    and what left it in the round, as counts."""
+    coordinator = (out / "console" / "coordinator.html").read_text()
+    for name in ("shop-0", "shop-1"):
+        assert re.search(rf"<td>{name}</td><td class=\"status-online\">online</td>", coordinator), name
+        epsilon = re.search(rf'data-merchant="{name}" data-value="([0-9.e-]+)"', coordinator)
+        assert epsilon and float(epsilon.group(1)) == pytest.approx(
+            next(m["epsilon"] for m in summary["merchants"] if m["name"] == name), rel=1e-6)
+    key = serialization.load_ssh_public_key((out / "keys" / "shop-2.pub").read_bytes())
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    fingerprint = hashlib.sha256("".join(pem.strip().splitlines()[1:-1]).encode()).hexdigest()[:16]
+    assert f'<tr class="refused-connection"><td>{fingerprint}</td>' in coordinator
+    assert 'class="round-row" data-round="1"' in coordinator
+    for name in ("shop-0", "shop-1"):
+        page = (out / "console" / f"{name}.html").read_text()
+        epsilon = re.search(r'id="epsilon" data-value="([0-9.e-]+)"', page)
+        assert epsilon and float(epsilon.group(1)) == pytest.approx(
+            next(m["epsilon"] for m in summary["merchants"] if m["name"] == name), rel=1e-3)
+        assert '<span id="max-epsilon">8.0</span>' in page
+        sent = re.findall(r'<tr class="sent-row">(.*?)</tr>', page, flags=re.S)
+        messages = [re.findall(r"<td>(.*?)</td>", row)[3] for row in sent]
+        assert any(m.startswith("train") for m in messages) and "evaluate" in messages, messages
+        assert "v0001" in page
 
 
 def _wait(condition, timeout, what):

@@ -1,4 +1,4 @@
-"""The console's one drawn chart, the segment map: an SVG made by matplotlib on the server, nothing fetched."""
+"""The consoles' charts: SVG drawn by matplotlib on the server, so a page fetches nothing and runs no script."""
 
 from __future__ import annotations
 
@@ -22,6 +22,25 @@ def segment_map_svg(points: np.ndarray, segments: np.ndarray, names: dict[int, s
     axes.set_xlabel("first principal axis of the profile vectors")
     axes.set_ylabel("second principal axis")
     axes.legend(loc="best", fontsize=8, markerscale=2)
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="svg")
+    plt.close(figure)
+    return out.getvalue()
+
+
+def by_round_svg(rounds: list[int], series: dict[str, list[float | None]], *, ylabel: str) -> bytes:
+    """One line per series over rounds (None: that round has no figure)."""
+    figure, axes = plt.subplots(figsize=(7, 3.2), dpi=100)
+    for name, values in series.items():
+        points = [(r, v) for r, v in zip(rounds, values) if v is not None]
+        if points:
+            axes.plot(*zip(*points), marker="o", markersize=3, label=name)
+    axes.set_xlabel("round")
+    axes.set_ylabel(ylabel)
+    if series:
+        axes.legend(loc="best", fontsize=8)
+    axes.grid(alpha=0.3)
     figure.tight_layout()
     out = io.BytesIO()
     figure.savefig(out, format="svg")
