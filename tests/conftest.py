@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,23 @@ def onsite(tmp_path_factory):
     onsite.truth = log.truth["users"]
     publish(1)
     return onsite
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless chromium driven by selenium (the consoles' tests): the system's browser and driver."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.skip("the console tests drive a real browser: install chromium and its driver "
+                    "(Debian: apt-get install chromium chromium-driver; .ci/run does)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extra has it)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                 "--disable-gpu", "--no-first-run"):
+        options.add_argument(flag)
+    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
+    session.set_page_load_timeout(60)
+    yield session
+    session.quit()

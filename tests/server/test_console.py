@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import httpx
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from server.console.app import create_app, refused_connections
 from server.store import Checkpoint, RunStore
 
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t" * 32
 PEM_BODY = "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEexample"
 
@@ -71,3 +81,51 @@ def test_refused_keys_are_counted_from_the_superlink_log(tmp_path):
     _, log = _run_folder(tmp_path)
     assert refused_connections(log) == [{"key": hashlib.sha256(PEM_BODY.encode()).hexdigest()[:16], "attempts": 3}]
     assert refused_connections(tmp_path / "missing.log") == []
+
+
+@pytest.mark.processes
+def test_server_run_serves_its_console_in_a_browser_behind_the_token(tmp_path, browser):
+    """`fedprofile server run --console-port` (a real SuperLink on 127.0.0.1, no merchant yet) shows a run folder's
+    rounds in headless chromium once signed in, and the sign-in page without the token."""
+    state = tmp_path / "server"
+    run, _ = _run_folder(state)  # a run folder as the ServerApp leaves it
+    port, console = _free_port(), _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "fedprofile", "server", "run", "--state-dir", str(state),
+                             "--insecure", "--host", "127.0.0.1", "--port", str(port), "--console-port", str(console)],
+                            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{console}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/rounds", timeout=1).status_code == 401:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail("the console did not come up:\n" + (tmp_path / "server.log").read_text()[-3000:])
+            time.sleep(0.3)
+        browser.delete_all_cookies()
+        browser.get(f"{url}/rounds")
+        assert browser.find_element("id", "token")  # the sign-in form, not the rounds
+        browser.find_element("id", "token").send_keys((state / "console-token").read_text().strip())
+        browser.find_element("id", "sign-in").click()
+        assert browser.find_element("tag name", "h1").text == "Rounds"
+        assert len(browser.find_elements("css selector", "tr.round-row")) == 2
+        chart = browser.find_element("id", "quality-chart")
+        assert browser.execute_script("return arguments[0].naturalWidth", chart) > 100
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -33,30 +33,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _chromium() -> tuple[str, str]:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    if not (browser and driver):
-        pytest.skip("the console tests drive a real browser: install chromium and its driver "
-                    "(Debian: apt-get install chromium chromium-driver; .ci/run does)")
-    return browser, driver
-
-
-@pytest.fixture(scope="module")
-def browser():
-    binary, driver = _chromium()
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (the dev extra has it)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
-                 "--disable-gpu", "--no-first-run"):
-        options.add_argument(flag)
-    session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
-    session.set_page_load_timeout(60)
-    yield session
-    session.quit()
-
-
 class Merchant:
     """`fedprofile merchant serve` with its console, started and stopped on 127.0.0.1."""
 
