@@ -74,6 +74,7 @@ def data_validate(
         f"{summary['duplicates']} + quarantined {summary['rows_quarantined']}; "
         f"{summary['users']} users, {summary['items']} items"
     )
+    typer.echo(log.summary.metadata_line())
     typer.echo(f"quarantine: {summary['quarantine_path']}")
 
 
@@ -165,7 +166,7 @@ def train(
     log = _load(data or "builtin" if fmt == "synthetic" else data, fmt, out / "quarantine.csv", columns)
     s = log.summary
     typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
-               f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined)")
+               f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined); {s.metadata_line()}")
     base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=heads, n_layers=layers, profile_dim=profile_dim,
                          dropout=dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
                          recency_positions=recency_positions, frozen_item_ids=frozen_item_ids)

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from shared_model.data.schema import EVENT_COLUMNS, empty_events
+from shared_model.data.schema import EVENT_COLUMNS, UNKNOWN_CATEGORY, empty_events
 from shared_model.data.validation import DataFileError, FileSummary, Quarantine, RowChecker, ValidationSummary
 
 
@@ -74,10 +74,23 @@ def finalize(
         quarantine_path=quarantine.write(),
         users=int(events["user_id"].nunique()),
         items=int(events["item_id"].nunique()),
+        item_metadata=item_metadata(events, titles),
     )
     if not summary.is_balanced():  # a bug, not bad data: every row must be accounted for
         raise AssertionError(f"row accounting does not balance: {summary.as_dict()}")
     return EventLog(events=events, users=users, summary=summary, source=source, item_titles=titles)
+
+
+def item_metadata(events: pd.DataFrame, titles: pd.Series | None) -> dict[str, float]:
+    """The share of the log's items that have each kind of metadata (a category, a brand, a price, a title)."""
+    if len(events) == 0:
+        return {"category": 0.0, "brand": 0.0, "price": 0.0, "title": 0.0}
+    known = pd.DataFrame({"item_id": events["item_id"], "category": events["category_id"] != UNKNOWN_CATEGORY,
+                          "brand": events["brand"] != "", "price": events["price"].notna()})
+    shares = known.groupby("item_id")[["category", "brand", "price"]].any().mean()
+    items = events["item_id"].nunique()
+    return {**{k: round(float(v), 4) for k, v in shares.items()},
+            "title": round(len(titles) / items, 4) if titles is not None else 0.0}
 
 
 def canonical(

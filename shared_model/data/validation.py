@@ -52,6 +52,7 @@ class ValidationSummary:
     quarantine_path: str | None
     users: int = 0
     items: int = 0
+    item_metadata: dict = field(default_factory=dict)  # share of items with a category, brand, price, title
 
     @property
     def rows_read(self) -> int:
@@ -69,6 +70,12 @@ class ValidationSummary:
     def rows_quarantined(self) -> int:
         return sum(f.rows_quarantined for f in self.event_files)
 
+    def metadata_line(self) -> str:
+        """"item metadata: category 100%, brand 83%, price 97%, title 0% of items" (none: every share 0)."""
+        if not any(self.item_metadata.values()):
+            return "item metadata: none (item ids only)"
+        return "item metadata: " + ", ".join(f"{k} {v:.0%}" for k, v in self.item_metadata.items()) + " of items"
+
     def is_balanced(self) -> bool:
         """True when no row is unaccounted for, in every file."""
         return all(
@@ -85,6 +92,7 @@ class ValidationSummary:
             "quarantine_path": self.quarantine_path,
             "users": self.users,
             "items": self.items,
+            "item_metadata": self.item_metadata,
             "balanced": self.is_balanced(),
             "files": [f.as_dict() for f in self.event_files],
             "side_files": [f.as_dict() for f in self.side_files],

@@ -1,7 +1,10 @@
-"""Amazon reviews as S3-Rec preprocessed them: the time-stamped TSV, the RecBole item file, Beauty.txt."""
+"""Amazon reviews as S3-Rec preprocessed them: the time-stamped TSV, the item metadata (the RecBole item file, or
+S3-Rec's item2attributes), Beauty.txt."""
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +27,8 @@ AMAZON_ITEM_HEADER = [
 ]
 
 
-def _amazon_file(path: Path, suffix: str) -> Path | None:
-    found = sorted(path.glob(f"*{suffix}"))
+def _amazon_file(path: Path, suffix: str, containing: str = "") -> Path | None:
+    found = sorted(p for p in path.glob(f"*{suffix}") if containing in p.name)
     return found[0] if found else None
 
 
@@ -35,10 +38,16 @@ def load(path: Path, quarantine: Quarantine) -> Parsed:
     if tsv is None:
         raise DataFileError(f"{folder}: no '*_with_time.tsv' file (user_id item_id timestamp reviewerID asin)")
     side, meta = [], pd.DataFrame(columns=["category_id", "price", "brand", "title"])
+    by_item_id = False  # the RecBole file is keyed by ASIN, S3-Rec's attributes by the item ids of the TSV
     item_file = _amazon_file(folder, ".item")
+    attributes = _amazon_file(folder, "_item2attributes.json")
     if item_file is not None:
         meta, item_summary = _amazon_item_metadata(item_file, quarantine)
         side.append(item_summary)
+    elif attributes is not None:
+        meta, item_summary = _s3rec_attributes(attributes, quarantine, _amazon_file(folder, ".json", "attrid2name"))
+        side.append(item_summary)
+        by_item_id = True
     summary = FileSummary(str(tsv))
     chunks = []
     for frame in read_delimited(
@@ -46,13 +55,14 @@ def load(path: Path, quarantine: Quarantine) -> Parsed:
     ):
         check = RowChecker(frame, file=str(tsv), raw_columns=AMAZON_TSV_COLUMNS, delimiter="\t")
         asin = check.required_text("asin")
-        item_meta = meta.reindex(asin.to_numpy())
+        item_id = check.identifier("item_id")
+        item_meta = meta.reindex(np.asarray(item_id if by_item_id else asin, dtype=object))
         chunks.append(
             canonical(
                 check,
                 file_index=0,
                 user_id=check.identifier("user_id"),
-                item_id=check.identifier("item_id"),
+                item_id=item_id,
                 category_id=item_meta["category_id"].fillna(UNKNOWN_CATEGORY).to_numpy(),
                 behavior=np.full(len(frame), int(Behavior.REVIEW)),
                 timestamp=check.timestamp("timestamp"),
@@ -93,6 +103,49 @@ def _amazon_item_metadata(file: Path, quarantine: Quarantine) -> tuple[pd.DataFr
         )
     meta = pd.concat(frames).drop_duplicates("asin").set_index("asin")
     summary.rows_accepted = summary.rows_read - summary.rows_quarantined
+    return meta, summary
+
+
+def _s3rec_attributes(file: Path, quarantine: Quarantine, names_file: Path | None) -> tuple[pd.DataFrame, FileSummary]:
+    """S3-Rec's `*_item2attributes.json` (item id -> attribute ids: the brand, when frequent enough, then the
+    categories from top to leaf) as each item's category (its leaf) and brand. An attribute is a brand when it
+    only ever comes first; `*attrid2name*.json`, when present, names them."""
+    summary = FileSummary(str(file))
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFileError(f"{file}: not a JSON object of item id -> attribute ids ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise DataFileError(f"{file}: not a JSON object of item id -> attribute ids")
+    names = {}
+    if names_file is not None:
+        try:
+            names = {str(k): str(v) for k, v in json.loads(names_file.read_text()).items()}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            names = {}  # names are a nicety: ids serve as tokens without them
+    items, bad = {}, []
+    for row, (item, attrs) in enumerate(raw.items(), start=1):
+        summary.rows_read += 1
+        if not (isinstance(attrs, list) and attrs and all(isinstance(a, int) and not isinstance(a, bool)
+                                                          for a in attrs)):
+            bad.append((row, str(item)[:64], "attribute ids must be a non-empty list of integers"))
+            continue
+        items[str(item)] = [str(a) for a in attrs]
+    for row, item, reason in bad:
+        quarantine.add(str(file), [row], "attributes", reason, [item])
+        summary.rows_quarantined += 1
+        summary.reasons[f"attributes: {reason}"] += 1
+    later = Counter(a for attrs in items.values() for a in attrs[1:])
+    brands = {attrs[0] for attrs in items.values() if len(attrs) > 1} - set(later)
+    token = lambda a: names.get(a, f"attr-{a}")  # noqa: E731
+    rows = []
+    for item, attrs in items.items():
+        brand = attrs[0] if attrs[0] in brands else None
+        categories = [a for a in attrs if a != brand]
+        rows.append((item, token(categories[-1]) if categories else UNKNOWN_CATEGORY, np.nan,
+                     token(brand) if brand else "", ""))
+    summary.rows_accepted = len(rows)
+    meta = pd.DataFrame(rows, columns=["item_id", "category_id", "price", "brand", "title"]).set_index("item_id")
     return meta, summary
 
 

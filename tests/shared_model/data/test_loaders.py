@@ -185,3 +185,29 @@ def test_a_nul_byte_is_quarantined_with_its_line(tmp_path):
     rejected = pd.read_csv(tmp_path / "q.csv")
     assert rejected["row"].tolist() == [2] and rejected["reason"].tolist() == ["NUL byte in a field"]
     assert rejected["raw"].tolist() == ["u1,i\\x001,c1,view,1511600000"]
+
+
+def test_s3rec_item_attributes_give_category_and_brand_when_the_item_file_is_absent(tmp_path):
+    """An S3-Rec release without RecBole's `.item` file: `*_item2attributes.json` (brand first when kept, then
+    categories top to leaf) becomes each item's leaf category and brand; a broken entry is quarantined and
+    counted; the summary says which item metadata the data had."""
+    folder = tmp_path / "toys"
+    folder.mkdir()
+    rows = ["user_id\titem_id\ttimestamp\treviewerID\tasin"]
+    rows += [f"{u}\t{i}\t{1_400_000_000 + 86_400 * n}\tR{u}\tA{i}" for u, items in (("1", "123"), ("2", "3412"))
+             for n, i in enumerate(items)]
+    (folder / "Toys_with_time.tsv").write_text("\n".join(rows) + "\n")
+    # attribute 9 is a brand (only ever first); 1 is a top category, first only where the brand was dropped
+    (folder / "Toys_item2attributes.json").write_text(
+        '{"1": [9, 1, 2], "2": [1, 3], "3": [9, 1, 3], "4": "oops"}')
+    (folder / "Toys_attrid2name.json").write_text('{"1": "Games", "2": "Puzzles", "3": "Dice", "9": "Acme"}')
+    log = load_events(folder, "amazon")
+    items = log.events.drop_duplicates("item_id").set_index("item_id")
+    assert items.loc["1", "category_id"] == "Puzzles" and items.loc["1", "brand"] == "Acme"
+    assert items.loc["2", "category_id"] == "Dice" and items.loc["2", "brand"] == ""
+    assert items.loc["4", "category_id"] == "unknown"  # its entry was quarantined
+    side = log.summary.side_files[0]
+    assert (side.rows_read, side.rows_accepted, side.rows_quarantined) == (4, 3, 1)
+    assert log.summary.is_balanced()
+    assert log.summary.item_metadata == {"category": 0.75, "brand": 0.5, "price": 0.0, "title": 0.0}
+    assert log.summary.metadata_line() == "item metadata: category 75%, brand 50%, price 0%, title 0% of items"
