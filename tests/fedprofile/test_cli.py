@@ -100,3 +100,16 @@ def test_simulate_refuses_bad_settings_before_starting(tmp_path, args, message):
     result = runner.invoke(app, ["simulate", "--out", str(tmp_path / "sim"), *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_train_batches_512_customers_under_dp_and_128_without_unless_told(tmp_path):
+    data = tmp_path / "shops"
+    assert runner.invoke(app, ["data", "synthesize", "--out", str(data), "--merchants", "1", "--users", "60",
+                               "--items", "200"]).exit_code == 0
+    small = ["--d-model", "16", "--profile-dim", "16", "--layers", "1", "--max-len", "12", "--negatives", "16",
+             "--item-buckets", "512", "--epochs", "1", "--data", str(data), "--format", "synthetic"]
+    for flags, expected in (([], 128), (["--dp"], 512), (["--dp", "--batch-size", "32"], 32)):
+        out = tmp_path / f"run-{len(flags)}"
+        result = runner.invoke(app, ["train", *small, *flags, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "metrics.json").read_text())["train"]["batch_size"] == expected, flags
