@@ -99,7 +99,7 @@ def onsite(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(tmp_path_factory):
     """Headless chromium driven by selenium (the consoles' tests): the system's browser and driver."""
     binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
@@ -112,7 +112,18 @@ def browser():
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1000",
                  "--disable-gpu", "--no-first-run"):
         options.add_argument(flag)
+    # its profile in pytest's temporary folder, not a new /tmp/org.chromium.* left behind each session
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
     session = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
     session.set_page_load_timeout(60)
+    session.implicitly_wait(10)  # an element looked for right after a click may be on the page still loading
     yield session
     session.quit()
+
+
+def wait_for_url(browser, suffix: str, timeout: float = 30.0) -> None:
+    """Until the browser has left for a page whose address ends with `suffix` (a click does not wait for it)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout).until(lambda b: b.current_url.endswith(suffix),
+                                          message=f"the browser never reached ...{suffix}")

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from server.console.app import create_app, refused_connections
 from server.store import Checkpoint, RunStore
+from tests.conftest import wait_for_url
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t" * 32
@@ -112,6 +113,7 @@ def test_server_run_serves_its_console_in_a_browser_behind_the_token(tmp_path, b
         assert browser.find_element("id", "token")  # the sign-in form, not the rounds
         browser.find_element("id", "token").send_keys((state / "console-token").read_text().strip())
         browser.find_element("id", "sign-in").click()
+        wait_for_url(browser, "/rounds")
         assert browser.find_element("tag name", "h1").text == "Rounds"
         assert len(browser.find_elements("css selector", "tr.round-row")) == 2
         chart = browser.find_element("id", "quality-chart")
