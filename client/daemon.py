@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from client.app_pin import pinned_bin
+from client.console.app import ADDRESS_FILE as CONSOLE_ADDRESS
 from client.console.app import TOKEN_FILE as CONSOLE_TOKEN
 from client.console.app import ConsoleOptions
 from client.console.federation import federation_status
@@ -27,6 +28,7 @@ from client.policy import PrivacyPolicy
 from client.state import MODELS
 from shared_model.access import read_or_make_token
 from shared_model.checkpoint import resolve_model_folder
+from shared_model.files import atomic_write
 from shared_model.processes import config_string, env_with_our_bin
 
 log = logging.getLogger("fedprofile.daemon")
@@ -99,6 +101,8 @@ class MerchantDaemon:
         if self.console_options is not None:
             self.console = self.console_options.start(
                 self.engine, token=read_or_make_token(self.state_dir / CONSOLE_TOKEN), federation=self._federation_status)
+            # where it listens (a --console-port of 0 takes a free port only the console knows until now)
+            atomic_write(self.state_dir / CONSOLE_ADDRESS, f"{self.console.url}\n".encode())
         self._watcher = self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
         node_config = {"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
                        "merchant-name": self.name}

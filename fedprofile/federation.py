@@ -17,6 +17,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client.console.app import ADDRESS_FILE as CONSOLE_ADDRESS
 from client.console.app import TOKEN_FILE as CONSOLE_TOKEN
 from client.daemon import refused_by_superlink
 from client.keys import make_merchant_keys
@@ -79,7 +80,6 @@ class LocalFederation:
         self.grpc_ports: dict[str, int] = {}
         self.logs = self.out / "logs"
         self.console = console  # the coordinator's console here, each merchant's in its daemon
-        self.console_ports: dict[str, int] = {}
         self.coordinator_console = None
 
     # ---- set-up ---------------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ class LocalFederation:
             app = create_console(self.out / "server" / "run", token=read_or_make_token(self.out / "server" / CONSOLE_TOKEN),
                                  nodes=superlink_nodes(self.flwr_home),
                                  superlink_log=self.out / "server" / "superlink.log")
-            self.coordinator_console = ConsoleServer(app, port=free_port()).start()
+            self.coordinator_console = ConsoleServer(app, port=0).start()  # port 0: bound at once, no race
 
     def register(self) -> None:
         if self.insecure:
@@ -130,8 +130,8 @@ class LocalFederation:
                "--name", name]
         cmd += [] if self.onsite_fit else ["--onsite-epochs", "0", "--alone-epochs", "0", "--no-onsite-blend"]
         cmd += [] if self.round_worker else ["--no-round-worker"]
-        if self.console:
-            cmd += ["--console-port", str(self.console_ports.setdefault(name, free_port()))]
+        if self.console:  # port 0: a port picked here and bound later could be taken meanwhile (it was, once)
+            cmd += ["--console-port", "0"]
         cmd += ["--insecure"] if self.insecure else ["--root-certificates", str(self.out / "certs" / "ca.crt"),
                                                      "--auth-key", str(self.out / "keys" / name)]
         process = subprocess.Popen(cmd, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
@@ -267,9 +267,10 @@ class LocalFederation:
         if self.coordinator_console is not None:
             pages["coordinator"] = (self.coordinator_console.url, str(self.out / "server" / CONSOLE_TOKEN), "/rounds")
         for name in self.registered:
-            if name in self.console_ports:
-                pages[name] = (f"http://127.0.0.1:{self.console_ports[name]}",
-                               str(self.out / "merchants" / name / CONSOLE_TOKEN), "/federation")
+            address = self.out / "merchants" / name / CONSOLE_ADDRESS
+            if address.is_file():
+                pages[name] = (address.read_text().strip(), str(self.out / "merchants" / name / CONSOLE_TOKEN),
+                               "/federation")
         return pages
 
     def snapshot_consoles(self) -> dict[str, str]:

@@ -20,6 +20,7 @@ from shared_model.console.web import console_frame, form_key
 
 HERE = Path(__file__).parent
 TOKEN_FILE = "console-token"
+ADDRESS_FILE = "console-address"  # the daemon writes the console's URL here once it listens
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 TOKEN_HINT = ("This console shows customers' profiles. Give the console token: the console-token file in the "
               "merchant's state folder (beside the store for merchant serve).")
