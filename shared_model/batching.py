@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 # What one more physical batch costs under DP-SGD, in padded positions (hooks, a second backward, accumulating
@@ -59,7 +57,9 @@ def length_chunks(lengths: list[int], *, max_users: int | None = None,
     (each chunk padded to its longest user) plus `chunk_cost` per chunk; then any chunk over `max_users` is
     cut into equal parts. Cuts fall only where the length changes, so this is quick for any batch size."""
     n = len(lengths)
-    cuts = [0] + [i for i in range(1, n) if lengths[i] != lengths[i - 1]] + [n] if n else [0]
+    if n == 0:
+        return []
+    cuts = [0] + [i for i in range(1, n) if lengths[i] != lengths[i - 1]] + [n]
     best, previous = [0.0] + [float("inf")] * (len(cuts) - 1), [0] * len(cuts)
     for j in range(1, len(cuts)):
         for i in range(j):
@@ -95,8 +95,7 @@ def _private_chunks(loader, optimizer, *, max_users: int | None):
             yield [t[order[start:end]] for t in batch]
 
 
-@contextlib.contextmanager
 def physical_batches(loader, optimizer, *, physical_batch_size: int | None, private: bool):
     """Under DP, split each sampled (logical) batch into physical ones by length (at most `physical_batch_size`
     users each, to bound memory); accounting stays per logical batch. Plain batches pass as they are."""
-    yield _private_chunks(loader, optimizer, max_users=physical_batch_size) if private else loader
+    return _private_chunks(loader, optimizer, max_users=physical_batch_size) if private else loader

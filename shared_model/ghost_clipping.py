@@ -38,14 +38,13 @@ class GhostClippingSpeedup:
     def backward(self, loss) -> None:
         """Opacus' `DPTensorFastGradientClipping.backward` (mean reduction) with a norms-only first pass."""
         outputs, self._outputs = self._outputs, []
-        params = self.net.trainable_parameters
-        for param in params:
-            param._norm_sample = None
+        trainable = [(name, p) for name, p in self.net.named_parameters() if p.requires_grad]
+        for _, param in trainable:
+            param._norm_sample = None  # so that a norm this pass does not write shows as missing, not stale
         torch.autograd.backward(loss.loss_per_sample.mean(dim=0), inputs=outputs, retain_graph=True)
         for output in outputs:
             output.grad = None
-        missing = [name for name, p in self.net.named_parameters()
-                   if p.requires_grad and getattr(p, "_norm_sample", None) is None]
+        missing = [name for name, param in trainable if param._norm_sample is None]
         if missing:  # a layer the pass did not reach would be left out of each customer's norm: never clip short
             raise RuntimeError(f"ghost clipping's first pass computed no per-customer norm for {missing[:3]}: every "
                                "trainable layer must produce a tensor output; train with ghost_clipping=False")

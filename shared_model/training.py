@@ -157,23 +157,22 @@ def train(
     for epoch in epochs:
         started = time.perf_counter()
         total_loss, batches = 0.0, 0
-        with physical_batches(loader, optimizer, physical_batch_size=config.physical_batch_size,
-                              private=privacy is not None) as physical:
-            for batch in physical:
-                if batch[0].shape[0] == 0 and privacy is None:
-                    continue
-                if config.lr_schedule != "constant":
-                    for group in optimizer.param_groups:
-                        group["lr"] = scheduled_lr(config, steps / len(loader))
-                loss, size, stepped = step(batch)
-                if stepped:
-                    selection.after_step(model)
-                total_loss += loss
-                batches += 1
-                examples += size
-                steps += stepped
-                if steps >= total_steps:  # a fractional epoch ends here, after a whole (logical) step
-                    break
+        for batch in physical_batches(loader, optimizer, physical_batch_size=config.physical_batch_size,
+                                      private=privacy is not None):
+            if batch[0].shape[0] == 0 and privacy is None:
+                continue
+            if config.lr_schedule != "constant":
+                for group in optimizer.param_groups:
+                    group["lr"] = scheduled_lr(config, steps / len(loader))
+            loss, size, stepped = step(batch)
+            if stepped:
+                selection.after_step(model)
+            total_loss += loss
+            batches += 1
+            examples += size
+            steps += stepped
+            if steps >= total_steps:  # a fractional epoch ends here, after a whole (logical) step
+                break
         train_seconds += time.perf_counter() - started
         row = {"epoch": epoch, "loss": total_loss / max(batches, 1), "seconds": round(train_seconds, 2)}
         if private is not None:

@@ -127,3 +127,22 @@ def wait_for_url(browser, suffix: str, timeout: float = 30.0) -> None:
 
     WebDriverWait(browser, timeout).until(lambda b: b.current_url.endswith(suffix),
                                           message=f"the browser never reached ...{suffix}")
+
+
+def wait_for_console(url: str, process, log_path, timeout: float = 120.0) -> None:
+    """Until a console started as `process` answers its sign-in page at `url`; fails with the log's tail when the
+    process exits or the time runs out."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/login", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            pytest.fail("the console did not come up:\n" + Path(log_path).read_text()[-3000:])
+        time.sleep(0.3)

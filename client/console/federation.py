@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from client.policy import POLICY_FILE
+from client.policy import POLICY_FILE, PrivacyPolicy
 from client.state import MODELS, MerchantState, sent_log
 from shared_model.checkpoint import MANIFEST_FILE
 from shared_model.privacy import PrivacyLedger
@@ -38,9 +39,8 @@ def federation_status(*, models: str | Path | None, state_dir: str | Path | None
     if state_dir is None:
         return status
     state_dir = Path(state_dir)
-    policy_file = state_dir / POLICY_FILE
-    if policy_file.is_file():
-        status["policy"] = json.loads(policy_file.read_text())
+    if (state_dir / POLICY_FILE).is_file():
+        status["policy"] = asdict(PrivacyPolicy.load(state_dir))
     state = MerchantState.load(state_dir)
     if state.ledger:
         ledger = PrivacyLedger.from_state_dict(state.ledger)

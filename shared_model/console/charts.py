@@ -22,11 +22,7 @@ def segment_map_svg(points: np.ndarray, segments: np.ndarray, names: dict[int, s
     axes.set_xlabel("first principal axis of the profile vectors")
     axes.set_ylabel("second principal axis")
     axes.legend(loc="best", fontsize=8, markerscale=2)
-    figure.tight_layout()
-    out = io.BytesIO()
-    figure.savefig(out, format="svg")
-    plt.close(figure)
-    return out.getvalue()
+    return _svg(figure)
 
 
 def by_round_svg(rounds: list[int], series: dict[str, list[float | None]], *, ylabel: str) -> bytes:
@@ -41,6 +37,10 @@ def by_round_svg(rounds: list[int], series: dict[str, list[float | None]], *, yl
     if series:
         axes.legend(loc="best", fontsize=8)
     axes.grid(alpha=0.3)
+    return _svg(figure)
+
+
+def _svg(figure) -> bytes:
     figure.tight_layout()
     out = io.BytesIO()
     figure.savefig(out, format="svg")

@@ -5,20 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from fedprofile.federation import free_port
 from server.console.app import create_app, refused_connections
 from server.store import Checkpoint, RunStore
-from tests.conftest import wait_for_url
+from tests.conftest import wait_for_console, wait_for_url
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t" * 32
@@ -90,7 +88,7 @@ def test_server_run_serves_its_console_in_a_browser_behind_the_token(tmp_path, b
     rounds in headless chromium once signed in, and the sign-in page without the token."""
     state = tmp_path / "server"
     run, _ = _run_folder(state)  # a run folder as the ServerApp leaves it
-    port, console = _free_port(), _free_port()
+    port, console = free_port(), free_port()
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "fedprofile", "server", "run", "--state-dir", str(state),
                              "--insecure", "--host", "127.0.0.1", "--port", str(port), "--console-port", str(console)],
@@ -98,16 +96,7 @@ def test_server_run_serves_its_console_in_a_browser_behind_the_token(tmp_path, b
                             start_new_session=True)
     try:
         url = f"http://127.0.0.1:{console}"
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/rounds", timeout=1).status_code == 401:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                pytest.fail("the console did not come up:\n" + (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.3)
+        wait_for_console(url, proc, tmp_path / "server.log")
         browser.delete_all_cookies()
         browser.get(f"{url}/rounds")
         assert browser.find_element("id", "token")  # the sign-in form, not the rounds
@@ -125,9 +114,3 @@ def test_server_run_serves_its_console_in_a_browser_behind_the_token(tmp_path, b
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

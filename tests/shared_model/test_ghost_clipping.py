@@ -47,10 +47,9 @@ def _clipped_sum(data, *, speedup: bool, split: bool, model_config: ProfileConfi
     step = _Step(net, optimizer, criterion, config, data, torch.device("cpu"), private=True, proximal_mu=0.0,
                  model=model, backward=fast.backward if fast else None)
     physical = 0
-    with physical_batches(loader, optimizer, physical_batch_size=None, private=split) as batches:
-        for batch in batches:
-            step(batch)
-            physical += 1
+    for batch in physical_batches(loader, optimizer, physical_batch_size=None, private=split):
+        step(batch)
+        physical += 1
     norms = net.per_sample_gradient_norms.clone()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
     if fast:

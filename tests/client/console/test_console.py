@@ -9,10 +9,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -21,17 +19,12 @@ import pytest
 
 from client.onsite.proto import merchant_pb2 as pb
 from client.onsite.proto import merchant_pb2_grpc as pb_grpc
-from tests.conftest import wait_for_url
+from fedprofile.federation import free_port
+from tests.conftest import wait_for_console, wait_for_url
 
 ROOT = Path(__file__).resolve().parents[3]
 SHOTS = ROOT / "docs" / "console"
 pytestmark = pytest.mark.processes  # `fedprofile merchant serve` in its own process, and a browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Merchant:
@@ -46,7 +39,7 @@ class Merchant:
         self.store = folder / "merchant.sqlite"
 
     def start(self) -> "Merchant":
-        self.grpc_port, self.console_port = _free_port(), _free_port()
+        self.grpc_port, self.console_port = free_port(), free_port()
         self.log_path = self.folder / "serve.log"
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
@@ -55,17 +48,11 @@ class Merchant:
              str(self.store), "--watch", "0", "--console-port", str(self.console_port), "--console-writable"],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
         self.url = f"http://127.0.0.1:{self.console_port}"
-        deadline = time.time() + 120
-        while True:
-            try:
-                if httpx.get(f"{self.url}/login", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                pytest.fail("the console did not come up:\n" + self.log_path.read_text()[-3000:])
-            time.sleep(0.3)
+        try:
+            wait_for_console(self.url, self.proc, self.log_path)
+        except BaseException:  # pytest.fail included: leave no merchant running
+            self.stop()
+            raise
         self.token = (self.folder / "console-token").read_text().strip()
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}")
         self.stub = pb_grpc.MerchantProfilesStub(self.channel)
