@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="run-config key=value (model, on-site lr ...)")
     parser.add_argument("--no-blend", action="store_true", help="serve the models alone, without the merchants' "
                                                                     "item adjacency (the blend's own effect)")
+    parser.add_argument("--ensemble", action="store_true", help="also measure the score ensemble of each merchant's "
+                                                                   "own model and the federation's (not served yet)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     values = dict(item.split("=", 1) for item in args.set)
@@ -48,7 +50,7 @@ def main() -> None:
                                   "partitioning": args.partitioning})
     started = time.perf_counter()
     figures = served_figures(run, args.merchants, args.dp_model, without_dp=args.plain_model,
-                             onsite=onsite_config(run, blend=not args.no_blend))
+                             onsite=onsite_config(run, blend=not args.no_blend), ensemble=args.ensemble)
     seconds = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,7 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                           "device": "cuda" if torch.cuda.is_available() else "cpu"}}
     (out / "served.json").write_text(json.dumps(result, indent=2, default=str))
-    for kind in ("alone", "shared", "onsite"):
+    for kind in ("alone", "shared", "onsite") + (("ensemble",) if args.ensemble else ()):
         print(f"{kind:>14}: NDCG@10 {figures[kind]['ndcg@10']:.4f}  HR@10 {figures[kind]['hr@10']:.4f}")
     for kind in ("shared", "onsite") if "no-dp" in figures else ():
         print(f"{'no-DP ' + kind:>14}: NDCG@10 {figures['no-dp'][kind]['ndcg@10']:.4f}  "

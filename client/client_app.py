@@ -1,11 +1,11 @@
-"""The merchant's Flower ClientApp: hands each message to the round code, in process or to the warm round worker."""
+"""The merchant's Flower ClientApp: hands each message to the round code (client/rounds.py)."""
 
 from __future__ import annotations
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.forwarder import WORKER_SOCKET, forward
+from client.rounds import handle
 
 app = ClientApp()
 
@@ -45,10 +45,6 @@ def secagg_unmask(msg: Message, context: Context) -> Message:
 
 
 def _handle(msg: Message, context: Context) -> Message:
-    # a merchant daemon keeps a round worker warm (data, torch and model loaded) and names its socket in the node
-    # config: this process, started by the SuperNode for one message, then imports no torch and only forwards
-    if WORKER_SOCKET in context.node_config:
-        return forward(msg, context)
-    from client.rounds import handle  # simulation, tests, a SuperNode started by hand: the same code in process
-
+    # the same code answers in simulation, in a process Flower starts per message, and in a merchant daemon's
+    # warm round worker (client/worker.py), which takes its SuperNode's tasks without this app
     return handle(msg, context)

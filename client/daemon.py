@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 from pathlib import Path
 
@@ -17,7 +15,6 @@ from client.console.app import ADDRESS_FILE as CONSOLE_ADDRESS
 from client.console.app import TOKEN_FILE as CONSOLE_TOKEN
 from client.console.app import ConsoleOptions
 from client.console.federation import federation_status
-from client.forwarder import WORKER_KEY, WORKER_SOCKET
 from client.onsite.access import ServiceAccess
 from client.onsite.engine import open_engine
 from client.onsite.fitter import ONSITE, OnsiteFitter
@@ -36,11 +33,14 @@ TASK_POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
 
 
 def supernode_command(*, superlink: str, node_config: dict, root_certificates: Path | None, auth_key: Path | None,
-                      clientapp_port: int) -> list[str]:
-    """The `flower-supernode` command line for this merchant (TLS unless no root certificates are given)."""
-    # Flower's own SuperNode, with a shorter idle poll (client/supernode.py)
+                      clientapp_port: int, worker_secret: Path | None = None) -> list[str]:
+    """The `flower-supernode` command line for this merchant (TLS unless no root certificates are given). With
+    `worker_secret` it starts no ClientApp processes: the round worker holding that secret takes its tasks."""
+    # Flower's own SuperNode, with a shorter idle poll (client/supernode.py); its Runtime API on loopback only
     cmd = [sys.executable, "-m", "client.supernode", "--superlink", superlink, "--node-config", config_string(node_config),
-           "--port", str(clientapp_port)]
+           "--host", "127.0.0.1", "--port", str(clientapp_port)]
+    if worker_secret is not None:
+        cmd += ["--isolation", "process", "--superexec-auth-secret-file", str(worker_secret)]
     cmd += ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
     if auth_key:
         cmd += ["--auth-supernode-private-key", str(auth_key)]
@@ -55,8 +55,9 @@ class MerchantDaemon:
 
     With `round_worker` (the default) a round worker (client/worker.py) is kept running beside them the same way:
     a process with torch, the merchant's data and the round code loaded, limited to `train_threads` torch
-    threads, that answers the messages the SuperNode's short-lived ClientApp processes forward to it. Training
-    there never blocks serving, and a crash there costs one reply, not the service."""
+    threads, that takes the SuperNode's ClientApp tasks itself (no process per message). Training there never
+    blocks serving, and a crash there costs one reply, not the service. Without it the SuperNode starts Flower's
+    `flwr-clientapp` (pinned, client/app_pin.py) for every message."""
 
     def __init__(self, *, data: str, fmt: str, superlink: str, state_dir: Path, root_certificates: Path | None = None,
                  auth_key: Path | None = None, name: str | None = None, policy: PrivacyPolicy = PrivacyPolicy(), access: ServiceAccess = ServiceAccess(),
@@ -83,7 +84,6 @@ class MerchantDaemon:
         self.restarts = 0
         self._stop = threading.Event()
         self._processes: dict[str, subprocess.Popen] = {}
-        self._socket_folder: Path | None = None  # a temporary home for the worker's socket, when the state path is long
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -106,22 +106,23 @@ class MerchantDaemon:
         self._watcher = self.fitter.watch(models, interval=self.watch_interval, stop=self._stop)
         node_config = {"data-path": self.data, "format": self.fmt, "state-dir": str(self.state_dir),
                        "merchant-name": self.name}
-        if self.round_worker:
-            socket, key = self._worker_address()
-            node_config.update({WORKER_SOCKET: socket, WORKER_KEY: str(key)})
-            self._supervise("worker", [sys.executable, "-m", "client.worker", "--socket", socket, "--key", str(key),
+        secret = self._worker_secret() if self.round_worker else None
+        if secret is not None:
+            self._supervise("worker", [sys.executable, "-m", "client.worker", "--runtime-api-address",
+                                       f"127.0.0.1:{self.clientapp_port}", "--secret-file", str(secret),
                                        "--threads", str(self.train_threads)], env=env_with_our_bin())
         self._supervise("supernode", supernode_command(
             superlink=self.superlink, root_certificates=self.root_certificates, auth_key=self.auth_key,
-            clientapp_port=self.clientapp_port, node_config=node_config), env=self._supernode_env())
+            clientapp_port=self.clientapp_port, node_config=node_config, worker_secret=secret),
+            env=self._supernode_env())
 
     def _federation_status(self) -> dict:
         serving = self.engine.current.version if self.engine.current else None
         return federation_status(models=self.state_dir / MODELS, state_dir=self.state_dir, serving=serving)
 
-    def _worker_address(self) -> tuple[str, Path]:
-        """(socket path, secret file) of the round worker, both in a folder only this user can enter; the secret
-        is new at each start of the daemon."""
+    def _worker_secret(self) -> Path:
+        """The secret the SuperNode asks of whoever takes its tasks (Flower's SuperExec authentication), in a
+        folder only this user can enter; new at each start of the daemon."""
         folder = self.state_dir / "worker"
         folder.mkdir(mode=0o700, exist_ok=True)
         folder.chmod(0o700)
@@ -129,11 +130,7 @@ class MerchantDaemon:
         key.touch(mode=0o600)
         key.chmod(0o600)
         key.write_bytes(secrets.token_bytes(32))
-        socket = folder / "round.sock"
-        if len(str(socket)) > 100:  # past what an AF_UNIX address holds: a private temporary folder instead
-            self._socket_folder = Path(tempfile.mkdtemp(prefix="fedprofile-worker-"))
-            socket = self._socket_folder / "round.sock"
-        return str(socket), key
+        return key
 
     def _supervise(self, name: str, cmd: list[str], *, env: dict) -> None:
         threading.Thread(target=self._keep_running, args=(name, cmd, env), name=name, daemon=True).start()
@@ -164,7 +161,7 @@ class MerchantDaemon:
         only the ClientApp code installed here (client/app_pin.py)."""
         env = env_with_our_bin()
         env["PATH"] = os.pathsep.join([str(pinned_bin(self.state_dir)), env["PATH"]])
-        env.setdefault(TASK_POLL_ENV, "0.1")  # Flower's knob: its ClientApp launcher looks for tasks every 1 s
+        env.setdefault(TASK_POLL_ENV, "0.1")  # without the worker, Flower's launcher looks for tasks every 1 s
         return env
 
     def stop(self) -> None:
@@ -177,8 +174,6 @@ class MerchantDaemon:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-        if self._socket_folder is not None:
-            shutil.rmtree(self._socket_folder, ignore_errors=True)
         if self.console is not None:
             self.console.stop()
         self.server.stop(grace=2).wait()

@@ -1,96 +1,131 @@
-"""The merchant's round worker: a warm process that answers its ClientApp's messages with the round code."""
+"""The merchant's round worker: a warm process that takes its SuperNode's ClientApp tasks and answers them itself."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
-from contextlib import contextmanager
-from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
 import torch
-from flwr.common.serde import context_from_proto, message_from_proto
-from flwr.proto.message_pb2 import Context as ProtoContext  # pylint: disable=no-name-in-module
-from flwr.proto.message_pb2 import Message as ProtoMessage  # pylint: disable=no-name-in-module
+from flwr.app import Context, Message
+from flwr.app.error import Error
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-from client.forwarder import check_secret, receive_frames, reply_frames, send_frames
+from client.app_pin import AppRefused, check_fab
 from client.rounds import handle
 
 log = logging.getLogger("fedprofile.worker")
-MAX_SECRET = 1024  # bytes: the first frame of a connection is the secret, nothing longer is read
-FRAME_WAIT = 30.0  # seconds a connected client may take to send its next frame
+POLL = 0.05  # seconds between asking the SuperNode for a task when it had none (Flower's launcher: 1 s)
+ACQUIRE = "/flwr.proto.Runtime/AcquireTask"  # the one call the SuperNode checks the shared secret on
 
 
-def serve(address: str, key_file: Path, *, max_messages: int | None = None) -> None:
-    """Answer one connection at a time (a SuperNode sends one message at a time) until killed, or until
-    `max_messages` were answered. The socket is the owner's only; every connection must show the daemon's secret."""
-    if os.path.exists(address):  # left by a worker that crashed: nothing listens there any more
-        os.unlink(address)
-    with _owner_only():
-        listener = Listener(address, family="AF_UNIX")
-    log.info("round worker listening on %s (torch threads: %d)", address, torch.get_num_threads())
-    answered = 0
-    try:
-        while max_messages is None or answered < max_messages:
-            with listener.accept() as conn:
+class RoundWorker:
+    """Takes the ClientApp tasks of the SuperNode at `runtime_address` (Flower's Runtime API; the SuperNode runs
+    with `--isolation process` and the same secret, so nothing else may take them) and answers each in this
+    process, where torch, the round code and the merchant's data stay loaded: what Flower's launcher would do by
+    starting a fresh `flwr-clientapp` process per message, without the process. Each run's app is still checked
+    against this merchant's installed code (client/app_pin.py) before any message of it is answered."""
+
+    def __init__(self, runtime_address: str, secret: bytes):
+        if not secret:
+            raise ValueError("the round worker needs the SuperNode's shared secret (an empty file was given)")
+        self.address = runtime_address
+        self.retry = make_simple_http_retry_invoker()
+        self.client = RuntimeHttpClient.from_server_address(
+            server_address=runtime_address, insecure=True, root_certificates=None, retry_invoker=self.retry,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec"),
+                          SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE})])
+        self.accepted_fabs: set[str] = set()  # FAB hashes already compared file by file with ours
+        self.answered = 0
+
+    def serve(self, *, max_tasks: int | None = None, poll: float = POLL) -> None:
+        """Take and answer tasks one at a time until killed, or until `max_tasks` were answered."""
+        log.info("round worker taking tasks from %s (torch threads: %d)", self.address, torch.get_num_threads())
+        try:
+            while max_tasks is None or self.answered < max_tasks:
+                task = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+                if task.HasField("task") and task.token:
+                    self.run_task(task.token)
+                else:
+                    time.sleep(poll)
+        finally:
+            self.client.close()
+
+    def run_task(self, token: str) -> None:
+        """One task, as Flower's `flwr-clientapp` runs it (its own pull and push functions), the app pinned."""
+        client = RuntimeHttpClient.from_server_address(
+            server_address=self.address, insecure=True, root_certificates=None, retry_invoker=self.retry,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                          RuntimeTokenHttpInterceptor(token)])
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))  # the SuperNode expires silent tasks
+        heartbeat.start()
+        message = context = reply = None
+        status, details = SubStatus.FAILED, "the round worker failed before the message arrived"
+        try:
+            message, context, _, fab = pull_task_input(client)
+            started = time.perf_counter()
+            reply = self.answer(message, context, fab.content, fab.hash_str)
+            status = SubStatus.COMPLETED if not reply.has_error() else SubStatus.FAILED
+            details = "" if status == SubStatus.COMPLETED else reply.error.reason
+            seconds = time.perf_counter() - started
+            # created_at is the coordinator's clock: on one machine, the message's way here (SuperLink, SuperNode)
+            log.info("answered %s in %.2fs (%.2fs after the coordinator created it)", message.metadata.message_type,
+                     seconds, time.time() - message.metadata.created_at - seconds)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            log.exception("a task failed before it had a reply")
+            details = f"{type(exc).__name__}: {exc}"
+        finally:
+            # a run stopped meanwhile, or a task the SuperNode expired: this task is lost, the worker carries on
+            for what, push in (("reply", lambda: push_message(client, reply, context)
+                                if reply is not None and context is not None else None),
+                               ("task's end", lambda: push_task_output(client=client, context=context,
+                                                                       sub_status=status, details=details))):
                 try:
-                    answered += _answer(conn, key_file)
-                except (EOFError, OSError) as exc:  # the ClientApp went away, or sent a frame past the limits
-                    log.warning("dropped a connection: %s", exc)
-    finally:
-        listener.close()
+                    push()
+                except Exception:  # pylint: disable=broad-exception-caught
+                    log.exception("could not push the %s", what)
+            heartbeat.stop()
+            client.close()
+            self.answered += 1
 
-
-def _answer(conn: Connection, key_file: Path) -> int:
-    _wait_for_frame(conn)
-    if not check_secret(conn.recv_bytes(MAX_SECRET), key_file):
-        log.warning("refused a connection without the daemon's secret")
-        return 0
-    _wait_for_frame(conn)
-    message_bytes, context_bytes = receive_frames(conn, 2)
-    msg = message_from_proto(ProtoMessage.FromString(message_bytes))
-    context = context_from_proto(ProtoContext.FromString(context_bytes))
-    started = time.perf_counter()
-    try:
-        reply = handle(msg, context)
-    except Exception as exc:  # the round code failed: the ClientApp reports it, this worker stays up
-        log.exception("%s message failed", msg.metadata.message_type)
-        send_frames(conn, b"error", f"{type(exc).__name__}: {exc}".encode())
-        return 1
-    seconds = time.perf_counter() - started
-    send_frames(conn, *reply_frames(reply, context))
-    # created_at is the coordinator's clock: on one machine, the message's way here (SuperLink, SuperNode, process)
-    log.info("answered %s in %.2fs (%.2fs after the coordinator created it)", msg.metadata.message_type, seconds,
-             time.time() - msg.metadata.created_at - seconds)
-    return 1
-
-
-def _wait_for_frame(conn: Connection) -> None:
-    # one connection at a time: a client that connects and sends nothing must not hold up every later message
-    if not conn.poll(FRAME_WAIT):
-        raise EOFError(f"nothing arrived within {FRAME_WAIT:.0f}s")
-
-
-@contextmanager
-def _owner_only():
-    previous = os.umask(0o177)  # the socket file is created rw for its owner only
-    try:
-        yield
-    finally:
-        os.umask(previous)
+    def answer(self, message: Message, context: Context, fab: bytes, fab_hash: str) -> Message:
+        """The reply to `message`: an error reply when the run's app is not ours or the round code raised (the
+        coordinator sees the reason; this worker stays up)."""
+        if fab_hash not in self.accepted_fabs:
+            try:
+                check_fab(fab)
+            except AppRefused as exc:
+                log.error("refused the run's app: %s", exc)
+                return Message(Error(code=ErrorCode.LOAD_CLIENT_APP_EXCEPTION, reason=f"refused the run's app: {exc}"),
+                               reply_to=message)
+            self.accepted_fabs.add(fab_hash)
+        try:
+            return handle(message, context)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            log.exception("%s message failed", message.metadata.message_type)
+            return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
+                           reply_to=message)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--key", required=True, type=Path)
+    parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, host:port")
+    parser.add_argument("--secret-file", required=True, type=Path, help="the secret the SuperNode was started with")
     parser.add_argument("--threads", type=int, default=1, help="torch threads: the share of cores training may use")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll, twenty a second, otherwise
     torch.set_num_threads(max(1, args.threads))
-    serve(args.socket, args.key)
+    RoundWorker(args.runtime_api_address, args.secret_file.read_bytes()).serve()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from client.onsite.adjacency import WEIGHTS, ItemAdjacency
+from client.onsite.ensemble import WEIGHTS as ENSEMBLE_WEIGHTS
+from client.onsite.ensemble import ScoreEnsemble
 from shared_model.evaluation import held_out_ranks, last_profiles, ndcg_at
 from shared_model.features import SequenceData
 from shared_model.model import ProfileTransformer
@@ -37,12 +39,13 @@ class OnsiteConfig:
 
 def personalise(global_model: ProfileTransformer, data: SequenceData, config: OnsiteConfig = OnsiteConfig(), *,
                 alone: ProfileTransformer | None = None, adjacency: ItemAdjacency | None = None,
-                device: torch.device | None = None) -> tuple[ProfileTransformer, dict]:
+                device: torch.device | None = None, fitted: dict | None = None) -> tuple[ProfileTransformer, dict]:
     """The model this merchant serves, chosen on its validation users among the global model, a fine-tuned copy
     of it (`global_model` itself is left untouched) and, when given, the merchant's own model trained `alone`
     (where the federation's model is a worse start than none, as for a merchant unlike the others); each
     blended with the merchant's item `adjacency` at the weight its validation users like best (0 = no blend).
-    Returns (model, figures); figures["chosen"] names the winner, figures["adjacency-weight"] its blend."""
+    Returns (model, figures); figures["chosen"] names the winner, figures["adjacency-weight"] its blend.
+    `fitted`, when given, receives every candidate model by name (for measurements beside the choice)."""
     device = device or torch.device("cpu")
     global_model.set_catalogue(data.catalogue.descriptors)
     adjacency = adjacency if config.blend else None
@@ -54,6 +57,8 @@ def personalise(global_model: ProfileTransformer, data: SequenceData, config: On
     if alone is not None:
         alone.set_catalogue(data.catalogue.descriptors)
         candidates["alone"] = (alone, *blend_weight(alone, data, adjacency, device=device), 0)
+    if fitted is not None:
+        fitted.update({name: (model, valid) for name, (model, valid, _, _) in candidates.items()})
     # strictly better than the global model, or the global model: ties keep what the federation published
     chosen = max(candidates, key=lambda name: (candidates[name][1], name == "global"))
     served, valid, weight, epochs = candidates[chosen]
@@ -82,6 +87,19 @@ def blend_curve(model: ProfileTransformer, data: SequenceData, adjacency: ItemAd
         ranks = held_out_ranks(model, data.valid, device=device, boost=boost, profiles=profiles)
         curve[weight] = float(ndcg_at(ranks, 10).mean()) if len(ranks) else 0.0
     return curve
+
+
+def best_ensemble(first: ProfileTransformer, second: ProfileTransformer, data: SequenceData,
+                  adjacency: ItemAdjacency | None, *, device: torch.device) -> tuple[ScoreEnsemble, float, float]:
+    """(ensemble, validation NDCG@10, adjacency weight): `first + w * second`, w and the adjacency blend chosen
+    together on the validation customers."""
+    best = None
+    for weight in ENSEMBLE_WEIGHTS:
+        ensemble = ScoreEnsemble(first, second, weight)
+        valid, blend = blend_weight(ensemble, data, adjacency, device=device)
+        if best is None or valid > best[1]:
+            best = (ensemble, valid, blend)
+    return best
 
 
 def train_alone(template: ProfileTransformer, data: SequenceData, config: OnsiteConfig = OnsiteConfig(), *,

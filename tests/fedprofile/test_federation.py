@@ -167,8 +167,8 @@ def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
         assert rounds_2 == [1, 3]
         # the restarted daemon started a new round worker, and that worker trained round 3
         worker_log = (fed.out / "merchants" / "shop-2" / "worker.log").read_text()
-        assert worker_log.count("round worker listening") == 2
-        assert "answered train in " in worker_log.rsplit("round worker listening", 1)[1]
+        assert worker_log.count("round worker taking tasks") == 2
+        assert "answered train in " in worker_log.rsplit("round worker taking tasks", 1)[1]
         # cumulative, one round short, by the merchants' own ledgers (the coordinator's table lags for a reply that
         # came after the round closed: once shop-0's round-3 update, paid for, arrived too late)
         spent = {n: PrivacyLedger.from_state_dict(_ledger(fed, n)["ledger"]).epsilon() for n in ("shop-0", "shop-2")}
