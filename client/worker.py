@@ -17,6 +17,7 @@ from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_htt
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.run import RunNotRunningException
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
@@ -80,7 +81,7 @@ class RoundWorker:
             # created_at is the coordinator's clock: on one machine, the message's way here (SuperLink, SuperNode)
             log.info("answered %s in %.2fs (%.2fs after the coordinator created it)", message.metadata.message_type,
                      seconds, time.time() - message.metadata.created_at - seconds)
-        except Exception as exc:  # pylint: disable=broad-exception-caught
+        except (Exception, RunNotRunningException) as exc:  # pylint: disable=broad-exception-caught
             log.exception("a task failed before it had a reply")
             details = f"{type(exc).__name__}: {exc}"
         finally:
@@ -91,7 +92,7 @@ class RoundWorker:
                                                                        sub_status=status, details=details))):
                 try:
                     push()
-                except Exception:  # pylint: disable=broad-exception-caught
+                except (Exception, RunNotRunningException):  # pylint: disable=broad-exception-caught
                     log.exception("could not push the %s", what)
             heartbeat.stop()
             client.close()
