@@ -2,7 +2,7 @@
 
 Issue 19. `fedprofile federation local`'s deployment (SuperLink with TLS and SuperNode authentication, merchant
 daemons as separate processes) with a narrow model and few customers, so that what is left of a round is what
-the deployment adds: Flower's message passing and polling, a process per message, loading the merchant's data
+the deployment adds: Flower's message passing and polling, (cold) a process per message loading the merchant's data
 and the app. Per round, from the coordinator's checkpointed history:
     overhead = round seconds - the slowest merchant's training (its own `train-seconds`)
                - one merchant's evaluation (timed here, in process, on the same data and model)
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--privacy", nargs="+", default=["local", "distributed"], choices=["local", "distributed"])
     parser.add_argument("--workers", nargs="+", default=["cold", "warm"], choices=["cold", "warm"],
                         help="cold: a fresh ClientApp process loads everything per message (Flower's way); warm: "
-                             "the merchant daemon's round worker answers")
+                             "the merchant daemon's round worker takes the SuperNode's tasks itself")
     parser.add_argument("--out", default="runs/deployed-rounds")
     args = parser.parse_args()
     out = Path(args.out).resolve()

@@ -184,8 +184,8 @@ def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
                      config_string({"num-rounds": 1, "run-dir": str(tmp_path / "foreign-run"), **extra})],
                     fed.flwr_home, timeout=120)
         assert done.returncode == 0, done.stdout + done.stderr
-        supernode_log = lambda n: (fed.out / "merchants" / n / "supernode.log").read_text(errors="replace")  # noqa: E731
-        _wait(lambda: all("refused the run's app: the run's client/client_app.py differs" in supernode_log(n)
+        worker_log = lambda n: (fed.out / "merchants" / n / "worker.log").read_text(errors="replace")  # noqa: E731
+        _wait(lambda: all("refused the run's app: the run's client/client_app.py differs" in worker_log(n)
                           for n in fed.names), 180, "every merchant to refuse the foreign app")
         assert not marker.exists()
     finally:
