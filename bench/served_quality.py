@@ -43,11 +43,16 @@ def main() -> None:
                                                                     "item adjacency (the blend's own effect)")
     parser.add_argument("--ensemble", action="store_true", help="also measure the score ensemble of each merchant's "
                                                                    "own model and the federation's (not served yet)")
+    parser.add_argument("--alone-pair", type=int, default=0, metavar="N",
+                        help="the control for --ensemble instead: at the first N merchants, the merchant's own model "
+                             "plus a second own model from another seed (what ensembling gives without the federation)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     values = dict(item.split("=", 1) for item in args.set)
     run = RunConfig.from_flat({**values, "data": args.data, "data-format": args.format,
                                   "partitioning": args.partitioning})
+    if args.alone_pair:
+        return alone_pair(run, args.merchants, args.alone_pair, args.dp_model, Path(args.out))
     started = time.perf_counter()
     figures = served_figures(run, args.merchants, args.dp_model, without_dp=args.plain_model,
                              onsite=onsite_config(run, blend=not args.no_blend), ensemble=args.ensemble)
@@ -74,6 +79,49 @@ def main() -> None:
               f"({row['onsite-fit']['chosen']}, fine-tuned {row['onsite-fit'].get('epochs', 0)} epochs, "
               f"blend {row['onsite-fit']['adjacency-weight']:g}){plain}")
     print(f"{seconds / 60:.1f} min; figures in {out}/served.json; repeat: {result['command']}")
+
+
+def alone_pair(run: RunConfig, merchants: int, first: int, dp_model: str, out: Path) -> None:
+    """Each of the first `first` merchants' own model (seed as run) against the score ensemble of it and a second
+    own model (seed + 1), both blended with the merchant's item adjacency as chosen on validation; the
+    architecture of the federation's model in `dp_model`, as the merchant alone has in the main measurement."""
+    import dataclasses
+
+    import numpy as np
+
+    from client.onsite.adjacency import ItemAdjacency
+    from client.onsite.personalise import best_ensemble, blend_weight, train_alone
+    from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
+    from shared_model.evaluation import held_out_ranks, ndcg_at, paired_ratio
+    from shared_model.merchant_data import simulated_merchants
+
+    started, device = time.perf_counter(), torch.device("cpu")
+    config = onsite_config(run)
+    model_config, shared, _ = load_global_model(resolve_model_folder(dp_model))
+    scores = {"alone": [], "alone-pair": []}
+    for merchant in simulated_merchants(run, merchants)[:first]:
+        data = merchant.sequences
+        adjacency = ItemAdjacency.from_training(data.train, data.catalogue.num_items)
+        template = model_for_catalogue(model_config, shared, data.catalogue)  # its architecture; weights fresh
+        one, _ = train_alone(template, data, config, device=device)
+        two, _ = train_alone(template, data, dataclasses.replace(config, seed=config.seed + 1), device=device)
+        _, weight = blend_weight(one, data, adjacency, device=device)
+        pair, _, pair_weight = best_ensemble(one, two, data, adjacency, device=device)
+        for kind, model, w in (("alone", one, weight), ("alone-pair", pair, pair_weight)):
+            ranks = held_out_ranks(model, data.test, device=device, boost=adjacency.booster(w))
+            scores[kind].append(ndcg_at(ranks, 10).numpy())
+        print(f"{merchant.name}: alone {scores['alone'][-1].mean():.4f}, alone pair "
+              f"{scores['alone-pair'][-1].mean():.4f} (second weight {pair.weight:g}, blend {pair_weight:g})",
+              flush=True)
+    per_user = {kind: np.concatenate(parts) for kind, parts in scores.items()}
+    ratio = paired_ratio(per_user["alone-pair"], per_user["alone"], seed=run.seed)
+    result = {"alone": float(per_user["alone"].mean()), "alone-pair": float(per_user["alone-pair"].mean()),
+              "alone-pair/alone": ratio, "merchants": first, "seconds": round(time.perf_counter() - started, 1),
+              "command": "python " + " ".join(sys.argv)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "alone-pair.json").write_text(json.dumps(result, indent=2, default=str))
+    print(f"alone {result['alone']:.4f}, alone pair {result['alone-pair']:.4f}: ratio {ratio['ratio']:.3f} "
+          f"({ratio['low']:.3f}-{ratio['high']:.3f}); {result['seconds'] / 60:.1f} min; repeat: {result['command']}")
 
 
 if __name__ == "__main__":

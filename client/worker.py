@@ -11,15 +11,27 @@ import torch
 from flwr.app import Context, Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=no-name-in-module
+from flwr.common.serde import context_from_proto, fab_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=no-name-in-module
+from flwr.proto.runtime_pb2 import (  # pylint: disable=no-name-in-module
+    AcquireTaskRequest,  # pylint: disable=no-name-in-module
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+)
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.interceptors.http.superexec_auth import SuperExecAuthHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.run import RunNotRunningException
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
 from client.app_pin import AppRefused, check_fab
 from client.rounds import handle
@@ -27,6 +39,7 @@ from client.rounds import handle
 log = logging.getLogger("fedprofile.worker")
 POLL = 0.05  # seconds between asking the SuperNode for a task when it had none (Flower's launcher: 1 s)
 ACQUIRE = "/flwr.proto.Runtime/AcquireTask"  # the one call the SuperNode checks the shared secret on
+PULL_WAIT = 30.0  # seconds a task's message may take to be whole at the SuperNode (Flower's own process: 2 hours)
 
 
 class RoundWorker:
@@ -72,7 +85,7 @@ class RoundWorker:
         message = context = reply = None
         status, details = SubStatus.FAILED, "the round worker failed before the message arrived"
         try:
-            message, context, _, fab = pull_task_input(client)
+            message, context, fab = pull_task_input(client, max_time=PULL_WAIT)
             started = time.perf_counter()
             reply = self.answer(message, context, fab.content, fab.hash_str)
             status = SubStatus.COMPLETED if not reply.has_error() else SubStatus.FAILED
@@ -115,6 +128,26 @@ class RoundWorker:
             log.exception("%s message failed", message.metadata.message_type)
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
                            reply_to=message)
+
+
+def pull_task_input(client: RuntimeHttpClient, *, max_time: float):
+    """(message, context, FAB) of the task `client` holds the token of: Flower's `pull_task_input`, but giving up
+    when the message's objects are not all at the SuperNode within `max_time` s. A SuperLink that dies while a
+    SuperNode pulls a message leaves it there without its objects; Flower's process per message would wait two
+    hours for them, and this worker, which answers one task at a time, would answer nothing else meanwhile."""
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context = context_from_proto(res.context)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("the SuperNode had no message for this task")
+    node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, max_time=max_time)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower's: the deflated message lacks its own id
+    return message, context, fab_from_proto(res.fab)
 
 
 def main() -> None:

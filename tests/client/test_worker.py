@@ -124,3 +124,50 @@ def test_only_the_holder_of_the_secret_may_take_a_supernodes_tasks(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+class _StalledSuperNode:
+    """A Runtime API whose task message never gets its objects (the SuperLink died while the SuperNode pulled it)."""
+
+    def __init__(self):
+        from flwr.common.serde import context_to_proto
+        from flwr.proto.fab_pb2 import Fab  # pylint: disable=no-name-in-module
+        from flwr.proto.message_pb2 import ObjectTree, PullObjectResponse  # pylint: disable=no-name-in-module
+        from flwr.proto.run_pb2 import Run  # pylint: disable=no-name-in-module
+        from flwr.proto.runtime_pb2 import (  # pylint: disable=no-name-in-module
+            PullAppMessagesResponse,
+            PullTaskInputResponse,
+        )
+
+        context = Context(run_id=7, node_id=3, node_config={}, state=RecordDict(), run_config={})
+        self.task = PullTaskInputResponse(context=context_to_proto(context), run=Run(run_id=7), fab=Fab(),
+                                          task_id=11)
+        self.messages = PullAppMessagesResponse(message_object_trees=[ObjectTree(object_id="ab" * 32)])
+        self.messages.messages_list.add()
+        self.unavailable = PullObjectResponse(object_found=True, object_available=False)
+        self.pulls = 0
+
+    def PullTaskInput(self, request):
+        return self.task
+
+    def PullMessages(self, request):
+        return self.messages
+
+    def PullObject(self, request):
+        self.pulls += 1
+        return self.unavailable
+
+    def ConfirmMessageReceived(self, request):
+        raise AssertionError("nothing arrived to confirm")
+
+
+def test_a_message_whose_objects_never_arrive_is_given_up_and_the_worker_moves_on():
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError
+
+    from client.worker import pull_task_input
+
+    stalled = _StalledSuperNode()
+    started = time.monotonic()
+    with pytest.raises(ObjectPullError, match="timeout"):
+        pull_task_input(stalled, max_time=1.0)
+    assert time.monotonic() - started < 10 and stalled.pulls >= 2  # it retried, then gave up (Flower: 2 hours)
