@@ -10,6 +10,8 @@ federation without DP, all in this one run, with paired intervals over the test 
         --plain-model runs/fed-beauty-served/simulate --data ../shared/data/amazon-beauty --format amazon \
         --merchants 8 --set n-layers=1 --set n-heads=1 --set dropout=0.2 --set lr=1e-3 --set negatives=1024 \
         --out runs/served-beauty
+`--ensemble` adds the score ensemble of each merchant's own model and the federation's (measured, not served yet);
+`--alone-pair N`, instead of all that, is its control: at the first N merchants, own model plus own model.
 """
 
 from __future__ import annotations
