@@ -18,8 +18,8 @@ class ShortSleeps:
     round of five stages on 127.0.0.1 waited up to 3 s at each stage for the next pull, and up to 0.5 s for each
     object of each reply before it went out."""
 
-    def __init__(self, idle: float, local: float | None = None):
-        self.idle, self.local = idle, idle if local is None else local
+    def __init__(self, idle: float, local: float):
+        self.idle, self.local = idle, local
 
     def __getattr__(self, name):
         return getattr(time, name)

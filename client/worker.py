@@ -15,7 +15,7 @@ from flwr.common.constant import ErrorCode, SubStatus
 from flwr.common.serde import context_from_proto, fab_from_proto
 from flwr.proto.node_pb2 import Node  # pylint: disable=no-name-in-module
 from flwr.proto.runtime_pb2 import (  # pylint: disable=no-name-in-module
-    AcquireTaskRequest,  # pylint: disable=no-name-in-module
+    AcquireTaskRequest,
     PullAppMessagesRequest,
     PullTaskInputRequest,
 )
@@ -100,15 +100,10 @@ class RoundWorker:
             log.exception("a task failed before it had a reply")
             details = f"{type(exc).__name__}: {exc}"
         finally:
-            # a run stopped meanwhile, or a task the SuperNode expired: this task is lost, the worker carries on
-            for what, push in (("reply", lambda: push_message(client, reply, context)
-                                if reply is not None and context is not None else None),
-                               ("task's end", lambda: push_task_output(client=client, context=context,
-                                                                       sub_status=status, details=details))):
-                try:
-                    push()
-                except (Exception, RunNotRunningException):  # pylint: disable=broad-exception-caught
-                    log.exception("could not push the %s", what)
+            if reply is not None and context is not None:
+                _quietly("the reply", push_message, client, reply, context)
+            _quietly("the task's end", push_task_output, client=client, context=context, sub_status=status,
+                     details=details)
             heartbeat.stop()
             client.close()
             self.answered += 1
@@ -131,6 +126,14 @@ class RoundWorker:
             log.exception("%s message failed", message.metadata.message_type)
             return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc).__name__}: {exc}"),
                            reply_to=message)
+
+
+def _quietly(what: str, push, *args, **kwargs) -> None:
+    # a run stopped meanwhile, or a task the SuperNode expired: this task is lost, the worker carries on
+    try:
+        push(*args, **kwargs)
+    except (Exception, RunNotRunningException):  # pylint: disable=broad-exception-caught
+        log.exception("could not push %s", what)
 
 
 def pull_task_input(client: RuntimeHttpClient, *, max_time: float):

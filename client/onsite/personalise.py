@@ -93,13 +93,9 @@ def best_ensemble(first: ProfileTransformer, second: ProfileTransformer, data: S
                   adjacency: ItemAdjacency | None, *, device: torch.device) -> tuple[ScoreEnsemble, float, float]:
     """(ensemble, validation NDCG@10, adjacency weight): `first + w * second`, w and the adjacency blend chosen
     together on the validation customers."""
-    best = None
-    for weight in ENSEMBLE_WEIGHTS:
-        ensemble = ScoreEnsemble(first, second, weight)
-        valid, blend = blend_weight(ensemble, data, adjacency, device=device)
-        if best is None or valid > best[1]:
-            best = (ensemble, valid, blend)
-    return best
+    tried = [(ensemble, *blend_weight(ensemble, data, adjacency, device=device))
+             for ensemble in (ScoreEnsemble(first, second, weight) for weight in ENSEMBLE_WEIGHTS)]
+    return max(tried, key=lambda row: row[1])  # the first (smallest) weight on ties
 
 
 def train_alone(template: ProfileTransformer, data: SequenceData, config: OnsiteConfig = OnsiteConfig(), *,
