@@ -327,6 +327,9 @@ def merchant_run(
     onsite_blend: Annotated[bool, typer.Option(help="Blend what is served with this merchant's item adjacency (how "
                                                     "often two items came next to each other in its customers' "
                                                     "histories) where its validation customers are ranked better.")] = True,
+    onsite_ensemble: Annotated[bool, typer.Option(help="Also try this merchant's own model and the federation's "
+                                                       "together (their scores added, the weight chosen on "
+                                                       "validation); served when it beats the rest.")] = True,
     round_worker: Annotated[bool, typer.Option(help="Keep a round worker warm (torch, data and round code loaded) "
                                                     "that answers the federation's messages; off: each message "
                                                     "loads everything in a fresh process, as Flower starts it.")] = True,
@@ -359,7 +362,7 @@ def merchant_run(
                             root_certificates=root_certificates, auth_key=auth_key, name=name, policy=policy,
                             grpc_port=grpc_port, host=host, clientapp_port=clientapp_port, store=store, model=model,
                             catalogue=catalogue, onsite=OnsiteConfig(epochs=onsite_epochs, alone_epochs=alone_epochs,
-                                                                     blend=onsite_blend),
+                                                                     blend=onsite_blend, ensemble=onsite_ensemble),
                             round_worker=round_worker, train_threads=train_threads,
                             console=None if console_port is None else ConsoleOptions(
                                 port=console_port, host=console_host, writable=console_writable, tls_cert=tls_cert,

@@ -109,6 +109,9 @@ def _choice(fit: dict) -> str:
     blend = f", item-adjacency blend {fit['adjacency-weight']:g}" if fit.get("adjacency-weight") else ""
     if chosen == "fine-tuned":
         return f"shared, fine-tuned {fit['epochs']} epoch{'s' * (fit['epochs'] != 1)}{blend}"
+    if chosen == "ensemble":
+        partner = "shared" if fit.get("ensemble-partner") == "global" else "fine-tuned shared"
+        return f"its own model + {fit['ensemble-weight']:g} x {partner}{blend}"
     return {"global": "shared as published", "alone": "its own model"}.get(chosen, chosen) + blend
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from client.onsite.adjacency import ItemAdjacency, check_weight
+from client.onsite.ensemble import served_model
 from client.onsite.profile import ProfileSettings, profile_users
 from client.onsite.profile_shapes import profile_record
 from client.onsite.recommend import ItemIndex, Scored
@@ -134,6 +135,7 @@ class OnsiteEngine:
             catalogue = build_catalogue(events, source.config.hash_spec, self.titles, self.items)
             model, version, _ = source.build(catalogue, device=self.device,
                                              local_state=saved_local_rows(source.file.parent, catalogue))
+            model = served_model(source, model, catalogue, device=self.device)
             if self.current is not None and self.current.version == version and self.current.blend == adjacency_weight:
                 return version
             ts = events["timestamp"].to_numpy()

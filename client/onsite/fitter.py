@@ -11,14 +11,14 @@ from pathlib import Path
 
 from client.onsite.adjacency import ItemAdjacency, check_weight
 from client.onsite.engine import OnsiteEngine, saved_local_rows
+from client.onsite.ensemble import SECOND_FILE, check_ensemble_weight, save_served
 from client.onsite.personalise import OnsiteConfig, personalise, train_alone
-from shared_model.checkpoint import open_model, resolve_model_folder, save_model
+from shared_model.checkpoint import open_model, resolve_model_folder
 from shared_model.features import build_catalogue, build_sequences
 from shared_model.files import write_pointer
 
 log = logging.getLogger("fedprofile.onsite")
 ONSITE = "onsite"  # beside `models` in the merchant's state folder; the ClientApp never reads it (docs/privacy.md)
-MODEL_FILE = "model.pt"
 _NUMBER = re.compile(r"\+local(\d+)$")
 
 
@@ -29,8 +29,9 @@ def global_part(version: str) -> str:
 
 class OnsiteFitter:
     """Serves each new global version at once, then, on the events in the engine's store, fine-tunes it and
-    (once per change of the events) trains the merchant's own model, and serves whichever of the three is best on
-    its validation customers, blended with its item adjacency where that ranks them better
+    (once per change of the events) trains the merchant's own model, and serves whichever is best on its
+    validation customers of those, the global model and the own model's score ensemble with the federation's
+    (saved as its two parts), blended with its item adjacency where that ranks them better
     (client/onsite/personalise.py), as `<global version>+local<n>`, kept in `folder`. No DP: none of it leaves
     the merchant.
     Nothing here feeds what the merchant sends: its ClientApp trains from the coordinator's message and its
@@ -66,8 +67,8 @@ class OnsiteFitter:
         label = f"{version}+local{number}"
         out = self.folder / f"{Path(source.file.parent).name}+local{number}"
         out.mkdir(parents=True, exist_ok=True)
-        save_model(out / MODEL_FILE, served.eval(), catalogue,
-                   metadata={"version": label, "base": str(Path(source.file.parent).resolve()), **figures})
+        save_served(out, served, catalogue,
+                    metadata={"version": label, "base": str(Path(source.file.parent).resolve()), **figures})
         write_pointer(self.folder / "LATEST", out.name)
         self._prune(out)
         log.info("on-site fit of %s: the %s model, blend %g, is better on validation (NDCG@10 %.4f against %.4f); "
@@ -88,6 +89,9 @@ class OnsiteFitter:
         try:
             latest = resolve_model_folder(self.folder)
             metadata = json.loads(open_model(latest).blob.get("metadata_json", "{}"))
+            if metadata.get("ensemble-weight") is not None:  # both parts readable, or fitted again
+                check_ensemble_weight(metadata["ensemble-weight"])
+                open_model(latest / SECOND_FILE)
         except (FileNotFoundError, ValueError):
             return None
         return latest if metadata.get("base") == str(Path(global_folder).resolve()) else None

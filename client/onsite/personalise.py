@@ -30,6 +30,7 @@ class OnsiteConfig:
     alone_epochs: int = 50  # the merchant's own model from fresh weights, a candidate too (0: not trained)
     alone_lr: float = 3e-3
     blend: bool = True  # blend each candidate with the merchant's item adjacency, weight chosen on validation
+    ensemble: bool = True  # the merchant's own model plus the federation's, scores added, a candidate too
 
     def train_config(self, *, alone: bool = False) -> TrainConfig:
         return TrainConfig(epochs=self.alone_epochs if alone else self.epochs, lr=self.alone_lr if alone else self.lr,
@@ -42,9 +43,10 @@ def personalise(global_model: ProfileTransformer, data: SequenceData, config: On
                 device: torch.device | None = None, fitted: dict | None = None) -> tuple[ProfileTransformer, dict]:
     """The model this merchant serves, chosen on its validation users among the global model, a fine-tuned copy
     of it (`global_model` itself is left untouched) and, when given, the merchant's own model trained `alone`
-    (where the federation's model is a worse start than none, as for a merchant unlike the others); each
-    blended with the merchant's item `adjacency` at the weight its validation users like best (0 = no blend).
-    Returns (model, figures); figures["chosen"] names the winner, figures["adjacency-weight"] its blend.
+    (where the federation's model is a worse start than none, as for a merchant unlike the others) and the
+    score ensemble of that own model and the better of the other two (`config.ensemble`); each blended with the
+    merchant's item `adjacency` at the weight its validation users like best (0 = no blend). Returns (model,
+    figures); figures["chosen"] names the winner, figures["adjacency-weight"] its blend.
     `fitted`, when given, receives every candidate model by name (for measurements beside the choice)."""
     device = device or torch.device("cpu")
     global_model.set_catalogue(data.catalogue.descriptors)
@@ -57,13 +59,19 @@ def personalise(global_model: ProfileTransformer, data: SequenceData, config: On
     if alone is not None:
         alone.set_catalogue(data.catalogue.descriptors)
         candidates["alone"] = (alone, *blend_weight(alone, data, adjacency, device=device), 0)
+    if alone is not None and config.ensemble:
+        # the federation's part: the global model or its fine-tuned copy, whichever validates better alone
+        partner = max(("global", "fine-tuned"), key=lambda name: candidates.get(name, (None, -1.0))[1])
+        both, valid, weight = best_ensemble(alone, candidates[partner][0], data, adjacency, device=device)
+        candidates["ensemble"] = (both, valid, weight, candidates[partner][3])
     if fitted is not None:
         fitted.update({name: (model, valid) for name, (model, valid, _, _) in candidates.items()})
     # strictly better than the global model, or the global model: ties keep what the federation published
     chosen = max(candidates, key=lambda name: (candidates[name][1], name == "global"))
     served, valid, weight, epochs = candidates[chosen]
-    return served, {"chosen": chosen, "fine-tuned": chosen == "fine-tuned", "epochs": epochs, "valid-ndcg@10": valid,
-                    "adjacency-weight": weight, "global-valid-ndcg@10": candidates["global"][1],
+    ensemble = {"ensemble-weight": served.weight, "ensemble-partner": partner} if chosen == "ensemble" else {}
+    return served, {"chosen": chosen, "fine-tuned": chosen == "fine-tuned", **ensemble, "epochs": epochs,
+                    "valid-ndcg@10": valid, "adjacency-weight": weight, "global-valid-ndcg@10": candidates["global"][1],
                     **{f"{name}-valid-ndcg@10": v for name, (_, v, _, _) in candidates.items() if name != "global"}}
 
 

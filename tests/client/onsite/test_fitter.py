@@ -126,3 +126,42 @@ def test_a_planted_file_in_the_onsite_folder_is_read_as_data_and_never_served(en
     assert fitter.fitted_for(onsite.models / "v0001") is None
     assert fitter.step(onsite.models) == "v0001@test-run+local8"
     assert not marker.exists()
+
+
+def test_the_merchants_own_model_with_the_federations_is_served_as_one_ensemble_and_again_after_a_restart(
+        engine, onsite, tmp_path):
+    """On this shop the score ensemble of the merchant's own model and the fine-tuned global model validates
+    best: it is saved as its two parts, served as one (its scores the sum of theirs), and a restarted daemon
+    serves the same ensemble without fitting again; a fit missing its second part is fitted again."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from client.onsite.ensemble import SECOND_FILE, ScoreEnsemble
+
+    config = replace(QUICK, alone_epochs=4, blend=False)
+    fitter = OnsiteFitter(engine, tmp_path / "onsite", config)
+    assert fitter.step(onsite.models) == "v0001@test-run+local1"
+    fit = fitter.fits[-1]
+    assert fit["chosen"] == "ensemble" and fit["ensemble-partner"] == "fine-tuned"
+    assert fit["valid-ndcg@10"] > max(fit["alone-valid-ndcg@10"], fit["fine-tuned-valid-ndcg@10"])
+    served = engine.current.model
+    assert isinstance(served, ScoreEnsemble) and served.weight == fit["ensemble-weight"]
+    folder = tmp_path / "onsite" / "v0001+local1"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pt", SECOND_FILE]
+    user = onsite.log.events["user_id"].iloc[0]
+    ranking, _ = _ranked(engine, user)
+    with torch.no_grad():  # the catalogue as served: both parts' item vectors side by side
+        ids = torch.arange(engine.current.index.vectors.shape[0])
+        both = torch.cat([served.first.item_vectors(ids), served.second.item_vectors(ids)], dim=-1)
+    assert np.allclose(engine.current.index.vectors, both.numpy(), atol=1e-5)
+    engine.load_model(onsite.models / "v0001")
+    assert not isinstance(engine.current.model, ScoreEnsemble)  # a received model is served as it came
+    assert _ranked(engine, user)[0] != ranking
+    again = OnsiteFitter(engine, tmp_path / "onsite", config)  # a restarted daemon
+    assert again.step(onsite.models) == "v0001@test-run+local1" and again.fits == []
+    assert isinstance(engine.current.model, ScoreEnsemble) and _ranked(engine, user)[0] == ranking
+    (folder / SECOND_FILE).unlink()
+    assert again.fitted_for(onsite.models / "v0001") is None
+    assert again.step(onsite.models) == "v0001@test-run+local2" and len(again.fits) == 1

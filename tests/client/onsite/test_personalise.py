@@ -1,5 +1,7 @@
 """On-site personalisation: a fine-tuned copy chosen on validation users; the global model is never changed."""
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -73,3 +75,23 @@ def test_a_blend_is_chosen_only_when_the_adjacency_ranks_validation_customers_be
     off = OnsiteConfig(epochs=0, batch_size=32, negatives=32, blend=False)
     assert personalise(model, data, off, adjacency=_oracle(data))[1]["adjacency-weight"] == 0
     assert np.isfinite(fit["global-valid-ndcg@10"])
+
+
+def test_the_merchants_own_model_and_the_federations_together_are_a_candidate(tmp_path):
+    from client.onsite.ensemble import ScoreEnsemble
+
+    run, data, untrained = _shop(tmp_path)
+    alone, _ = train_alone(untrained, data, OnsiteConfig(alone_lr=1e-2, batch_size=32, negatives=32, alone_epochs=3))
+    config = OnsiteConfig(epochs=2, lr=1e-2, batch_size=32, negatives=32, blend=False)
+    candidates = {}
+    served, fit = personalise(untrained, data, config, alone=alone, fitted=candidates)
+    ensemble, valid = candidates["ensemble"]
+    assert isinstance(ensemble, ScoreEnsemble) and ensemble.first is alone
+    partner = "fine-tuned" if fit["fine-tuned-valid-ndcg@10"] > fit["global-valid-ndcg@10"] else "global"
+    assert ensemble.second is candidates[partner][0] and valid == fit["ensemble-valid-ndcg@10"]
+    best = max(candidates, key=lambda name: candidates[name][1])
+    assert fit["valid-ndcg@10"] == candidates[best][1] and (served is ensemble) == (fit["chosen"] == "ensemble")
+    if fit["chosen"] == "ensemble":
+        assert fit["ensemble-weight"] == ensemble.weight and fit["ensemble-partner"] == partner
+    off = personalise(untrained, data, replace(config, ensemble=False), alone=alone)[1]
+    assert "ensemble-valid-ndcg@10" not in off and off["chosen"] != "ensemble"
