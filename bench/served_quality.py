@@ -4,14 +4,14 @@
 federations too long to train again beside it (Beauty: 51 minutes for the distributed-DP federation of
 docs/benchmarks.md 10b). Per merchant, on its own test customers: the merchant alone (its own model, no DP),
 the DP shared model, the on-site model (the best on the merchant's validation customers of the shared model,
-it fine-tuned on site and the merchant's own model; client/onsite/personalise.py), and the same two for the
+it fine-tuned on site, the merchant's own model and the own model plus the federation's, scores added;
+client/onsite/personalise.py), and the same two for the
 federation without DP, all in this one run, with paired intervals over the test users. Repeat (Beauty):
     python bench/served_quality.py --dp-model runs/distributed-dp-beauty/distributed \
         --plain-model runs/fed-beauty-served/simulate --data ../shared/data/amazon-beauty --format amazon \
         --merchants 8 --set n-layers=1 --set n-heads=1 --set dropout=0.2 --set lr=1e-3 --set negatives=1024 \
         --out runs/served-beauty
-`--ensemble` adds the score ensemble of each merchant's own model and the federation's (measured, not served yet);
-`--alone-pair N`, instead of all that, is its control: at the first N merchants, own model plus own model.
+`--alone-pair N`, instead of all that, is the ensemble's control: at the first N merchants, own model plus own model.
 """
 
 from __future__ import annotations
@@ -43,10 +43,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="run-config key=value (model, on-site lr ...)")
     parser.add_argument("--no-blend", action="store_true", help="serve the models alone, without the merchants' "
                                                                     "item adjacency (the blend's own effect)")
-    parser.add_argument("--ensemble", action="store_true", help="also measure the score ensemble of each merchant's "
-                                                                   "own model and the federation's (not served yet)")
     parser.add_argument("--alone-pair", type=int, default=0, metavar="N",
-                        help="the control for --ensemble instead: at the first N merchants, the merchant's own model "
+                        help="the control for the on-site ensemble instead: at the first N merchants, the merchant's own model "
                              "plus a second own model from another seed (what ensembling gives without the federation)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -57,7 +55,7 @@ def main() -> None:
         return alone_pair(run, args.merchants, args.alone_pair, args.dp_model, Path(args.out))
     started = time.perf_counter()
     figures = served_figures(run, args.merchants, args.dp_model, without_dp=args.plain_model,
-                             onsite=onsite_config(run, blend=not args.no_blend), ensemble=args.ensemble)
+                             onsite=onsite_config(run, blend=not args.no_blend))
     seconds = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +63,7 @@ def main() -> None:
               "machine": {"platform": platform.platform(), "threads": torch.get_num_threads(),
                           "device": "cuda" if torch.cuda.is_available() else "cpu"}}
     (out / "served.json").write_text(json.dumps(result, indent=2, default=str))
-    for kind in ("alone", "shared", "onsite") + (("ensemble",) if args.ensemble else ()):
+    for kind in ("alone", "shared", "onsite"):
         print(f"{kind:>14}: NDCG@10 {figures[kind]['ndcg@10']:.4f}  HR@10 {figures[kind]['hr@10']:.4f}")
     for kind in ("shared", "onsite") if "no-dp" in figures else ():
         print(f"{'no-DP ' + kind:>14}: NDCG@10 {figures['no-dp'][kind]['ndcg@10']:.4f}  "
@@ -74,13 +72,19 @@ def main() -> None:
         interval = f" ({ratio['low']:.3f}-{ratio['high']:.3f})" if ratio.get("low") is not None else ""
         print(f"{key}: {ratio['ratio']:.3f}{interval}")
     for name, row in sorted(figures["merchants"].items()):
-        plain = (f", no-DP on-site {row['no-dp-onsite']['ndcg@10']:.4f} ({row['no-dp-onsite-fit']['chosen']}, "
+        plain = (f", no-DP on-site {row['no-dp-onsite']['ndcg@10']:.4f} ({_chosen(row['no-dp-onsite-fit'])}, "
                  f"blend {row['no-dp-onsite-fit']['adjacency-weight']:g})" if "no-dp-onsite" in row else "")
         print(f"{name}: alone {row['alone']['ndcg@10']:.4f} (blend {row['alone-fit']['adjacency-weight']:g}), "
               f"shared {row['shared']['ndcg@10']:.4f}, on-site {row['onsite']['ndcg@10']:.4f} "
-              f"({row['onsite-fit']['chosen']}, fine-tuned {row['onsite-fit'].get('epochs', 0)} epochs, "
+              f"({_chosen(row['onsite-fit'])}, fine-tuned {row['onsite-fit'].get('epochs', 0)} epochs, "
               f"blend {row['onsite-fit']['adjacency-weight']:g}){plain}")
     print(f"{seconds / 60:.1f} min; figures in {out}/served.json; repeat: {result['command']}")
+
+
+def _chosen(fit: dict) -> str:
+    if fit["chosen"] != "ensemble":
+        return fit["chosen"]
+    return f"own + {fit['ensemble-weight']:g} x {fit['ensemble-partner']}"
 
 
 def alone_pair(run: RunConfig, merchants: int, first: int, dp_model: str, out: Path) -> None:

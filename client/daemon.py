@@ -8,6 +8,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from client.app_pin import pinned_bin
@@ -137,15 +138,17 @@ class MerchantDaemon:
 
     def _keep_running(self, name: str, cmd: list[str], env: dict) -> None:
         """Run `cmd` (logging to STATE/NAME.log) and start it again with exponential backoff whenever it exits."""
-        delay = 1.0
+        delay = None
         while not self._stop.is_set():
             log.info("starting %s: %s", name, " ".join(cmd))
             with open_rotated(self.state_dir / f"{name}.log", max_bytes=self.max_log_bytes) as logs:
+                started = time.monotonic()
                 process = subprocess.Popen(cmd, stdout=logs, stderr=subprocess.STDOUT, env=env)
                 self._processes[name] = process
             code = process.wait()
             if self._stop.is_set():
                 break
+            delay = restart_delay(delay, time.monotonic() - started, max_backoff=self.max_backoff)
             self.restarts += 1
             if name == "supernode" and refused_by_superlink(self.state_dir / "supernode.log"):
                 log.error("the SuperLink refused this merchant: its public key is not registered there (Flower code "
@@ -154,7 +157,6 @@ class MerchantDaemon:
                         delay)
             if self._stop.wait(delay):
                 break
-            delay = min(delay * 2, self.max_backoff)
 
     def _supernode_env(self) -> dict:
         """Our bin folder first (Flower's helpers), and before it the pinned task processes: the SuperNode runs
@@ -203,3 +205,15 @@ def refused_by_superlink(supernode_log: Path) -> bool:
         handle.seek(max(0, supernode_log.stat().st_size - 8192))
         tail = handle.read().decode(errors="replace")
     return "[code: 2004]" in tail or "Failed to activate SuperNode" in tail
+
+
+STABLE_AFTER = 120.0  # seconds a process must have run for its next exit to count as a first failure again
+
+
+def restart_delay(last: float | None, ran_for: float, *, max_backoff: float) -> float:
+    """How long to wait before starting a process again that exited after `ran_for` seconds: 1 s after a run
+    that was stable (a worker restarted once in a while by an expired task token must not wait a minute), else
+    twice the last wait, at most `max_backoff`."""
+    if last is None or ran_for >= STABLE_AFTER:
+        return min(1.0, max_backoff)
+    return min(last * 2, max_backoff)

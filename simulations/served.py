@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from client.onsite.adjacency import ItemAdjacency
-from client.onsite.personalise import OnsiteConfig, best_ensemble, blend_weight, personalise, train_alone
+from client.onsite.personalise import OnsiteConfig, blend_weight, personalise, train_alone
 from shared_model.checkpoint import load_global_model, model_for_catalogue, resolve_model_folder
 from shared_model.device import pick_device
 from shared_model.evaluation import held_out_ranks, ndcg_at, paired_ratio
@@ -16,9 +16,6 @@ from shared_model.merchant_data import simulated_merchants
 from shared_model.run_config import RunConfig
 
 KINDS = ("alone", "shared", "onsite")  # own customers only, no DP / the published global model / the best on site
-# measured beside them on request, not served yet: the merchant's own model plus the better of the shared model and
-# its fine-tuned copy, their scores added (client/onsite/ensemble.py)
-ENSEMBLE = "ensemble"
 PLAIN_KINDS = ("no-dp-shared", "no-dp-onsite")  # the same federation trained without DP, as published / on site
 
 
@@ -29,20 +26,18 @@ def onsite_config(run: RunConfig, *, blend: bool = True) -> OnsiteConfig:
 
 
 def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path, *,
-                   without_dp: str | Path | None = None, onsite: OnsiteConfig | None = None,
-                   ensemble: bool = False) -> dict:
+                   without_dp: str | Path | None = None, onsite: OnsiteConfig | None = None) -> dict:
     """Test HR@10 and NDCG@10 of each kind, per merchant (its own test users, its own catalogue) and over all of
     them, with paired ratios over users (onsite / alone, onsite / shared). Alone and on site are served as a
     merchant would serve them: blended with its own item adjacency at the weight its validation users chose
     (`onsite.blend`); the shared models as published. `without_dp`: the same federation's
     model trained without DP, whose shared and on-site figures come beside them (`no-dp`). Only a simulation holds
-    every merchant: each figure is what that merchant alone could measure on its own site. `ensemble`: the
-    score ensemble of the merchant's own model and the federation's too (ENSEMBLE), measured, not served."""
+    every merchant: each figure is what that merchant alone could measure on its own site."""
     onsite = onsite or onsite_config(run)
     config, shared, _ = load_global_model(resolve_model_folder(model_folder))
     plain = load_global_model(resolve_model_folder(without_dp))[:2] if without_dp is not None else None
     device = pick_device()
-    kinds = KINDS + (PLAIN_KINDS if plain else ()) + ((ENSEMBLE,) if ensemble else ())
+    kinds = KINDS + (PLAIN_KINDS if plain else ())
     ranks = {kind: [] for kind in kinds}
     merchants = {}
     for merchant in simulated_merchants(run, num_merchants):
@@ -51,19 +46,11 @@ def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path,
         global_model = model_for_catalogue(config, shared, data.catalogue)
         alone, trained = train_alone(global_model, data, onsite, device=device)
         trained["valid-ndcg@10"], trained["adjacency-weight"] = blend_weight(alone, data, adjacency, device=device)
-        candidates = {}
-        served, fitted = personalise(global_model, data, onsite, alone=alone, adjacency=adjacency, device=device,
-                                     fitted=candidates)
+        served, fitted = personalise(global_model, data, onsite, alone=alone, adjacency=adjacency, device=device)
         row = {"users": len(data.test), "onsite-fit": fitted, "alone-fit": trained}
         # (kind, model, blend weight): the shared models as published; alone and on site as the merchant serves
         models = [("alone", alone, trained["adjacency-weight"]), ("shared", global_model, 0.0),
                   ("onsite", served, fitted["adjacency-weight"])]
-        if ensemble:
-            partner = max(("global", "fine-tuned"), key=lambda name: candidates.get(name, (None, -1.0))[1])
-            both, valid, blend = best_ensemble(alone, candidates[partner][0], data, adjacency, device=device)
-            row["ensemble-fit"] = {"partner": partner, "weight": both.weight, "adjacency-weight": blend,
-                                   "valid-ndcg@10": valid}
-            models.append((ENSEMBLE, both, blend))
         if plain:
             plain_model = model_for_catalogue(*plain, data.catalogue)
             plain_served, row["no-dp-onsite-fit"] = personalise(plain_model, data, onsite, alone=alone,
@@ -84,9 +71,6 @@ def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path,
     if plain:
         out["no-dp"] = {kind: _metrics(ranks[f"no-dp-{kind}"]) for kind in ("shared", "onsite")}
         pairs += [("onsite", "no-dp-onsite"), ("no-dp-onsite", "alone")]
-    if ensemble:
-        out[ENSEMBLE] = _metrics(ranks[ENSEMBLE])
-        pairs += [(ENSEMBLE, "alone"), (ENSEMBLE, "onsite")]
     out["ratios"] = {f"{a}/{b}": paired_ratio(ndcg[a], ndcg[b], seed=run.seed) for a, b in pairs}
     out["merchants"] = merchants
     return out

@@ -117,7 +117,7 @@ def test_what_a_merchant_sends_does_not_depend_on_its_onsite_model(tmp_path, mon
     def federation(name: str, *, fit_on_site: bool) -> dict:
         nodes = [{"data-path": str(shops / f"merchant-{i}" / "events.csv"), "format": "events",
                   "merchant-name": f"shop-{i}", "state-dir": str(tmp_path / name / f"state-{i}")} for i in range(2)]
-        sent, fits = {}, []
+        sent, fits, tried = {}, [], {}
 
         def watch(node, reply):
             if reply.metadata.message_type == "train":
@@ -128,8 +128,9 @@ def test_what_a_merchant_sends_does_not_depend_on_its_onsite_model(tmp_path, mon
                 engine, _ = open_engine(nodes[0]["data-path"], "events", store=state / "store.sqlite",
                                         quarantine=state / "quarantine.csv")
                 fitter = OnsiteFitter(engine, state / "onsite", OnsiteConfig(epochs=3, lr=1e-2, batch_size=32,
-                                                                             negatives=32, patience=3))
+                                                                             negatives=32, patience=3, alone_epochs=3))
                 fits.append(fitter.step(state / "models"))
+                tried.update(fitter.fits[-1])
                 engine.close()
             return reply
 
@@ -137,6 +138,8 @@ def test_what_a_merchant_sends_does_not_depend_on_its_onsite_model(tmp_path, mon
         run_federation(InProcessGrid(client_app, 2, tamper=watch, node_configs=nodes), run)
         if fit_on_site:
             assert fits and fits[0].endswith("+local1")  # the on-site model exists and was served
+            # every kind of local part was trained and weighed: fine-tuned, the merchant's own, the two together
+            assert {"fine-tuned-valid-ndcg@10", "alone-valid-ndcg@10", "ensemble-valid-ndcg@10"} <= set(tried)
             assert (tmp_path / name / "state-0" / "onsite" / "LATEST").exists()
         return sent
 

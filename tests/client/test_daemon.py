@@ -115,3 +115,15 @@ def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsit
     finally:
         daemon.stop()
 
+
+
+def test_a_process_that_ran_stably_is_restarted_at_once_and_one_that_keeps_failing_ever_later():
+    from client.daemon import STABLE_AFTER, restart_delay
+
+    delays, delay = [], None
+    for _ in range(8):  # exits within a second of each start
+        delay = restart_delay(delay, 0.5, max_backoff=60.0)
+        delays.append(delay)
+    assert delays == [1, 2, 4, 8, 16, 32, 60, 60]
+    assert restart_delay(delay, STABLE_AFTER + 1, max_backoff=60.0) == 1.0  # it ran for minutes: a fresh failure
+    assert restart_delay(None, 0.1, max_backoff=0.5) == 0.5

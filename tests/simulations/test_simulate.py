@@ -68,10 +68,10 @@ def test_simulate_two_merchants_two_rounds_with_dp(tmp_path):
     _, _, plain_manifest = load_global_model(resolve_model_folder(out / "no-dp"))
     assert RunConfig.from_flat(plain_manifest["run_config"]).dp is False
     assert not any(plain_manifest["epsilon"].values())
-    for fit in (m["onsite-fit"] for m in served["merchants"].values()):  # the best of three on its validation users
-        assert fit["chosen"] in ("global", "fine-tuned", "alone")
+    for fit in (m["onsite-fit"] for m in served["merchants"].values()):  # the best of four on its validation users
+        assert fit["chosen"] in ("global", "fine-tuned", "alone", "ensemble")
         assert fit["valid-ndcg@10"] == max(fit["global-valid-ndcg@10"], fit["fine-tuned-valid-ndcg@10"],
-                                           fit["alone-valid-ndcg@10"])
+                                           fit["alone-valid-ndcg@10"], fit["ensemble-valid-ndcg@10"])
         assert fit["adjacency-weight"] in WEIGHTS  # each candidate blended at its validation users' best weight
     assert all(m["alone-fit"]["adjacency-weight"] in WEIGHTS for m in served["merchants"].values())
     assert "What each merchant would serve" in (out / "report.md").read_text()
