@@ -29,9 +29,9 @@ def global_part(version: str) -> str:
 
 class OnsiteFitter:
     """Serves each new global version at once, then, on the events in the engine's store, fine-tunes it and
-    (once per change of the events) trains the merchant's own model, and serves whichever is best on its
-    validation customers of those, the global model and the own model's score ensemble with the federation's
-    (saved as its two parts), blended with its item adjacency where that ranks them better
+    (once per change of the events) trains the merchant's own model, and serves whichever of the global model,
+    its fine-tuned copy, the own model and the own model plus the federation's (a score ensemble, saved as its
+    two parts) is best on its validation customers, blended with its item adjacency where that ranks them better
     (client/onsite/personalise.py), as `<global version>+local<n>`, kept in `folder`. No DP: none of it leaves
     the merchant.
     Nothing here feeds what the merchant sends: its ClientApp trains from the coordinator's message and its
