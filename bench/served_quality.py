@@ -55,7 +55,8 @@ def main() -> None:
         return alone_pair(run, args.merchants, args.alone_pair, args.dp_model, Path(args.out))
     started = time.perf_counter()
     figures = served_figures(run, args.merchants, args.dp_model, without_dp=args.plain_model,
-                             onsite=onsite_config(run, blend=not args.no_blend))
+                             onsite=onsite_config(run, blend=not args.no_blend),
+                             progress=lambda name, row: print(_row(name, row), flush=True))
     seconds = time.perf_counter() - started
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,13 +73,17 @@ def main() -> None:
         interval = f" ({ratio['low']:.3f}-{ratio['high']:.3f})" if ratio.get("low") is not None else ""
         print(f"{key}: {ratio['ratio']:.3f}{interval}")
     for name, row in sorted(figures["merchants"].items()):
-        plain = (f", no-DP on-site {row['no-dp-onsite']['ndcg@10']:.4f} ({_chosen(row['no-dp-onsite-fit'])}, "
-                 f"blend {row['no-dp-onsite-fit']['adjacency-weight']:g})" if "no-dp-onsite" in row else "")
-        print(f"{name}: alone {row['alone']['ndcg@10']:.4f} (blend {row['alone-fit']['adjacency-weight']:g}), "
-              f"shared {row['shared']['ndcg@10']:.4f}, on-site {row['onsite']['ndcg@10']:.4f} "
-              f"({_chosen(row['onsite-fit'])}, fine-tuned {row['onsite-fit'].get('epochs', 0)} epochs, "
-              f"blend {row['onsite-fit']['adjacency-weight']:g}){plain}")
+        print(_row(name, row))
     print(f"{seconds / 60:.1f} min; figures in {out}/served.json; repeat: {result['command']}")
+
+
+def _row(name: str, row: dict) -> str:
+    plain = (f", no-DP on-site {row['no-dp-onsite']['ndcg@10']:.4f} ({_chosen(row['no-dp-onsite-fit'])}, "
+             f"blend {row['no-dp-onsite-fit']['adjacency-weight']:g})" if "no-dp-onsite" in row else "")
+    return (f"{name}: alone {row['alone']['ndcg@10']:.4f} (blend {row['alone-fit']['adjacency-weight']:g}), "
+            f"shared {row['shared']['ndcg@10']:.4f}, on-site {row['onsite']['ndcg@10']:.4f} "
+            f"({_chosen(row['onsite-fit'])}, fine-tuned {row['onsite-fit'].get('epochs', 0)} epochs, "
+            f"blend {row['onsite-fit']['adjacency-weight']:g}){plain}")
 
 
 def _chosen(fit: dict) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,15 @@ def onsite_config(run: RunConfig, *, blend: bool = True) -> OnsiteConfig:
 
 
 def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path, *,
-                   without_dp: str | Path | None = None, onsite: OnsiteConfig | None = None) -> dict:
+                   without_dp: str | Path | None = None, onsite: OnsiteConfig | None = None,
+                   progress: Callable[[str, dict], None] | None = None) -> dict:
     """Test HR@10 and NDCG@10 of each kind, per merchant (its own test users, its own catalogue) and over all of
     them, with paired ratios over users (onsite / alone, onsite / shared). Alone and on site are served as a
     merchant would serve them: blended with its own item adjacency at the weight its validation users chose
     (`onsite.blend`); the shared models as published. `without_dp`: the same federation's
     model trained without DP, whose shared and on-site figures come beside them (`no-dp`). Only a simulation holds
-    every merchant: each figure is what that merchant alone could measure on its own site."""
+    every merchant: each figure is what that merchant alone could measure on its own site. `progress(name, row)`
+    is called as each merchant's row is done (a Beauty run takes an hour or more)."""
     onsite = onsite or onsite_config(run)
     config, shared, _ = load_global_model(resolve_model_folder(model_folder))
     plain = load_global_model(resolve_model_folder(without_dp))[:2] if without_dp is not None else None
@@ -64,6 +67,8 @@ def served_figures(run: RunConfig, num_merchants: int, model_folder: str | Path,
             ranks[kind].append(r)
             row[kind] = _metrics(r)
         merchants[merchant.name] = row
+        if progress is not None:
+            progress(merchant.name, row)
     ranks = {kind: np.concatenate(parts) for kind, parts in ranks.items()}
     ndcg = {kind: _ndcg(r) for kind, r in ranks.items()}
     out = {kind: _metrics(ranks[kind]) for kind in KINDS}
