@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared_model.run_config import RunConfig  # noqa: E402
+from simulations.report import describe_choice  # noqa: E402
 from simulations.served import onsite_config, served_figures  # noqa: E402
 
 
@@ -78,18 +79,11 @@ def main() -> None:
 
 
 def _row(name: str, row: dict) -> str:
-    plain = (f", no-DP on-site {row['no-dp-onsite']['ndcg@10']:.4f} ({_chosen(row['no-dp-onsite-fit'])}, "
-             f"blend {row['no-dp-onsite-fit']['adjacency-weight']:g})" if "no-dp-onsite" in row else "")
+    plain = (f", no-DP on-site {row['no-dp-onsite']['ndcg@10']:.4f} ({describe_choice(row['no-dp-onsite-fit'])})"
+             if "no-dp-onsite" in row else "")
     return (f"{name}: alone {row['alone']['ndcg@10']:.4f} (blend {row['alone-fit']['adjacency-weight']:g}), "
             f"shared {row['shared']['ndcg@10']:.4f}, on-site {row['onsite']['ndcg@10']:.4f} "
-            f"({_chosen(row['onsite-fit'])}, fine-tuned {row['onsite-fit'].get('epochs', 0)} epochs, "
-            f"blend {row['onsite-fit']['adjacency-weight']:g}){plain}")
-
-
-def _chosen(fit: dict) -> str:
-    if fit["chosen"] != "ensemble":
-        return fit["chosen"]
-    return f"own + {fit['ensemble-weight']:g} x {fit['ensemble-partner']}"
+            f"({describe_choice(row['onsite-fit'])}){plain}")
 
 
 def alone_pair(run: RunConfig, merchants: int, first: int, dp_model: str, out: Path) -> None:

@@ -95,7 +95,7 @@ def _served_lines(served: dict) -> list[str]:
     rows = [(name, row) for name, row in sorted(served["merchants"].items())] + [("all", total)]
     for name, row in rows:
         fit = row.get("onsite-fit")
-        note = "-" if fit is None else _choice(fit)
+        note = "-" if fit is None else describe_choice(fit)
         lines.append(f"| {name} | " + " | ".join(f"{_fmt(row[k]['ndcg@10'])} / {_fmt(row[k]['hr@10'])}"
                                                  for k in kinds) + f" | {note} |")
     lines.append("")
@@ -104,7 +104,8 @@ def _served_lines(served: dict) -> list[str]:
     return lines + [""]
 
 
-def _choice(fit: dict) -> str:
+def describe_choice(fit: dict) -> str:
+    """What an on-site fit serves, in words: `its own model + 4 x fine-tuned shared, item-adjacency blend 16`."""
     chosen = fit.get("chosen", "fine-tuned" if fit["fine-tuned"] else "global")
     blend = f", item-adjacency blend {fit['adjacency-weight']:g}" if fit.get("adjacency-weight") else ""
     if chosen == "fine-tuned":
