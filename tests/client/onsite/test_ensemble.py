@@ -112,3 +112,31 @@ def test_an_ensemble_weight_out_of_bounds_or_parts_that_hash_differently_are_ref
                                data.catalogue.descriptors)
     with pytest.raises(ValueError, match="hash items alike"):
         ScoreEnsemble(first, other, 1.0)
+
+
+def test_a_planted_second_part_is_read_as_data_and_refused_without_running_it(tmp_path):
+    """Only the merchant writes STATE/onsite, but a second part that holds code (a pickle) is refused by the
+    weights-only load before anything in it runs."""
+    import pickle
+
+    import pytest
+
+    from client.onsite.ensemble import SECOND_FILE, save_served, served_model
+    from shared_model.checkpoint import open_model
+
+    marker = tmp_path / "planted-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, (f"open({str(marker)!r}, 'w').write('x')",))
+
+    data, first, second = _two(tmp_path)
+    folder = tmp_path / "fit"
+    folder.mkdir()
+    save_served(folder, ScoreEnsemble(first, second, 0.5), data.catalogue, metadata={})
+    (folder / SECOND_FILE).write_bytes(pickle.dumps(Payload()))
+    source = open_model(folder)
+    built, _, _ = source.build(data.catalogue)
+    with pytest.raises(ValueError, match="not a fedprofile model file"):
+        served_model(source, built, data.catalogue, device=torch.device("cpu"))
+    assert not marker.exists()
