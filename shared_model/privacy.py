@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 
 
 class PrivacyBudgetExhausted(RuntimeError):
@@ -54,11 +53,53 @@ def secret_generator(seed: int | None = None) -> torch.Generator:
     return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
 
 
+MAX_SIGMA = 1e6  # as Opacus: past this the budget is too low to meet with any useful training
+
+
 @functools.lru_cache(maxsize=64)
-def _noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
-    # solving takes seconds with PRV; merchants of equal size in one process share the answer
-    return get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
-                                accountant=accountant)
+def _noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str,
+                      tolerance: float = 0.01) -> float:
+    """What Opacus' `get_noise_multiplier` returns, by the same accountant and stopping rule (the smallest noise
+    found whose epsilon lies within `tolerance` below the target), in 4-6 accountant calls instead of 15-20.
+
+    Opacus bisects sigma over [0, 20]; with PRV each call takes 0.3-0.7 s on CPU-2, so each merchant's first
+    round and every DP training waited 6-12 s for it. log epsilon is close to linear in log sigma, so false
+    position there lands within the tolerance in a few calls (a bisection step whenever one side stalls keeps
+    the bracket shrinking). Cached: merchants of equal size in one process share the answer."""
+    acc = create_accountant(accountant)
+
+    def spent(sigma: float) -> float:
+        acc.history = [(sigma, sample_rate, steps)]
+        value = float(acc.get_epsilon(delta=delta))
+        return value if math.isfinite(value) else math.inf
+
+    # bracket: low spends more than the target, high no more than it
+    low, high = 0.5, 1.0
+    e_low, e_high = spent(low), spent(high)
+    while e_high > epsilon:
+        low, e_low, high = high, e_high, high * 2
+        if high > MAX_SIGMA:
+            raise ValueError(f"no noise multiplier up to {MAX_SIGMA:g} meets epsilon {epsilon} at delta {delta}: "
+                             "the privacy budget is too low for these steps; raise epsilon or take fewer steps")
+        e_high = spent(high)
+    while e_low <= epsilon:
+        high, e_high, low = low, e_low, low / 2
+        e_low = spent(low)
+    aim, stalled = math.log(epsilon - tolerance / 2), 0
+    while epsilon - e_high > tolerance:
+        x_low, x_high = math.log(low), math.log(high)
+        x = (x_low + x_high) / 2
+        if stalled < 2 and math.isfinite(e_low):  # false position on (log sigma, log epsilon)
+            f_low, f_high = math.log(e_low), math.log(e_high)
+            guess = x_high + (aim - f_high) * (x_high - x_low) / (f_high - f_low)
+            x = guess if x_low < guess < x_high else x
+        sigma = math.exp(x)
+        value = spent(sigma)
+        if value <= epsilon:
+            high, e_high, stalled = sigma, value, 0
+        else:
+            low, e_low, stalled = sigma, value, stalled + 1
+    return high
 
 
 @functools.lru_cache(maxsize=4096)

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from opacus.accountants import PRVAccountant
+from opacus.accountants import PRVAccountant, create_accountant
+from opacus.accountants.utils import get_noise_multiplier
 
 from shared_model.features import build_sequences
 from shared_model.model import ProfileConfig, ProfileTransformer
-from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, PrivacyLedger
+from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, PrivacyLedger, solve_noise_multiplier
 from shared_model.training import TrainConfig, train
 
 SMALL = ProfileConfig(max_len=16, d_model=16, n_heads=2, n_layers=1, profile_dim=16, item_buckets=256,
@@ -120,3 +121,26 @@ def test_the_noise_and_the_sample_are_secret_not_drawn_from_the_public_seed(data
     # redrawn and subtracted. Two trainings alike in everything public end apart; a test-only seed repeats them
     assert not torch.equal(_trained_weights(data, None), _trained_weights(data, None))
     assert torch.equal(_trained_weights(data, 7), _trained_weights(data, 7))
+
+
+@pytest.mark.parametrize("accountant, epsilon, delta, sample_rate, steps", [
+    ("prv", 8.0, 1e-5, 0.5, 6),  # a deployed merchant's first round (tests' size)
+    ("rdp", 8.0, 1e-5, 0.183, 55),  # the Beauty distributed-DP benchmark
+    ("rdp", 1.0, 1e-5, 0.01, 1000),
+    ("rdp", 50.0, 1e-5, 0.5, 3),
+    ("rdp", 0.3, 1e-5, 0.001, 100),
+])
+def test_the_noise_multiplier_meets_the_target_as_opacus_own_search_does(accountant, epsilon, delta, sample_rate, steps):
+    sigma = solve_noise_multiplier(epsilon=epsilon, delta=delta, sample_rate=sample_rate, steps=steps,
+                                   accountant=accountant)
+    acc = create_accountant(accountant)
+    acc.history = [(sigma, sample_rate, steps)]
+    assert epsilon - 0.01 <= acc.get_epsilon(delta) <= epsilon  # never over the target, and not far under it
+    opacus = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
+                                  accountant=accountant)
+    assert sigma == pytest.approx(opacus, rel=0.01)
+
+
+def test_an_unreachable_budget_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="budget is too low"):
+        solve_noise_multiplier(epsilon=1e-4, delta=1e-12, sample_rate=1.0, steps=10**6, accountant="rdp")
