@@ -68,6 +68,33 @@ def test_the_supernode_polls_sooner_but_otherwise_is_flowers():
     assert clock.time is time.time and clock.monotonic is time.monotonic
 
 
+def test_the_supernode_sends_heartbeats_often_enough_for_a_crashed_merchant_to_be_noticed_in_20_s(monkeypatch):
+    import time
+
+    import flwr.supercore.heartbeat as heartbeat_sender
+    import flwr.supernode.fleet_http_connection as fleet_connection
+    import flwr.supernode.start_client_internal as pull_loop
+    from flwr.common.constant import HEARTBEAT_MIN_INTERVAL, HEARTBEAT_PATIENCE
+
+    from client import supernode
+
+    monkeypatch.setattr(pull_loop, "time", time)  # restored after the test, like the heartbeat below
+    for module in (fleet_connection, heartbeat_sender):
+        monkeypatch.setattr(module, "HEARTBEAT_DEFAULT_INTERVAL", module.HEARTBEAT_DEFAULT_INTERVAL)
+    supernode.shorten_waits()
+    # announced to the SuperLink (the least it accepts), which counts the merchant gone after two intervals
+    assert fleet_connection.HEARTBEAT_DEFAULT_INTERVAL == HEARTBEAT_MIN_INTERVAL
+    assert HEARTBEAT_PATIENCE * fleet_connection.HEARTBEAT_DEFAULT_INTERVAL <= 20
+    # and kept: the heartbeat thread's longest wait between two heartbeats is well inside the announced interval
+    waits = []
+    sender = heartbeat_sender.HeartbeatSender(lambda: True)
+    stop = sender._stop_event  # noqa: SLF001 - the loop itself below, without its thread or its waits
+    stop.wait = lambda seconds: waits.append(seconds) or (len(waits) >= 50 and stop.set())
+    sender._run()  # noqa: SLF001
+    assert max(waits) < 0.5 * HEARTBEAT_MIN_INTERVAL
+    assert isinstance(pull_loop.time, supernode.ShortSleeps)
+
+
 @pytest.mark.processes
 def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsite, tmp_path):
     import os
