@@ -136,6 +136,8 @@ def test_the_noise_multiplier_meets_the_target_as_opacus_own_search_does(account
     acc = create_accountant(accountant)
     acc.history = [(sigma, sample_rate, steps)]
     assert epsilon - 0.01 <= acc.get_epsilon(delta) <= epsilon  # never over the target, and not far under it
+    if accountant == "prv":  # Opacus' own search takes 12 s here, the reason for ours: compared under RDP below
+        return
     opacus = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=sample_rate, steps=steps,
                                   accountant=accountant)
     assert sigma == pytest.approx(opacus, rel=0.01)
