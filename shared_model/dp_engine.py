@@ -12,7 +12,6 @@ from opacus.data_loader import DPDataLoader
 
 from shared_model import embedding_norm
 from shared_model.batching import steps_for
-from shared_model.dp_noise import ParallelNoise
 from shared_model.ghost_clipping import GhostClippingSpeedup
 from shared_model.model import ProfileTransformer
 from shared_model.privacy import PrivacyConfig, PrivacyLedger, secret_generator
@@ -29,7 +28,6 @@ class PrivateTraining:
     engine: PrivacyEngine
     ledger: PrivacyLedger
     speedup: GhostClippingSpeedup | None = None  # ghost clipping only
-    noise: ParallelNoise | None = None
 
     def backward(self, loss) -> None:
         """Both of ghost clipping's passes (or Opacus' hooks mode's one)."""
@@ -47,8 +45,6 @@ class PrivateTraining:
         """Remove Opacus' hooks and per-sample attributes: the model is plain again."""
         if self.speedup is not None:
             self.speedup.close()
-        if self.noise is not None:
-            self.noise.close(self.optimizer)
         self.net._close()
 
 
@@ -102,6 +98,4 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
         net, optimizer, loader = wrapped
     net.forbid_grad_accumulation()  # as Opacus does for the Poisson sampling it sets up itself
     speedup = GhostClippingSpeedup(net, optimizer) if mode == "ghost" else None
-    noise = ParallelNoise(optimizer.params, generator, threads=torch.get_num_threads())
-    noise.install(optimizer)
-    return PrivateTraining(net, optimizer, criterion, loader, engine, ledger, speedup, noise)
+    return PrivateTraining(net, optimizer, criterion, loader, engine, ledger, speedup)
