@@ -53,5 +53,6 @@ def main() -> None:
     shorten_waits()
     flower_supernode()
 
+
 if __name__ == "__main__":
     main()

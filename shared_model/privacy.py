@@ -85,11 +85,11 @@ def _noise_multiplier(epsilon: float, delta: float, sample_rate: float, steps: i
     while e_low <= epsilon:
         high, e_high, low = low, e_low, low / 2
         e_low = spent(low)
-    aim, stalled = math.log(epsilon - tolerance / 2), 0
+    aim, stalled = math.log(max(epsilon - tolerance / 2, epsilon / 2)), 0  # inside the accepted band
     while epsilon - e_high > tolerance:
         x_low, x_high = math.log(low), math.log(high)
         x = (x_low + x_high) / 2
-        if stalled < 2 and math.isfinite(e_low):  # false position on (log sigma, log epsilon)
+        if stalled < 2 and math.isfinite(e_low) and e_high > 0:  # false position on (log sigma, log epsilon)
             f_low, f_high = math.log(e_low), math.log(e_high)
             guess = x_high + (aim - f_high) * (x_high - x_low) / (f_high - f_low)
             x = guess if x_low < guess < x_high else x
