@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from flwr.cli.build import build_fab_from_disk
 
 from fedprofile.federation import LocalFederation
-from server.superlink import CONNECTION, SuperLinkSettings, flwr
+from server.superlink import CONNECTION, SuperLinkSettings, flwr, register_merchant
 from shared_model.privacy import PrivacyLedger
 from shared_model.processes import config_string
 
@@ -153,6 +153,8 @@ def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
         fed.start_merchant("shop-2")  # the crashed merchant comes back while the server is down
         fed.start_server()  # same database and run folder
         _wait(lambda: fed.connected_nodes() == 3, 180, "three SuperNodes after the restart")
+        # registering again on the same database (a federation started again on its folder) is no error
+        assert register_merchant(fed.flwr_home, fed.out / "keys" / "shop-0.pub", "shop-0") == "already registered"
         resumed = fed.submit(rounds=3, epsilon=8.0, timeout=600, extra={**extra, "resume": "true"})
         assert resumed.wait(timeout=600) == 0
 
