@@ -102,9 +102,9 @@ def register_merchant(flwr_home: Path, public_key: Path, name: str) -> str:
     the SuperLink's database holds already counts as registered: a federation started again on the same state
     folder registers its merchants again."""
     done = flwr(["supernode", "register", str(public_key), CONNECTION, "--name", name], flwr_home, timeout=60)
-    if done.returncode != 0 and "Public key already in use" in done.stdout + done.stderr:
-        return "already registered"
     if done.returncode != 0:
+        if "Public key already in use" in done.stdout + done.stderr:
+            return "already registered"
         raise RuntimeError(f"registering {name} ({public_key}) failed: {done.stdout[-800:]} {done.stderr[-800:]}")
     return done.stdout.strip()
 

@@ -1,13 +1,25 @@
 """The score ensemble: ranks by first's score + weight * second's, through the ordinary ranking code."""
 
+import pickle
+
 import numpy as np
+import pytest
 import torch
 
-from client.onsite.ensemble import ScoreEnsemble
-from client.onsite.personalise import best_ensemble
+from client.onsite.ensemble import (
+    SECOND_FILE,
+    WEIGHTS,
+    ScoreEnsemble,
+    check_ensemble_weight,
+    save_served,
+    served_model,
+)
+from client.onsite.personalise import best_ensemble, blend_weight
+from client.onsite.profile import model_outputs
+from shared_model.checkpoint import open_model, save_global_model
 from shared_model.evaluation import held_out_ranks, last_profiles
 from shared_model.merchant_data import simulated_merchants
-from shared_model.model import ProfileTransformer
+from shared_model.model import ProfileConfig, ProfileTransformer
 from tests.conftest import tiny_run
 
 
@@ -45,9 +57,6 @@ def test_a_weight_near_zero_ranks_as_the_first_model_and_a_large_one_as_the_seco
 
 
 def test_the_best_ensemble_is_chosen_on_validation(tmp_path):
-    from client.onsite.ensemble import WEIGHTS
-    from client.onsite.personalise import blend_weight
-
     data, first, second = _two(tmp_path)
     ensemble, valid, blend = best_ensemble(first, second, data, None, device=torch.device("cpu"))
     assert blend == 0.0 and ensemble.weight in WEIGHTS
@@ -56,8 +65,6 @@ def test_the_best_ensemble_is_chosen_on_validation(tmp_path):
 
 
 def test_profiles_of_an_ensemble_score_categories_by_both_and_purchases_by_the_first(tmp_path):
-    from client.onsite.profile import model_outputs
-
     data, first, second = _two(tmp_path)
     cpu = torch.device("cpu")
     both, one = model_outputs(ScoreEnsemble(first, second, 2.0), data.valid, data.catalogue, device=cpu), \
@@ -71,11 +78,6 @@ def test_profiles_of_an_ensemble_score_categories_by_both_and_purchases_by_the_f
 
 
 def test_a_saved_ensemble_is_served_as_saved_and_refused_without_its_second_part(tmp_path):
-    import pytest
-
-    from client.onsite.ensemble import SECOND_FILE, save_served, served_model
-    from shared_model.checkpoint import open_model, save_global_model
-
     data, first, second = _two(tmp_path)
     folder = tmp_path / "fit"
     folder.mkdir()
@@ -99,11 +101,6 @@ def test_a_saved_ensemble_is_served_as_saved_and_refused_without_its_second_part
 
 
 def test_an_ensemble_weight_out_of_bounds_or_parts_that_hash_differently_are_refused(tmp_path):
-    import pytest
-
-    from client.onsite.ensemble import check_ensemble_weight
-    from shared_model.model import ProfileConfig
-
     data, first, second = _two(tmp_path)
     for bad in (0.0, -1.0, float("nan"), float("inf"), 1e9, "x"):
         with pytest.raises(ValueError, match="ensemble weight"):
@@ -117,13 +114,6 @@ def test_an_ensemble_weight_out_of_bounds_or_parts_that_hash_differently_are_ref
 def test_a_planted_second_part_is_read_as_data_and_refused_without_running_it(tmp_path):
     """Only the merchant writes STATE/onsite, but a second part that holds code (a pickle) is refused by the
     weights-only load before anything in it runs."""
-    import pickle
-
-    import pytest
-
-    from client.onsite.ensemble import SECOND_FILE, save_served, served_model
-    from shared_model.checkpoint import open_model
-
     marker = tmp_path / "planted-ran"
 
     class Payload:
