@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,12 +30,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _drive(port: int, users: list[str], *, rpc: str, concurrency: int, requests: int) -> dict:
@@ -175,7 +168,9 @@ def main() -> None:
         print(f"shop: {log.summary.users} customers, {args.items} catalogue items "
               f"({log.summary.items} with events), {log.summary.rows_accepted} events; set up in "
               f"{time.perf_counter() - started:.0f}s")
-        port = _free_port()
+        from shared_model.processes import free_port
+
+        port = free_port()
         serve_log = open(tmp / "serve.log", "w")
         started = time.perf_counter()
         proc = subprocess.Popen(

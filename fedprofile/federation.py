@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,15 +39,9 @@ from server.superlink import (
 from shared_model.access import read_or_make_token
 from shared_model.console.server import ConsoleServer
 from shared_model.data.synthetic import SyntheticConfig, generate, write
-from shared_model.processes import env_with_our_bin, flower_binary
+from shared_model.processes import env_with_our_bin, flower_binary, free_port
 
 log = logging.getLogger("fedprofile.federation")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(process: subprocess.Popen | None, timeout: float = 20.0) -> None:

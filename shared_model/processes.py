@@ -4,8 +4,39 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import sys
 from pathlib import Path
+
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now, for a server started later: drawn below the kernel's ephemeral range, since a
+    port from bind(0) can be taken meanwhile as the local end of any outgoing connection (a CI run lost a SuperLink
+    so); none handed out twice by this process."""
+    low, _ = _ephemeral_range()
+    candidates = [port for port in range(max(1024, low - 20000), low) if port not in _handed_out]
+    for port in random.sample(candidates, min(len(candidates), 200)):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # no room below the range (a kernel that hands out nearly all ports): the kernel's pick
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default; elsewhere only a guess
 
 
 def flower_binary(name: str) -> str:

@@ -106,7 +106,7 @@ def test_a_crashed_round_worker_is_started_again_while_the_service_answers(onsit
 
     from client.daemon import MerchantDaemon
     from client.onsite.personalise import OnsiteConfig
-    from fedprofile.federation import free_port
+    from shared_model.processes import free_port
 
     # no SuperLink answers at this address: the SuperNode retries while the worker and the service run
     state = tmp_path / "state"

@@ -23,8 +23,8 @@ import client.worker as worker
 from client.app_pin import CODE_ROOT
 from client.daemon import supernode_command
 from client.worker import ACQUIRE, RoundWorker
-from fedprofile.federation import free_port
 from shared_model.packing import PACKED
+from shared_model.processes import free_port
 
 
 def _fab(files: dict[str, bytes]) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -13,9 +14,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from fedprofile.federation import free_port
 from server.console.app import create_app, refused_connections
 from server.store import Checkpoint, RunStore
+from shared_model.processes import free_port
 from tests.conftest import wait_for_console, wait_for_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +109,8 @@ def test_server_run_serves_its_console_in_a_browser_behind_the_token(tmp_path, b
         chart = browser.find_element("id", "quality-chart")
         assert browser.execute_script("return arguments[0].naturalWidth", chart) > 100
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # already gone: the failure above says why
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -13,12 +13,7 @@ import pytest
 
 from server.fleet_front import start_fleet_front
 from server.keys import make_server_certificates
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from shared_model.processes import free_port
 
 
 class _Upstream(BaseHTTPRequestHandler):
@@ -51,7 +46,7 @@ def front(request, tmp_path):
         context.load_cert_chain(certs["certificate"], certs["key"])
         upstream.socket = context.wrap_socket(upstream.socket, server_side=True)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    port = _free_port()
+    port = free_port()
     door = start_fleet_front(host="127.0.0.1", port=port, upstream=f"127.0.0.1:{upstream.server_address[1]}",
                              certs=certs["ca"].parent if certs else None)
 

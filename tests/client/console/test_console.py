@@ -19,7 +19,7 @@ import pytest
 
 from client.onsite.proto import merchant_pb2 as pb
 from client.onsite.proto import merchant_pb2_grpc as pb_grpc
-from fedprofile.federation import free_port
+from shared_model.processes import free_port
 from tests.conftest import wait_for_console, wait_for_url
 
 ROOT = Path(__file__).resolve().parents[3]

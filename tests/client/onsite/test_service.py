@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,15 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.onsite.proto import merchant_pb2 as pb
 from client.onsite.proto import merchant_pb2_grpc as pb_grpc
+from shared_model.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.processes  # `fedprofile merchant serve` in its own process
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -35,7 +29,7 @@ def service(onsite, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(onsite.models / "v0001", models / "v0001")
     (models / "LATEST").write_text("v0001")
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "merchant.sqlite"
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(
