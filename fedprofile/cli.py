@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from fedprofile import recipes
 from fedprofile.console import Fmt, fail, parse_sets
 
 app = typer.Typer(help="fedprofile: federated, privacy-preserving user profiling for e-commerce merchants.",
@@ -107,11 +108,6 @@ def _log_epoch(row: dict) -> None:
     print("  ".join(parts), flush=True)  # a log file shows each epoch as it ends
 
 
-# `fedprofile train`'s batch sizes: under DP 512 trained better than 128 (Beauty, epsilon 8, 20 epochs: test
-# NDCG@10 1.21x, 1.05-1.40 over the test users, one training seed each) and ran 2.2x faster (docs/benchmarks.md 3)
-PLAIN_BATCH_SIZE, DP_BATCH_SIZE = 128, 512
-
-
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Run folder for metrics.json and model.pt.")],
@@ -119,7 +115,9 @@ def train(
     data: Annotated[
         Optional[str], typer.Option(help="Data file or folder; omit for the built-in synthetic merchants.")
     ] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training users.")] = 20,
+    epochs: Annotated[Optional[int], typer.Option(
+        min=1, help="Passes over the training users: at most 200 (stopping once validation stops improving), "
+                    "with --dp exactly 20 (the budget is spread over them).")] = None,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="User-level DP-SGD (Opacus).")] = False,
     epsilon: Annotated[float, typer.Option(help="Target epsilon with --dp.", envvar="FEDPROFILE_EPSILON")] = 8.0,
     delta: Annotated[Optional[float], typer.Option(help="Target delta with --dp (default: min(1e-5, 1/(10 users))).")] = None,
@@ -128,27 +126,34 @@ def train(
         min=1, help="(Expected) users per batch (default: 128; with --dp 512: DP-SGD's noise is per step, so a "
                     "larger batch carries less of it per customer and runs faster; docs/benchmarks.md 3).")] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    negatives: Annotated[int, typer.Option(help="Shared uniform negatives in the sampled softmax.")] = 256,
+    negatives: Annotated[Optional[int], typer.Option(
+        min=1, help="Shared uniform negatives in the sampled softmax (default: 1024).")] = None,
     full_softmax: Annotated[bool, typer.Option(help="Score the whole catalogue in training (no DP).")] = False,
     max_len: Annotated[int, typer.Option(help="Events per user sequence.")] = 50,
     d_model: Annotated[int, typer.Option(help="Transformer width.")] = 64,
-    layers: Annotated[int, typer.Option(help="Transformer blocks.")] = 2,
-    heads: Annotated[int, typer.Option(help="Attention heads.")] = 2,
-    dropout: Annotated[float, typer.Option(help="Dropout rate.")] = 0.2,
+    layers: Annotated[Optional[int], typer.Option(min=1, help="Transformer blocks (default: 1).")] = None,
+    heads: Annotated[Optional[int], typer.Option(min=1, help="Attention heads (default: 1).")] = None,
+    dropout: Annotated[Optional[float], typer.Option(help="Dropout rate (default: 0.3; with --dp 0.2).")] = None,
     profile_dim: Annotated[int, typer.Option(help="Profile vector size k.")] = 64,
     item_buckets: Annotated[int, typer.Option(help="Rows in each of the two hashed item-id tables.")] = 1 << 15,
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 0.0,
-    ema_decay: Annotated[float, typer.Option(help="Keep and evaluate a moving average of the weights (e.g. 0.999; 0 = off).")] = 0.0,
+    ema_decay: Annotated[Optional[float], typer.Option(
+        help="Keep and evaluate a moving average of the weights (default: 0.999; with --dp 0 = off).")] = None,
     refit: Annotated[bool, typer.Option(help="After validation has chosen the epochs, train a fresh model that "
                                              "long on training + validation events, and test that (no DP).")] = False,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after this many evaluations without improvement.")] = None,
+    patience: Annotated[Optional[int], typer.Option(
+        min=1, help="Stop after this many evaluations without improvement (default: 10; not with --dp).")] = None,
     track_test: Annotated[bool, typer.Option(help="Record test metrics at every evaluation (metric curves).")] = False,
+    adjacency: Annotated[bool, typer.Option(
+        help="Also test the model blended with the training events' item adjacency, as a merchant serves it "
+             "(the weight chosen on validation; not with --dp: the counts are not private).")] = True,
     tie_item_tables: Annotated[bool, typer.Option(help="One item table for inputs and outputs (not with --dp).")] = False,
     recency_positions: Annotated[bool, typer.Option(help="Position ids count back from the newest event.")] = False,
     frozen_item_ids: Annotated[bool, typer.Option(help="Keep the hashed item-id tables at their random start.")] = False,
     local_table: Annotated[bool, typer.Option(help="Add the merchant-local item residual table.")] = False,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
-    eval_every: Annotated[int, typer.Option(help="Epochs between validation passes.")] = 1,
+    eval_every: Annotated[Optional[int], typer.Option(
+        min=1, help="Epochs between validation passes (default: 2; with --dp 1).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when present).",
                                                   envvar="FEDPROFILE_DEVICE")] = None,
@@ -166,6 +171,12 @@ def train(
     from shared_model.training import refit as refit_training
     from shared_model.training import train as run_training
 
+    recipe = (recipes.PRIVATE if dp else recipes.PLAIN).with_choices(
+        epochs=epochs, batch_size=batch_size, layers=layers, heads=heads, dropout=dropout, negatives=negatives,
+        ema_decay=ema_decay, eval_every=eval_every, patience=patience)
+    if dp and recipe.patience is not None:
+        fail("--patience stops when validation stops improving; under --dp validation picks nothing and the "
+             "epochs are planned (the budget is spread over them): drop --patience")
     if refit and dp:
         fail("--refit trains on the validation events after choosing epochs by them: it is for plain training; "
              "under --dp the last weights are reported and validation picks nothing")
@@ -174,8 +185,8 @@ def train(
     s = log.summary
     typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
                f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined); {s.metadata_line()}")
-    base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=heads, n_layers=layers, profile_dim=profile_dim,
-                         dropout=dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
+    base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=recipe.heads, n_layers=recipe.layers,
+                         profile_dim=profile_dim, dropout=recipe.dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
                          recency_positions=recency_positions, frozen_item_ids=frozen_item_ids)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
@@ -185,19 +196,23 @@ def train(
     if dp:
         privacy = PrivacyConfig(target_epsilon=epsilon, target_delta=delta or delta_for(len(sequences.train)),
                                 max_grad_norm=max_grad_norm)
-    batch_size = batch_size or (DP_BATCH_SIZE if dp else PLAIN_BATCH_SIZE)
-    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, negatives=negatives,
-                               full_softmax=full_softmax, seed=seed, eval_every=eval_every,
-                               weight_decay=weight_decay, ema_decay=ema_decay, patience=patience, track_test=track_test,
+    train_config = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=lr, negatives=recipe.negatives,
+                               full_softmax=full_softmax, seed=seed, eval_every=recipe.eval_every,
+                               weight_decay=weight_decay, ema_decay=recipe.ema_decay, patience=recipe.patience,
+                               track_test=track_test,
                                max_seconds=max_minutes * 60 if max_minutes else None,
                                show_progress=sys.stderr.isatty())
     target = pick_device(device)
-    typer.echo(f"training on {target}: {len(sequences.train)} users, {epochs} epochs" + (f", DP epsilon {epsilon}" if dp else ""))
+    typer.echo(f"training on {target}: {len(sequences.train)} users, {'' if dp else 'at most '}{recipe.epochs} epochs "
+               f"of batches of {recipe.batch_size}, {recipe.layers} block(s) of {recipe.heads} head(s), dropout "
+               f"{recipe.dropout}, {recipe.negatives} negatives" + (f", DP epsilon {epsilon}" if dp else
+                                                                     f", weight average {recipe.ema_decay}"))
     try:
         result = run_training(model, sequences, train_config, privacy=privacy, device=target,
                               on_epoch=None if train_config.show_progress else _log_epoch)
     except (PrivacyBudgetExhausted, ValueError) as exc:
         fail(str(exc))
+    blend = _adjacency_blend(model, sequences, target) if adjacency and not dp else None
     if refit:  # a fresh model, as many epochs as validation chose, on training + validation events
         refit_data = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles,
                                      train_on_validation=True)
@@ -206,7 +221,10 @@ def train(
         torch.manual_seed(seed)
         model = ProfileTransformer(config, refit_data.catalogue.descriptors)
         result = refit_training(model, refit_data, result, train_config, device=target)
-    metrics = {**result.metrics(), "data": s.as_dict(), "model": config.to_dict(),
+        if blend is not None:  # the selection run's weight, the refit's counts (training + validation events)
+            blend = {**_adjacency_blend(model, refit_data, target, weight=blend["weight"]),
+                     "valid": blend["valid"], "selection_test": blend["test"]}
+    metrics = {**result.metrics(), **({"with_adjacency": blend} if blend else {}), "data": s.as_dict(), "model": config.to_dict(),
                "train": {k: v for k, v in train_config.__dict__.items()}, "device": str(target)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     save_model(out / "model.pt", model.cpu(), sequences.catalogue, metadata={"metrics": result.test})
@@ -215,7 +233,26 @@ def train(
         + f" | epsilon {result.epsilon:.3f} delta {result.delta:g} | {result.train_seconds:.0f}s, "
         f"{result.examples_per_second:.0f} users/s"
     )
+    if blend is not None:
+        typer.echo(f"test with the item adjacency (weight {blend['weight']:g}, chosen on validation): "
+                   + ", ".join(f"{k} {blend['test'][k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr")))
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'model.pt'}")
+
+
+def _adjacency_blend(model, data, device, *, weight: float | None = None) -> dict:
+    """The model's scores plus `weight * log(1 + count)` of items adjacent to the customer's newest one in the
+    training events (the on-site blend, client/onsite/adjacency.py): the weight validation ranks best with
+    unless given, and the test metrics at it."""
+    from client.onsite.adjacency import ItemAdjacency
+    from client.onsite.personalise import blend_weight
+    from shared_model.evaluation import evaluate
+
+    counts = ItemAdjacency.from_training(data.train, data.catalogue.num_items)
+    valid = None
+    if weight is None:
+        valid, weight = blend_weight(model, data, counts, device=device)
+    return {"weight": weight, "valid": valid,
+            "test": evaluate(model, data.test, device=device, boost=counts.booster(weight))}
 
 
 @app.command()

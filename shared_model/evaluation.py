@@ -74,15 +74,16 @@ def ndcg_at(ranks: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def evaluate(
-    model, sequences: SequenceSet, *, device: torch.device, ks: tuple[int, ...] = (10, 20), batch_size: int = 1024
+    model, sequences: SequenceSet, *, device: torch.device, ks: tuple[int, ...] = (10, 20), batch_size: int = 1024,
+    boost=None,
 ) -> dict[str, float]:
     """HR@K, NDCG@K and MRR of the held-out item over the whole catalogue (history masked, see
-    `held_out_ranks`): HR@K = P(rank < K), NDCG@K = mean(1/log2(rank + 2) if rank < K), MRR = mean(1/(rank + 1))
-    with no cut-off."""
+    `held_out_ranks`, and `boost` there): HR@K = P(rank < K), NDCG@K = mean(1/log2(rank + 2) if rank < K),
+    MRR = mean(1/(rank + 1)) with no cut-off."""
     n = len(sequences)
     if n == 0:
         return {**{f"hr@{k}": 0.0 for k in ks}, **{f"ndcg@{k}": 0.0 for k in ks}, "mrr": 0.0, "users": 0}
-    rank = held_out_ranks(model, sequences, device=device, batch_size=batch_size)
+    rank = held_out_ranks(model, sequences, device=device, batch_size=batch_size, boost=boost)
     metrics = {}
     for k in ks:
         metrics[f"hr@{k}"] = float((rank < k).double().mean())

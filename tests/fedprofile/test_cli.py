@@ -9,6 +9,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
+from client.onsite.adjacency import WEIGHTS as ADJACENCY_WEIGHTS
 from fedprofile.cli import app
 
 runner = CliRunner()
@@ -65,7 +66,12 @@ def test_train_writes_metrics_and_model(tmp_path, dp):
     assert (out / "model.pt").exists()
     if dp:
         assert 0 < metrics["epsilon"] <= 4.0 * (1 + 1e-3) and metrics["delta"] == 1e-5
+        assert "with_adjacency" not in metrics  # raw counts next to a DP model would not be private
     else:
+        # what a merchant serves: the model plus the item adjacency, its weight chosen on validation
+        blend = metrics["with_adjacency"]
+        assert blend["weight"] in ADJACENCY_WEIGHTS and blend["valid"] >= metrics["valid"]["ndcg@10"] - 1e-9
+        assert set(blend["test"]) >= {"hr@10", "ndcg@10"} and set(blend["selection_test"]) >= {"hr@10", "ndcg@10"}
         assert metrics["epsilon"] == 0.0
         # the refit trains as many epochs as validation chose, and the selection run's test figures are kept
         assert sum(1 for row in metrics["history"] if row.get("refit")) == metrics["best_epoch"]
@@ -102,14 +108,24 @@ def test_simulate_refuses_bad_settings_before_starting(tmp_path, args, message):
     assert message in result.output
 
 
-def test_train_batches_512_customers_under_dp_and_128_without_unless_told(tmp_path):
+def test_train_defaults_are_the_recipe_of_each_mode_unless_told(tmp_path):
     data = tmp_path / "shops"
     assert runner.invoke(app, ["data", "synthesize", "--out", str(data), "--merchants", "1", "--users", "60",
                                "--items", "200"]).exit_code == 0
-    small = ["--d-model", "16", "--profile-dim", "16", "--layers", "1", "--max-len", "12", "--negatives", "16",
-             "--item-buckets", "512", "--epochs", "1", "--data", str(data), "--format", "synthetic"]
-    for flags, expected in (([], 128), (["--dp"], 512), (["--dp", "--batch-size", "32"], 32)):
+    small = ["--d-model", "16", "--profile-dim", "16", "--max-len", "12", "--item-buckets", "512", "--epochs", "1",
+             "--data", str(data), "--format", "synthetic"]
+    plain = {"batch_size": 128, "negatives": 1024, "ema_decay": 0.999, "eval_every": 2, "patience": 10}
+    private = {"batch_size": 512, "negatives": 1024, "ema_decay": 0.0, "eval_every": 1, "patience": None}
+    for flags, train, model in (
+            ([], plain, {"n_layers": 1, "n_heads": 1, "dropout": 0.3}),
+            (["--dp"], private, {"n_layers": 1, "n_heads": 1, "dropout": 0.2}),
+            (["--dp", "--batch-size", "32", "--layers", "2", "--negatives", "16"],
+             {**private, "batch_size": 32, "negatives": 16}, {"n_layers": 2, "n_heads": 1, "dropout": 0.2})):
         out = tmp_path / f"run-{len(flags)}"
         result = runner.invoke(app, ["train", *small, *flags, "--out", str(out)])
         assert result.exit_code == 0, result.output
-        assert json.loads((out / "metrics.json").read_text())["train"]["batch_size"] == expected, flags
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert {key: metrics["train"][key] for key in train} == train, flags
+        assert {key: metrics["model"][key] for key in model} == model, flags
+    refused = runner.invoke(app, ["train", *small, "--dp", "--patience", "3", "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "drop --patience" in refused.output
