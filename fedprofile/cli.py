@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -138,7 +139,8 @@ def train(
     item_buckets: Annotated[int, typer.Option(help="Rows in each of the two hashed item-id tables.")] = 1 << 15,
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 0.0,
     ema_decay: Annotated[Optional[float], typer.Option(
-        help="Keep and evaluate a moving average of the weights (default: 0.999; with --dp 0 = off).")] = None,
+        help="Keep and evaluate a moving average of the weights, decay per step (default: spanning 5.7 epochs, "
+             "0.999 on Amazon Beauty; with --dp 0 = off).")] = None,
     refit: Annotated[bool, typer.Option(help="After validation has chosen the epochs, train a fresh model that "
                                              "long on training + validation events, and test that (no DP).")] = False,
     patience: Annotated[Optional[int], typer.Option(
@@ -173,7 +175,7 @@ def train(
 
     recipe = (recipes.PRIVATE if dp else recipes.PLAIN).with_choices(
         epochs=epochs, batch_size=batch_size, layers=layers, heads=heads, dropout=dropout, negatives=negatives,
-        ema_decay=ema_decay, eval_every=eval_every, patience=patience)
+        eval_every=eval_every, patience=patience)
     if dp and recipe.patience is not None:
         fail("--patience stops when validation stops improving; under --dp validation picks nothing and the "
              "epochs are planned (the budget is spread over them): drop --patience")
@@ -198,7 +200,9 @@ def train(
                                 max_grad_norm=max_grad_norm)
     train_config = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=lr, negatives=recipe.negatives,
                                full_softmax=full_softmax, seed=seed, eval_every=recipe.eval_every,
-                               weight_decay=weight_decay, ema_decay=recipe.ema_decay, patience=recipe.patience,
+                               weight_decay=weight_decay, patience=recipe.patience,
+                               ema_decay=ema_decay if ema_decay is not None else
+                               recipe.ema_decay(math.ceil(len(sequences.train) / recipe.batch_size)),
                                track_test=track_test,
                                max_seconds=max_minutes * 60 if max_minutes else None,
                                show_progress=sys.stderr.isatty())
@@ -206,7 +210,7 @@ def train(
     typer.echo(f"training on {target}: {len(sequences.train)} users, {'' if dp else 'at most '}{recipe.epochs} epochs "
                f"of batches of {recipe.batch_size}, {recipe.layers} block(s) of {recipe.heads} head(s), dropout "
                f"{recipe.dropout}, {recipe.negatives} negatives" + (f", DP epsilon {epsilon}" if dp else
-                                                                     f", weight average {recipe.ema_decay}"))
+                                                                     f", weight average {train_config.ema_decay:.4g}"))
     try:
         result = run_training(model, sequences, train_config, privacy=privacy, device=target,
                               on_epoch=None if train_config.show_progress else _log_epoch)
