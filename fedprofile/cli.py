@@ -117,34 +117,38 @@ def train(
         Optional[str], typer.Option(help="Data file or folder; omit for the built-in synthetic merchants.")
     ] = None,
     epochs: Annotated[Optional[int], typer.Option(
-        min=1, help="Passes over the training users: at most 200 (stopping once validation stops improving), "
-                    "with --dp exactly 20 (the budget is spread over them).")] = None,
+        min=1, help=f"Passes over the training users: at most {recipes.PLAIN.epochs} (stopping once validation stops "
+                    f"improving), with --dp exactly {recipes.PRIVATE.epochs} (the budget is spread over them).")] = None,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="User-level DP-SGD (Opacus).")] = False,
     epsilon: Annotated[float, typer.Option(help="Target epsilon with --dp.", envvar="FEDPROFILE_EPSILON")] = 8.0,
     delta: Annotated[Optional[float], typer.Option(help="Target delta with --dp (default: min(1e-5, 1/(10 users))).")] = None,
     max_grad_norm: Annotated[float, typer.Option(help="Per-user gradient clipping norm with --dp.")] = 1.0,
     batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="(Expected) users per batch (default: 128; with --dp 512: DP-SGD's noise is per step, so a "
-                    "larger batch carries less of it per customer and runs faster; docs/benchmarks.md 3).")] = None,
+        min=1, help=f"(Expected) users per batch (default: {recipes.PLAIN.batch_size}; with --dp "
+                    f"{recipes.PRIVATE.batch_size}: DP-SGD's noise is per step, so a larger batch carries less of it "
+                    "per customer and runs faster; docs/benchmarks.md 3).")] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     negatives: Annotated[Optional[int], typer.Option(
-        min=1, help="Shared uniform negatives in the sampled softmax (default: 1024).")] = None,
+        min=1, help=f"Shared uniform negatives in the sampled softmax (default: {recipes.PLAIN.negatives}).")] = None,
     full_softmax: Annotated[bool, typer.Option(help="Score the whole catalogue in training (no DP).")] = False,
     max_len: Annotated[int, typer.Option(help="Events per user sequence.")] = 50,
     d_model: Annotated[int, typer.Option(help="Transformer width.")] = 64,
-    layers: Annotated[Optional[int], typer.Option(min=1, help="Transformer blocks (default: 1).")] = None,
-    heads: Annotated[Optional[int], typer.Option(min=1, help="Attention heads (default: 1).")] = None,
-    dropout: Annotated[Optional[float], typer.Option(help="Dropout rate (default: 0.3; with --dp 0.2).")] = None,
+    layers: Annotated[Optional[int], typer.Option(
+        min=1, help=f"Transformer blocks (default: {recipes.PLAIN.layers}).")] = None,
+    heads: Annotated[Optional[int], typer.Option(min=1, help=f"Attention heads (default: {recipes.PLAIN.heads}).")] = None,
+    dropout: Annotated[Optional[float], typer.Option(
+        help=f"Dropout rate (default: {recipes.PLAIN.dropout}; with --dp {recipes.PRIVATE.dropout}).")] = None,
     profile_dim: Annotated[int, typer.Option(help="Profile vector size k.")] = 64,
     item_buckets: Annotated[int, typer.Option(help="Rows in each of the two hashed item-id tables.")] = 1 << 15,
     weight_decay: Annotated[float, typer.Option(help="Adam weight decay.")] = 0.0,
     ema_decay: Annotated[Optional[float], typer.Option(
-        help="Keep and evaluate a moving average of the weights, decay per step (default: spanning 5.7 epochs, "
-             "0.999 on Amazon Beauty; with --dp 0 = off).")] = None,
+        help=f"Keep and evaluate a moving average of the weights, decay per step (default: spanning "
+             f"{recipes.PLAIN.ema_epochs} epochs, 0.999 on Amazon Beauty; with --dp 0 = off).")] = None,
     refit: Annotated[bool, typer.Option(help="After validation has chosen the epochs, train a fresh model that "
                                              "long on training + validation events, and test that (no DP).")] = False,
     patience: Annotated[Optional[int], typer.Option(
-        min=1, help="Stop after this many evaluations without improvement (default: 10; not with --dp).")] = None,
+        min=1, help=f"Stop after this many evaluations without improvement (default: {recipes.PLAIN.patience}; "
+                    "not with --dp).")] = None,
     track_test: Annotated[bool, typer.Option(help="Record test metrics at every evaluation (metric curves).")] = False,
     adjacency: Annotated[bool, typer.Option(
         help="Also test the model blended with the training events' item adjacency, as a merchant serves it "
@@ -155,7 +159,8 @@ def train(
     local_table: Annotated[bool, typer.Option(help="Add the merchant-local item residual table.")] = False,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
     eval_every: Annotated[Optional[int], typer.Option(
-        min=1, help="Epochs between validation passes (default: 2; with --dp 1).")] = None,
+        min=1, help=f"Epochs between validation passes (default: {recipes.PLAIN.eval_every}; with --dp "
+                    f"{recipes.PRIVATE.eval_every}).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda when present).",
                                                   envvar="FEDPROFILE_DEVICE")] = None,

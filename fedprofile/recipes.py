@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,7 @@ class Recipe:
         unknown = set(chosen) - {f.name for f in fields(self)}
         if unknown:
             raise TypeError(f"not recipe fields: {sorted(unknown)}")
-        return Recipe(**{f.name: chosen[f.name] if chosen.get(f.name) is not None else getattr(self, f.name)
-                         for f in fields(self)})
+        return replace(self, **{name: value for name, value in chosen.items() if value is not None})
 
 
 # Amazon Beauty, validation-selected (docs/benchmarks.md 1): one block of one head, dropout 0.3, 1,024 uniform
