@@ -236,7 +236,9 @@ def train(
     metrics = {**result.metrics(), **({"with_adjacency": blend} if blend else {}), "data": s.as_dict(), "model": config.to_dict(),
                "train": {k: v for k, v in train_config.__dict__.items()}, "device": str(target)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    save_model(out / "model.pt", model.cpu(), sequences.catalogue, metadata={"metrics": result.test})
+    # The weight travels with the model so that the on-site commands serve what was tested here.
+    saved = {"metrics": result.test, **({"adjacency-weight": blend["weight"]} if blend else {})}
+    save_model(out / "model.pt", model.cpu(), sequences.catalogue, metadata=saved)
     typer.echo(
         "test: " + ", ".join(f"{k} {result.test[k]:.4f}" for k in ("hr@10", "ndcg@10", "mrr"))
         + f" | epsilon {result.epsilon:.3f} delta {result.delta:g} | {result.train_seconds:.0f}s, "

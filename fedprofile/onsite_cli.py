@@ -42,13 +42,18 @@ ConsoleHost = Annotated[str, typer.Option(help="Interface the console listens on
                                                "--tls-cert/--tls-key, or --insecure).")]
 ConsoleWritable = Annotated[bool, typer.Option(help="Let console users mark risk suspects reviewed (read-only "
                                                     "otherwise).")]
+AdjacencyWeight = Annotated[Optional[float], typer.Option(
+    help="Blend the model's scores with this merchant's item adjacency at this weight (0: off; default: the weight "
+         "`fedprofile train` chose on validation and saved with the model, none for a published global model).",
+    min=0.0)]
 
 
 
 @contextlib.contextmanager
 def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet: bool = True,
-            catalogue: Path | None = None, retention=None):
-    """An on-site engine over the merchant's data with `model` loaded (when given)."""
+            catalogue: Path | None = None, retention=None, adjacency_weight: float | None = None):
+    """An on-site engine over the merchant's data with `model` loaded (when given), blended with the item
+    adjacency at `adjacency_weight` (None: the weight saved with the model, 0 for a published global one)."""
     from client.onsite.engine import open_engine
     from shared_model.data.validation import DataFileError
 
@@ -67,12 +72,20 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
         try:
             if model is not None:
                 try:
-                    engine.load_model(model)
+                    _load(engine, model, adjacency_weight)
                 except (FileNotFoundError, ValueError) as exc:
                     fail(str(exc))
             yield engine
         finally:
             engine.close()
+
+
+def _load(engine, model: str | Path, adjacency_weight: float | None) -> str:
+    """Load `model` into `engine` with the blend weight given, or else the one saved with the model."""
+    from client.onsite.fitter import saved_adjacency_weight
+
+    weight = saved_adjacency_weight(model) if adjacency_weight is None else adjacency_weight
+    return engine.load_model(model, adjacency_weight=weight)
 
 
 def _service_settings(host: str, tls_cert: Path | None, tls_key: Path | None, token_file: Path | None, insecure: bool,
@@ -123,13 +136,14 @@ def recommend(
     include_purchased: Annotated[bool, typer.Option(help="Also recommend items the customer bought.")] = False,
     in_stock_only: Annotated[bool, typer.Option(help="Only items in stock (needs --catalogue with in_stock).")] = False,
     rerank: Annotated[Optional[str], typer.Option(help="Instead: re-rank these comma-separated item ids.")] = None,
+    adjacency_weight: AdjacencyWeight = None,
     catalogue: CatalogueFile = None,
     store: Store = None,
 ) -> None:
     """Print top-k recommendations (or a re-ranked candidate list) for a customer as JSON, with reasons."""
     from client.onsite.engine import UnknownUser
 
-    with _engine(model, data, fmt, store, catalogue=catalogue) as engine:
+    with _engine(model, data, fmt, store, catalogue=catalogue, adjacency_weight=adjacency_weight) as engine:
         try:
             if rerank:
                 items, unknown, version = engine.rerank(user, [i.strip() for i in rerank.split(",") if i.strip()])
@@ -250,6 +264,7 @@ def merchant_serve(
     console_port: ConsolePort = None,
     console_host: ConsoleHost = "127.0.0.1",
     console_writable: ConsoleWritable = False,
+    adjacency_weight: AdjacencyWeight = None,
 ) -> None:
     """Run the on-site service alone on a published model (no federation), reloading newer versions."""
     from client.console.app import TOKEN_FILE, ConsoleOptions
@@ -259,7 +274,8 @@ def merchant_serve(
 
     access, retention = _service_settings(host, tls_cert, tls_key, token_file, insecure, retention_days)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
-    with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue, retention=retention) as engine:
+    with _engine(model, data, fmt, store, quiet=False, catalogue=catalogue, retention=retention,
+                 adjacency_weight=adjacency_weight) as engine:
         server, port = serve(engine, host=host, port=grpc_port, access=access)
         console = None
         if console_port is not None:
@@ -274,7 +290,8 @@ def merchant_serve(
                 fail(f"console: {exc}")
             typer.echo(f"console on {console.url} (token: {store.resolve().parent / TOKEN_FILE})", err=True)
         stop = threading.Event()
-        watcher = engine.watch(model, interval=watch, stop=stop) if watch > 0 else None
+        watcher = engine.watch(model, interval=watch, stop=stop,  # newer versions with their own weights
+                               on_new=lambda target: _load(engine, target, adjacency_weight)) if watch > 0 else None
         typer.echo(f"serving model {engine.current.version} on {host}:{port} (store {store}); Ctrl-C stops", err=True)
         wait_for_signal()
         if console is not None:

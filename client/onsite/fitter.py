@@ -27,6 +27,16 @@ def global_part(version: str) -> str:
     return version.split("+local")[0]
 
 
+def saved_adjacency_weight(path: str | Path) -> float:
+    """The item-adjacency blend weight saved with a model that was fitted on site (this fitter's, or
+    `fedprofile train`'s, chosen on validation), read back and checked; 0 for a model without one and for
+    every published global model."""
+    blob = open_model(path).blob
+    if "shared_state" in blob:  # a received global model is served as it came (as ensemble.served_model does)
+        return 0.0
+    return check_weight(json.loads(blob.get("metadata_json", "{}")).get("adjacency-weight", 0.0))
+
+
 class OnsiteFitter:
     """Serves each new global version at once, then, on the events in the engine's store, fine-tunes it and
     (once per change of the events) trains the merchant's own model, and serves whichever of the global model,
@@ -113,13 +123,7 @@ class OnsiteFitter:
             fitted = self.fit(target)
             if fitted is None or resolve_model_folder(models) != target:  # none, or a newer one arrived meanwhile
                 return self.engine.current.version
-        return self.engine.load_model(fitted, adjacency_weight=self._weight(fitted))
-
-    @staticmethod
-    def _weight(fitted: Path) -> float:
-        """The blend weight this fitter chose for an on-site model it saved (read back and checked)."""
-        metadata = json.loads(open_model(fitted).blob.get("metadata_json", "{}"))
-        return check_weight(metadata.get("adjacency-weight", 0.0))
+        return self.engine.load_model(fitted, adjacency_weight=saved_adjacency_weight(fitted))
 
     def watch(self, models: str | Path, *, interval: float = 2.0, stop: threading.Event | None = None) -> threading.Thread:
         """Poll `models` and run `step` whenever LATEST moves (the engine's watch, fitting as well as loading)."""

@@ -10,6 +10,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from client.onsite.adjacency import WEIGHTS as ADJACENCY_WEIGHTS
+from client.onsite.fitter import saved_adjacency_weight
 from fedprofile.cli import app
 
 runner = CliRunner()
@@ -72,6 +73,7 @@ def test_train_writes_metrics_and_model(tmp_path, dp):
         blend = metrics["with_adjacency"]
         assert blend["weight"] in ADJACENCY_WEIGHTS and blend["valid"] >= metrics["valid"]["ndcg@10"] - 1e-9
         assert set(blend["test"]) >= {"hr@10", "ndcg@10"} and set(blend["selection_test"]) >= {"hr@10", "ndcg@10"}
+        assert saved_adjacency_weight(out / "model.pt") == blend["weight"]  # what the on-site commands serve
         assert metrics["epsilon"] == 0.0
         # the refit trains as many epochs as validation chose, and the selection run's test figures are kept
         assert sum(1 for row in metrics["history"] if row.get("refit")) == metrics["best_epoch"]

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 
+import torch
 from typer.testing import CliRunner
 
+from client.onsite.fitter import saved_adjacency_weight
 from fedprofile.cli import app
+from shared_model.checkpoint import save_model
+from shared_model.features import build_sequences
+from shared_model.model import ProfileTransformer
 
 runner = CliRunner()
 
@@ -30,6 +35,33 @@ def test_profile_and_recommend_print_json(onsite):
     assert len(recs["items"]) == 7 and all("reasons" in i for i in recs["items"])
     stock = onsite.log.items.set_index("item_id")["in_stock"]
     assert all(stock[i["item_id"]] for i in recs["items"])
+
+
+def _train_file(onsite, path, metadata: dict):
+    """A `fedprofile train`-style model file of the fixture's shop with this metadata (weights random)."""
+    sequences = build_sequences(onsite.log.events, onsite.log.users, onsite.config.hash_spec,
+                                max_len=onsite.config.max_len)
+    torch.manual_seed(0)
+    return save_model(path, ProfileTransformer(onsite.config, sequences.catalogue.descriptors), sequences.catalogue,
+                      metadata=metadata)
+
+
+def test_recommend_serves_the_adjacency_weight_saved_with_the_model(onsite, tmp_path):
+    model = _train_file(onsite, tmp_path / "model.pt", {"adjacency-weight": 4.0})
+    user = onsite.log.events["user_id"].value_counts().index[0]
+
+    def ranked(path, *extra):
+        result = _run("recommend", "--model", path, "--data", onsite.data, "--format", "synthetic", "--user", user,
+                      "-k", 20, *extra)
+        assert result.exit_code == 0, result.output
+        return [(item["item_id"], round(item["score"], 5)) for item in json.loads(result.stdout)["items"]]
+
+    saved = ranked(model)
+    assert saved == ranked(model, "--adjacency-weight", 4) and saved != ranked(model, "--adjacency-weight", 0)
+    assert saved_adjacency_weight(onsite.models / "v0001") == 0.0  # a published global model: none
+    bad = _train_file(onsite, tmp_path / "bad.pt", {"adjacency-weight": 1e6})
+    result = _run("recommend", "--model", bad, "--data", onsite.data, "--format", "synthetic", "--user", user)
+    assert result.exit_code != 0 and "adjacency weight" in result.output and "Traceback" not in result.output
 
 
 def test_segments_table_and_plot(onsite, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from client.onsite.engine import open_engine
-from client.onsite.fitter import OnsiteFitter
+from client.onsite.fitter import OnsiteFitter, saved_adjacency_weight
 from client.onsite.personalise import OnsiteConfig
 from client.onsite.recommend import MIN_REASON_COUNT
 
@@ -88,6 +88,20 @@ def test_a_blend_with_the_merchants_item_adjacency_is_served_under_its_weight_an
     again = OnsiteFitter(engine, tmp_path / "onsite", config)  # a restarted daemon
     assert again.step(onsite.models) == "v0001@test-run+local1" and again.fits == []
     assert engine.current.blend == fit["adjacency-weight"]
+    assert saved_adjacency_weight(again.fitted_for(onsite.models / "v0001")) == fit["adjacency-weight"]
+
+
+def test_a_blend_weight_planted_in_a_received_global_model_is_not_served(onsite, tmp_path):
+    import json
+    import shutil
+
+    import torch
+
+    received = tmp_path / "v0001"
+    shutil.copytree(onsite.models / "v0001", received)
+    blob = torch.load(received / "model.pt", weights_only=True)
+    torch.save({**blob, "metadata_json": json.dumps({"adjacency-weight": 16.0})}, received / "model.pt")
+    assert saved_adjacency_weight(received) == 0.0
 
 
 def test_the_merchants_own_model_is_a_candidate_trained_again_only_when_its_events_change(engine, onsite, tmp_path):
