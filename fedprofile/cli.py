@@ -156,6 +156,11 @@ def train(
     tie_item_tables: Annotated[bool, typer.Option(help="One item table for inputs and outputs (not with --dp).")] = False,
     recency_positions: Annotated[bool, typer.Option(help="Position ids count back from the newest event.")] = False,
     frozen_item_ids: Annotated[bool, typer.Option(help="Keep the hashed item-id tables at their random start.")] = False,
+    frequency_mix: Annotated[float, typer.Option(
+        help="BSARec's alpha: each block's share of a low-pass filter over the events beside attention (0: off; "
+             "not with --dp).", min=0.0, max=1.0)] = 0.0,
+    frequency_cutoff: Annotated[int, typer.Option(
+        help="BSARec's c: the filter keeps the c // 2 + 1 lowest frequencies of a --max-len window.", min=1)] = 5,
     local_table: Annotated[bool, typer.Option(help="Add the merchant-local item residual table.")] = False,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
     eval_every: Annotated[Optional[int], typer.Option(
@@ -184,6 +189,9 @@ def train(
     if dp and recipe.patience is not None:
         fail("--patience stops when validation stops improving; under --dp validation picks nothing and the "
              "epochs are planned (the budget is spread over them): drop --patience")
+    if dp and frequency_mix > 0:
+        fail("--frequency-mix is for plain training: Opacus has no per-customer gradient for the filter's beta; "
+             "drop it under --dp")
     if refit and dp:
         fail("--refit trains on the validation events after choosing epochs by them: it is for plain training; "
              "under --dp the last weights are reported and validation picks nothing")
@@ -194,7 +202,8 @@ def train(
                f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined); {s.metadata_line()}")
     base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=recipe.heads, n_layers=recipe.layers,
                          profile_dim=profile_dim, dropout=recipe.dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
-                         recency_positions=recency_positions, frozen_item_ids=frozen_item_ids)
+                         recency_positions=recency_positions, frozen_item_ids=frozen_item_ids,
+                         frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)

@@ -62,6 +62,11 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
             "tie_item_tables is for plain training: DP-SGD's ghost clipping refuses one item table used for "
             "both inputs and outputs; build the model with tie_item_tables=False"
         )
+    if model.config.frequency_mix > 0:
+        raise ValueError(
+            "frequency_mix is for plain training: Opacus has no per-customer gradient for the low-pass filter's "
+            "beta; build the model with frequency_mix=0"
+        )
     embedding_norm.install()
     sample_rate = 1 / len(loader)
     if ledger_state is not None:  # an earlier call's ledger: a ceiling lowered since then applies now

@@ -35,6 +35,8 @@ class ProfileConfig:
     frozen_item_ids: bool = False  # keep the hashed item-id tables at their random start (fewer noised weights under DP)
     fixed_item_vectors: bool = False  # item and category vectors = trained mixes of fixed random catalogue features
     recency_positions: bool = False  # position ids count back from the newest event (as left-padded SASRec)
+    frequency_mix: float = 0.0  # BSARec's alpha: each block's share of a low-pass filter beside attention (plain only)
+    frequency_cutoff: int = 5  # BSARec's c: the filter keeps c // 2 + 1 lowest frequencies of a max_len window
 
     @property
     def hash_spec(self) -> HashSpec:
@@ -169,6 +171,29 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y)
 
 
+class LowPassFilter(nn.Module):
+    """BSARec's frequency-domain mixing, kept causal: at each position, the low-pass part of the max_len events
+    ending there (what a left-padded BSARec computes for its newest event), plus the rest (the high-pass part)
+    rescaled by a learned beta^2 per channel. One fixed lower-triangular (T, T) matrix: a causal convolution."""
+
+    def __init__(self, config: ProfileConfig):
+        super().__init__()
+        n = config.max_len
+        keep = torch.zeros(n // 2 + 1, 1)
+        keep[: config.frequency_cutoff // 2 + 1] = 1.0
+        eye = torch.eye(n, dtype=torch.float64)
+        projection = torch.fft.irfft(keep * torch.fft.rfft(eye, dim=0, norm="ortho"), n=n, dim=0, norm="ortho")  # (n, n)
+        kernel = projection[-1].flip(0).float()  # (n,): the weight of the event d steps back
+        lags = torch.arange(n).view(-1, 1) - torch.arange(n).view(1, -1)  # (n, n): t - s
+        self.register_buffer("mixing", torch.where(lags >= 0, kernel[lags.clamp(min=0)], 0.0), persistent=False)
+        self.sqrt_beta = nn.Parameter(torch.randn(1, 1, config.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T = x.shape[1]
+        low = self.mixing[:T, :T] @ x  # (B, T, d)
+        return low + self.sqrt_beta ** 2 * (x - low)
+
+
 class FeedForward(nn.Module):
     def __init__(self, config: ProfileConfig):
         super().__init__()
@@ -190,9 +215,15 @@ class Block(nn.Module):
         self.norm_ff = nn.LayerNorm(config.d_model)
         self.ff = FeedForward(config)
         self.dropout = nn.Dropout(config.dropout)
+        self.mix = config.frequency_mix
+        self.filter = LowPassFilter(config) if config.frequency_mix > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(self.norm_attn(x)))
+        h = self.norm_attn(x)  # (B, T, d)
+        mixed = self.attn(h)
+        if self.filter is not None:  # BSARec: alpha x filter + (1 - alpha) x attention
+            mixed = self.mix * self.filter(h) + (1 - self.mix) * mixed
+        x = x + self.dropout(mixed)
         return x + self.ff(self.norm_ff(x))
 
 
@@ -239,6 +270,9 @@ class ProfileTransformer(nn.Module):
 
     def __init__(self, config: ProfileConfig, descriptors: torch.Tensor):
         super().__init__()
+        if not 0 <= config.frequency_mix <= 1 or config.frequency_cutoff < 1:
+            raise ValueError(f"frequency_mix must be in [0, 1] and frequency_cutoff at least 1, got "
+                             f"{config.frequency_mix} and {config.frequency_cutoff}")
         self.config = config
         if config.fixed_item_vectors:
             if config.local_items or config.tie_item_tables:

@@ -10,7 +10,7 @@ from opacus.validators import ModuleValidator
 
 from shared_model.features import build_sequences
 from shared_model.loss import ProfileLoss
-from shared_model.model import LOCAL_PARAMETER_PREFIXES, ProfileConfig, ProfileTransformer, is_shared
+from shared_model.model import LOCAL_PARAMETER_PREFIXES, LowPassFilter, ProfileConfig, ProfileTransformer, is_shared
 
 TINY = ProfileConfig(max_len=12, d_model=16, n_heads=2, n_layers=2, profile_dim=8, dropout=0.0, item_buckets=64,
                      category_buckets=32, brand_buckets=32, price_buckets=8, gap_buckets=8)
@@ -125,3 +125,38 @@ def test_profiles_are_causal(small_log):
     changed[0][:, -1] = 1  # alter the last event's item
     after = model.encode(*changed)
     torch.testing.assert_close(before[:, :-1], after[:, :-1])
+
+
+def test_the_low_pass_filter_is_bsarecs_for_the_newest_event_and_causal(small_log):
+    """With frequency_mix, each position gets what BSARec's FFT filter gives the newest event of a window ending
+    there, and later events change nothing before them."""
+    config = ProfileConfig(**{**TINY.to_dict(), "frequency_mix": 0.7, "frequency_cutoff": 5})
+    window = LowPassFilter(config)
+    x = torch.randn(3, config.max_len, config.d_model)
+    spectrum = torch.fft.rfft(x, dim=1, norm="ortho")
+    spectrum[:, 5 // 2 + 1:, :] = 0
+    low = torch.fft.irfft(spectrum, n=config.max_len, dim=1, norm="ortho")  # BSARec's low-pass, whole window
+    beta2 = window.sqrt_beta ** 2
+    torch.testing.assert_close(window(x)[:, -1], (low + beta2 * (x - low))[:, -1], atol=1e-5, rtol=1e-4)
+    data = build_sequences(small_log.events, small_log.users, config.hash_spec, max_len=config.max_len)
+    torch.manual_seed(0)
+    model = ProfileTransformer(config, data.catalogue.descriptors).eval()
+    inputs = [t[:5] for t in data.train.tensors()][:-3]
+    changed = [t.clone() for t in inputs]
+    changed[0][:, -1] = 1
+    torch.testing.assert_close(model.encode(*inputs)[:, :-1], model.encode(*changed)[:, :-1])
+    assert model.encode(*inputs).shape == (5, config.max_len, config.profile_dim)
+
+
+def test_dp_training_refuses_the_low_pass_filter_with_the_reason(small_log):
+    from shared_model.privacy import PrivacyConfig
+    from shared_model.training import TrainConfig, train
+
+    config = ProfileConfig(**{**TINY.to_dict(), "frequency_mix": 0.5})
+    data = build_sequences(small_log.events, small_log.users, config.hash_spec, max_len=config.max_len)
+    model = ProfileTransformer(config, data.catalogue.descriptors)
+    with pytest.raises(ValueError, match="frequency_mix is for plain training"):
+        train(model, data, TrainConfig(epochs=1, batch_size=8, negatives=8, show_progress=False),
+              privacy=PrivacyConfig(target_epsilon=8, target_delta=1e-5), device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="frequency_mix must be in"):
+        ProfileTransformer(ProfileConfig(**{**TINY.to_dict(), "frequency_mix": 1.5}), data.catalogue.descriptors)
