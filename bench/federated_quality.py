@@ -72,15 +72,22 @@ def main() -> None:
     if m["dp"]:
         eps = m["epsilon"].values()
         print(f"epsilon per merchant: min {min(eps):.3f} max {max(eps):.3f} (target {m['target_epsilon']})")
-    print("round  NDCG@10  seconds  train-phase  local-training(sum)  evaluate-phase  overhead(share)")
+    print("round  NDCG@10  valid  seconds  train-phase  local-training(sum)  evaluate-phase  overhead(share)")
     shares = []
     for row in m["history"]:
         local = sum(row["local-train-seconds"].values())
         train, evaluate = row["train-phase-seconds"], row.get("evaluate-phase-seconds", 0.0)
         overhead = row["seconds"] - local - evaluate  # messaging, (de)serialisation, screening, aggregation, checkpoint
         shares.append(overhead / row["seconds"])
-        print(f"{row['round']:5d}  {row.get('ndcg@10', float('nan')):.4f}  {row['seconds']:7.1f}  {train:11.1f}  "
+        print(f"{row['round']:5d}  {row.get('ndcg@10', float('nan')):.4f}  {row.get('valid-ndcg@10', float('nan')):.4f}"
+              f"  {row['seconds']:7.1f}  {train:11.1f}  "
               f"{local:19.1f}  {evaluate:14.1f}  {overhead:6.1f} ({overhead / row['seconds']:.0%})")
+    validated = [row for row in m["history"] if row.get("valid-ndcg@10") is not None and row.get("ndcg@10") is not None]
+    if validated:  # what a coordinator could publish as final without looking at any test user
+        best = max(validated, key=lambda row: row["valid-ndcg@10"])
+        print(f"validation-selected round {best['round']}: valid NDCG@10 {best['valid-ndcg@10']:.4f}, test NDCG@10 "
+              f"{best['ndcg@10']:.4f} HR@10 {best.get('hr@10', float('nan')):.4f} (last round: test "
+              f"{validated[-1]['ndcg@10']:.4f})")
     later = shares[1:] or shares
     print(f"Flower and bookkeeping overhead, rounds 2+: {sum(later) / len(later):.0%} of a round (round 1 also starts "
           "Ray and loads the data). Merchants train one after another here (one Ray actor of 2 cores).")
