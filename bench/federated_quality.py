@@ -45,6 +45,8 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="the built-in synthetic merchants instead of Beauty")
     parser.add_argument("--no-baseline", action="store_true", help="skip the centralized baseline")
     parser.add_argument("--report-only", action="store_true", help="print the figures of an earlier run in --out")
+    parser.add_argument("--central-model", help="also compare the published model with this `fedprofile train` model "
+                        "(e.g. the recipe's), paired over every merchant's test users on its own catalogue")
     parser.add_argument("extra", nargs="*", help="further `fedprofile simulate` options (after --)")
     args = parser.parse_args()
     root = Path(__file__).resolve().parents[1]
@@ -91,7 +93,27 @@ def main() -> None:
     later = shares[1:] or shares
     print(f"Flower and bookkeeping overhead, rounds 2+: {sum(later) / len(later):.0%} of a round (round 1 also starts "
           "Ray and loads the data). Merchants train one after another here (one Ray actor of 2 cores).")
+    if args.central_model:
+        _against_central(m, Path(args.out), Path(args.central_model))
     print("repeat: python " + " ".join(a for a in sys.argv if a != "--report-only"))
+
+
+def _against_central(m: dict, out: Path, central: Path) -> None:
+    """The published model / a centralized model, per user on each merchant's own test users and catalogue."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from shared_model.checkpoint import load_model
+    from shared_model.evaluation import paired_ratio
+    from shared_model.merchant_data import simulated_merchants
+    from shared_model.run_config import RunConfig
+    from simulations.simulate import per_user_ndcg, published_per_user_ndcg
+
+    run = RunConfig.from_flat(m["run_config"])
+    federated, manifest = published_per_user_ndcg(run, m["merchants"], out / "models")
+    model, _, _ = load_model(central / "model.pt" if central.is_dir() else central)
+    centralized = per_user_ndcg(model, simulated_merchants(run, m["merchants"]))
+    r = paired_ratio(federated, centralized, seed=run.seed)
+    print(f"published {manifest.get('version')} / {central}: test NDCG@10 {federated.mean():.4f} / "
+          f"{centralized.mean():.4f} = {r['ratio']:.3f} ({r['low']:.3f}-{r['high']:.3f}, {r['users']} users paired)")
 
 
 if __name__ == "__main__":
