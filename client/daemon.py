@@ -18,7 +18,7 @@ from client.console.app import ConsoleOptions
 from client.console.federation import federation_status
 from client.onsite.access import ServiceAccess
 from client.onsite.engine import open_engine
-from client.onsite.fitter import ONSITE, OnsiteFitter, saved_adjacency_weight
+from client.onsite.fitter import ONSITE, OnsiteFitter
 from client.onsite.personalise import OnsiteConfig
 from client.onsite.service import serve
 from client.onsite.store import Retention
@@ -95,10 +95,9 @@ class MerchantDaemon:
         models = self.state_dir / MODELS
         self.fitter = OnsiteFitter(self.engine, self.state_dir / ONSITE, self.onsite)
         if (models / "LATEST").exists():  # a restart serves what it served: the on-site fit of the newest version
-            fitted = self.fitter.fitted_for(resolve_model_folder(models))
-            self.engine.load_model(fitted or models, adjacency_weight=saved_adjacency_weight(fitted) if fitted else 0.0)
-        elif self.model:  # until the first version arrives: the operator's model, with its saved blend weight
-            self.engine.load_model(self.model, adjacency_weight=saved_adjacency_weight(self.model))
+            self.engine.load_model(self.fitter.fitted_for(resolve_model_folder(models)) or models)
+        elif self.model:  # until the first version arrives: the operator's model (with its saved blend weight)
+            self.engine.load_model(self.model)
         self.server, self.port = serve(self.engine, host=self.host, port=self.grpc_port, access=self.access)
         if self.console_options is not None:
             self.console = self.console_options.start(

@@ -72,20 +72,12 @@ def _engine(model: str | None, data: str, fmt: str, store: Path | None, *, quiet
         try:
             if model is not None:
                 try:
-                    _load(engine, model, adjacency_weight)
+                    engine.load_model(model, adjacency_weight=adjacency_weight)
                 except (FileNotFoundError, ValueError) as exc:
                     fail(str(exc))
             yield engine
         finally:
             engine.close()
-
-
-def _load(engine, model: str | Path, adjacency_weight: float | None) -> str:
-    """Load `model` into `engine` with the blend weight given, or else the one saved with the model."""
-    from client.onsite.fitter import saved_adjacency_weight
-
-    weight = saved_adjacency_weight(model) if adjacency_weight is None else adjacency_weight
-    return engine.load_model(model, adjacency_weight=weight)
 
 
 def _service_settings(host: str, tls_cert: Path | None, tls_key: Path | None, token_file: Path | None, insecure: bool,
@@ -291,7 +283,7 @@ def merchant_serve(
             typer.echo(f"console on {console.url} (token: {store.resolve().parent / TOKEN_FILE})", err=True)
         stop = threading.Event()
         watcher = engine.watch(model, interval=watch, stop=stop,  # newer versions with their own weights
-                               on_new=lambda target: _load(engine, target, adjacency_weight)) if watch > 0 else None
+                               on_new=lambda target: engine.load_model(target, adjacency_weight=adjacency_weight)) if watch > 0 else None
         typer.echo(f"serving model {engine.current.version} on {host}:{port} (store {store}); Ctrl-C stops", err=True)
         wait_for_signal()
         if console is not None:

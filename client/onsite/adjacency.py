@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import numpy as np
@@ -88,6 +89,15 @@ def training_histories(sequences: SequenceSet) -> list[np.ndarray]:
     items, lengths = sequences.events["items"].numpy(), sequences.lengths.numpy()
     targets = sequences.target_items.numpy()
     return [np.append(items[u, :n], targets[u, n - 1]) for u, n in enumerate(lengths) if n > 0]
+
+
+def saved_weight(blob: dict) -> float:
+    """The blend weight saved with a model fitted on site (the on-site fitter's, or `fedprofile train`'s, chosen on
+    validation), checked; 0 for a model without one and for every received global model (a file of
+    `shared_state`), whatever its metadata says, as `ensemble.served_model` treats ensembles."""
+    if "shared_state" in blob:
+        return 0.0
+    return check_weight(json.loads(blob.get("metadata_json", "{}")).get("adjacency-weight", 0.0))
 
 
 def check_weight(weight) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from client.onsite.adjacency import ItemAdjacency, check_weight
+from client.onsite.adjacency import ItemAdjacency, check_weight, saved_weight
 from client.onsite.ensemble import served_model
 from client.onsite.profile import ProfileSettings, profile_users
 from client.onsite.profile_shapes import profile_record
@@ -121,17 +121,17 @@ class OnsiteEngine:
     def close(self) -> None:
         self.store.close()
 
-    def load_model(self, path: str | Path, *, adjacency_weight: float = 0.0) -> str:
-        """Load a model version, profile every user with it, then make it the one that serves; with
-        `adjacency_weight` > 0 (an on-site fit's, never a received model's) its scores are blended with the
-        item adjacency of every event in the store."""
-        adjacency_weight = check_weight(adjacency_weight)
+    def load_model(self, path: str | Path, *, adjacency_weight: float | None = None) -> str:
+        """Load a model version, profile every user with it, then make it the one that serves; its scores are
+        blended with the item adjacency of every event in the store at `adjacency_weight`, by default the weight
+        saved with an on-site fit (`saved_weight`: never a received model's)."""
         with self._write:
             started = time.perf_counter()
             events = self.store.events()
             if len(events) == 0:
                 raise ValueError("no events to build profiles from; give the merchant's data")
             source = open_model(path)
+            adjacency_weight = saved_weight(source.blob) if adjacency_weight is None else check_weight(adjacency_weight)
             catalogue = build_catalogue(events, source.config.hash_spec, self.titles, self.items)
             model, version, _ = source.build(catalogue, device=self.device,
                                              local_state=saved_local_rows(source.file.parent, catalogue))

@@ -9,7 +9,7 @@ import shutil
 import threading
 from pathlib import Path
 
-from client.onsite.adjacency import ItemAdjacency, check_weight
+from client.onsite.adjacency import ItemAdjacency, saved_weight
 from client.onsite.engine import OnsiteEngine, saved_local_rows
 from client.onsite.ensemble import SECOND_FILE, check_ensemble_weight, save_served
 from client.onsite.personalise import OnsiteConfig, personalise, train_alone
@@ -28,13 +28,8 @@ def global_part(version: str) -> str:
 
 
 def saved_adjacency_weight(path: str | Path) -> float:
-    """The item-adjacency blend weight saved with a model that was fitted on site (this fitter's, or
-    `fedprofile train`'s, chosen on validation), read back and checked; 0 for a model without one and for
-    every published global model."""
-    blob = open_model(path).blob
-    if "shared_state" in blob:  # a received global model is served as it came (as ensemble.served_model does)
-        return 0.0
-    return check_weight(json.loads(blob.get("metadata_json", "{}")).get("adjacency-weight", 0.0))
+    """The blend weight a model file carries (`adjacency.saved_weight`): what the engine serves it with."""
+    return saved_weight(open_model(path).blob)
 
 
 class OnsiteFitter:
@@ -123,7 +118,7 @@ class OnsiteFitter:
             fitted = self.fit(target)
             if fitted is None or resolve_model_folder(models) != target:  # none, or a newer one arrived meanwhile
                 return self.engine.current.version
-        return self.engine.load_model(fitted, adjacency_weight=saved_adjacency_weight(fitted))
+        return self.engine.load_model(fitted)  # with the weight saved beside it
 
     def watch(self, models: str | Path, *, interval: float = 2.0, stop: threading.Event | None = None) -> threading.Thread:
         """Poll `models` and run `step` whenever LATEST moves (the engine's watch, fitting as well as loading)."""
