@@ -121,10 +121,18 @@ def browser(tmp_path_factory):
     session.quit()
 
 
-def wait_for_url(browser, suffix: str, timeout: float = 30.0) -> None:
-    """Until the browser has left for a page whose address ends with `suffix` (a click does not wait for it)."""
+def click_through(browser, element, suffix: str, timeout: float = 30.0) -> None:
+    """Click `element` and wait until the browser has left the page for one whose address ends with `suffix`.
+
+    Waits for the old page to go stale first: a sign-in form served at the very address it leads to (the
+    coordinator's /rounds) matches the address before the click has navigated at all."""
+    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
+    page = browser.find_element("tag name", "html")
+    element.click()
+    WebDriverWait(browser, timeout).until(expected_conditions.staleness_of(page),
+                                          message=f"the page never changed after the click towards ...{suffix}")
     WebDriverWait(browser, timeout).until(lambda b: b.current_url.endswith(suffix),
                                           message=f"the browser never reached ...{suffix}")
 

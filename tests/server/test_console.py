@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from server.console.app import create_app, refused_connections
 from server.store import Checkpoint, RunStore
 from shared_model.processes import free_port
-from tests.conftest import wait_for_console, wait_for_url
+from tests.conftest import click_through, wait_for_console
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "t" * 32
@@ -102,8 +102,7 @@ def test_server_run_serves_its_console_in_a_browser_behind_the_token(tmp_path, b
         browser.get(f"{url}/rounds")
         assert browser.find_element("id", "token")  # the sign-in form, not the rounds
         browser.find_element("id", "token").send_keys((state / "console-token").read_text().strip())
-        browser.find_element("id", "sign-in").click()
-        wait_for_url(browser, "/rounds")
+        click_through(browser, browser.find_element("id", "sign-in"), "/rounds")
         assert browser.find_element("tag name", "h1").text == "Rounds"
         assert len(browser.find_elements("css selector", "tr.round-row")) == 2
         chart = browser.find_element("id", "quality-chart")

@@ -20,7 +20,7 @@ import pytest
 from client.onsite.proto import merchant_pb2 as pb
 from client.onsite.proto import merchant_pb2_grpc as pb_grpc
 from shared_model.processes import free_port
-from tests.conftest import wait_for_console, wait_for_url
+from tests.conftest import click_through, wait_for_console
 
 ROOT = Path(__file__).resolve().parents[3]
 SHOTS = ROOT / "docs" / "console"
@@ -81,8 +81,7 @@ def _sign_in(browser, merchant) -> None:
     browser.delete_all_cookies()
     browser.get(f"{merchant.url}/login")
     browser.find_element("id", "token").send_keys(merchant.token)
-    browser.find_element("id", "sign-in").click()
-    wait_for_url(browser, "/customers")
+    click_through(browser, browser.find_element("id", "sign-in"), "/customers")
 
 
 def _shot(browser, name: str) -> None:
@@ -137,10 +136,8 @@ def test_a_customer_search_shows_the_profile_the_grpc_service_returns(merchant, 
     user = str(merchant.onsite.log.events["user_id"].iloc[3])
     box = browser.find_element("id", "q")
     box.send_keys(user)
-    browser.find_element("id", "search").click()
-    wait_for_url(browser, f"/customers?q={user}")
-    browser.find_element("link text", user).click()
-    wait_for_url(browser, f"/customers/{user}")
+    click_through(browser, browser.find_element("id", "search"), f"/customers?q={user}")
+    click_through(browser, browser.find_element("link text", user), f"/customers/{user}")
     assert browser.find_element("id", "user-id").text == user
     reply = merchant.stub.GetProfile(pb.ProfileRequest(user_id=user))
     profile = reply.profile
@@ -177,8 +174,7 @@ def test_an_audience_export_matches_the_audience_rpc(merchant, browser):
     size = browser.find_element("id", "n")
     size.clear()
     size.send_keys("25")
-    browser.find_element("id", "preview").click()
-    wait_for_url(browser, "&n=25")
+    click_through(browser, browser.find_element("id", "preview"), "&n=25")
     assert browser.find_element("id", "audience-size").text.startswith("25 customers")
     _shot(browser, "audiences")
     export = browser.find_element("id", "export").get_attribute("href")
@@ -204,8 +200,7 @@ def test_a_suspect_marked_reviewed_stays_reviewed_after_a_restart(onsite, browse
         browser.get(f"{first.url}/risk?min_score=0&show=open")
         suspect = browser.find_elements("css selector", "tr.suspect")[0]
         user = suspect.get_attribute("data-user")
-        suspect.find_element("css selector", "button.mark-reviewed").click()
-        wait_for_url(browser, "/risk")
+        click_through(browser, suspect.find_element("css selector", "button.mark-reviewed"), "/risk")
         forged = httpx.post(f"{first.url}/risk/{user}/review", data={"form_key": "forged"},
                             headers={"authorization": f"Bearer {first.token}"})
         assert forged.status_code == 403  # a form this console did not serve
