@@ -166,6 +166,11 @@ def federation_local(
                                                     "per message).")] = True,
     console: Annotated[bool, typer.Option(help="Start the coordinator's console and each merchant's; their pages "
                                                "as the run ended go to OUT/console/.")] = False,
+    onsite_epochs: Annotated[int, typer.Option(help="Each merchant fine-tunes the final global model for at most this "
+                                                    "many epochs (`merchant run --onsite-epochs`; its default).",
+                                               min=0)] = 30,
+    alone_epochs: Annotated[int, typer.Option(help="Each merchant trains its own model for at most this many epochs "
+                                                   "(`merchant run --alone-epochs`; its default).", min=0)] = 50,
     stay: Annotated[bool, typer.Option(help="After the run, keep everything up (with the consoles) until Ctrl-C.")] = False,
 ) -> None:
     """Start a SuperLink and merchant daemons as separate processes on 127.0.0.1 (TLS and authentication on),
@@ -176,7 +181,8 @@ def federation_local(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     extra = parse_sets(set_)
     federation = LocalFederation(out, merchants=merchants, unregistered=unregistered, users=users, insecure=insecure,
-                                  round_worker=round_worker, console=console or stay)
+                                  onsite_epochs=onsite_epochs, alone_epochs=alone_epochs, round_worker=round_worker,
+                                  console=console or stay)
     try:
         summary = federation.run(rounds=rounds, epsilon=epsilon, timeout=timeout, extra=extra)
         if stay:

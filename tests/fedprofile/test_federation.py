@@ -34,7 +34,8 @@ pytestmark = [pytest.mark.deployment, pytest.mark.processes]
 def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
     out = tmp_path / "fed"
     cmd = [sys.executable, "-m", "fedprofile", "federation", "local", "--merchants", "2", "--rounds", "1",
-           "--unregistered", "1", "--users", "60", "--out", str(out), "--console"]
+           "--unregistered", "1", "--users", "60", "--out", str(out), "--console",
+           "--onsite-epochs", "2", "--alone-epochs", "2"]  # the fit's wiring, not its quality
     for key, value in TINY.items():
         cmd += ["--set", f"{key}={value}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,

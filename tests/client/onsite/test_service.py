@@ -3,6 +3,7 @@ status codes, and a model swap under load with no failed request."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.processes  # `fedprofile merchant serve` in its own process
 
 
-@pytest.fixture
-def service(onsite, tmp_path):
+@contextlib.contextmanager
+def _serve(onsite, tmp_path):
+    """`fedprofile merchant serve` on the fixture's v0001 in its own process, until the block ends."""
     models = tmp_path / "models"
     shutil.copytree(onsite.models / "v0001", models / "v0001")
     (models / "LATEST").write_text("v0001")
@@ -55,15 +57,31 @@ def service(onsite, tmp_path):
 
     s = Service()
     s.stub, s.channel, s.models, s.proc, s.store, s.log = pb_grpc.MerchantProfilesStub(channel), channel, models, proc, store, tmp_path / "serve.log"
-    yield s
-    channel.close()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    log.close()
+    try:
+        yield s
+    finally:
+        channel.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def service(onsite, tmp_path_factory):
+    """One service for the tests that only ask it (starting one takes seconds); the last of them stops it."""
+    with _serve(onsite, tmp_path_factory.mktemp("service")) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_service(onsite, tmp_path):
+    """A service of the test's own, for a test that changes what it serves."""
+    with _serve(onsite, tmp_path) as running:
+        yield running
 
 
 def test_every_rpc_answers_and_streamed_events_change_the_profile(service, onsite):
@@ -123,7 +141,19 @@ def test_bad_requests_get_status_codes_with_reasons(service):
         assert caught.value.code() == code and words in caught.value.details()
 
 
-def test_model_swap_under_load_fails_no_request(service, onsite):
+def test_health_reflection_and_a_clean_stop(service):  # the module's service: it stops it, so it comes last
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(service.channel)
+    answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in answer.list_services_response.service}
+    assert {"fedprofile.merchant.v1.MerchantProfiles", "grpc.health.v1.Health"} <= names
+    service.proc.send_signal(signal.SIGTERM)
+    assert service.proc.wait(timeout=30) == 0
+
+
+def test_model_swap_under_load_fails_no_request(fresh_service, onsite):
+    service = fresh_service
     stub = service.stub
     users = list(onsite.log.events["user_id"].unique()[:20])
     failures, versions, stop = [], [], threading.Event()
@@ -165,14 +195,3 @@ def test_model_swap_under_load_fails_no_request(service, onsite):
     with sqlite3.connect(service.store) as db:
         logged = dict(db.execute("SELECT model_version, COUNT(*) FROM answers GROUP BY model_version").fetchall())
     assert logged.get("v0001@test-run", 0) > 0 and logged.get("v0002@test-run", 0) > 0
-
-
-def test_health_reflection_and_a_clean_stop(service):
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-    stub = reflection_pb2_grpc.ServerReflectionStub(service.channel)
-    answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-    names = {s.name for s in answer.list_services_response.service}
-    assert {"fedprofile.merchant.v1.MerchantProfiles", "grpc.health.v1.Health"} <= names
-    service.proc.send_signal(signal.SIGTERM)
-    assert service.proc.wait(timeout=30) == 0
