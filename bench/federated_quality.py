@@ -53,7 +53,9 @@ def main() -> None:
     base = SYNTHETIC_ARGS if args.synthetic else BEAUTY_ARGS + (BEAUTY_DP if args.dp else ["--no-dp"])
     if args.synthetic:
         base = base + (["--dp", "--epsilon", "8"] if args.dp else ["--no-dp"])
-    cmd = [sys.executable, "-m", "fedprofile", "simulate", "--out", args.out, *base,
+    # --no-served: this benchmark reports the published model; the served figures (bench/served_quality.py) train
+    # every merchant's own and fine-tuned models after the last round, and metrics.json waits for them
+    cmd = [sys.executable, "-m", "fedprofile", "simulate", "--out", args.out, *base, "--no-served",
            *([] if args.no_baseline else ["--centralized-baseline"]), *args.extra]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
     if not args.report_only:
