@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-from opacus import PrivacyEngine
-from opacus.data_loader import DPDataLoader
 
 from shared_model import embedding_norm
 from shared_model.batching import steps_for
 from shared_model.ghost_clipping import GhostClippingSpeedup
 from shared_model.model import ProfileTransformer
 from shared_model.privacy import PrivacyConfig, PrivacyLedger, secret_generator
+
+if TYPE_CHECKING:
+    from opacus import PrivacyEngine
 
 
 @dataclass
@@ -67,6 +69,11 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
             "frequency_mix is for plain training: Opacus has no per-customer gradient for the low-pass filter's "
             "beta; build the model with frequency_mix=0"
         )
+    # Opacus here, not at the top: importing it takes 1.5-2 s, and every process that loads the training loop
+    # (a merchant's service, console and daemon among them) would pay it without ever training with DP
+    from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+
     embedding_norm.install()
     sample_rate = 1 / len(loader)
     if ledger_state is not None:  # an earlier call's ledger: a ceiling lowered since then applies now

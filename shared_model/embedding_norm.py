@@ -6,7 +6,6 @@ import math
 
 import torch
 import torch.nn as nn
-from opacus.grad_sample import register_norm_sampler
 
 
 def embedding_norm_sample(layer: nn.Embedding, activations: list[torch.Tensor], backprops: torch.Tensor):
@@ -34,5 +33,8 @@ def embedding_norm_sample(layer: nn.Embedding, activations: list[torch.Tensor], 
 
 
 def install() -> None:
-    """Make Opacus use `embedding_norm_sample` for nn.Embedding (idempotent)."""
+    """Make Opacus use `embedding_norm_sample` for nn.Embedding (idempotent; imports Opacus, shared_model/dp_engine.py
+    says why only here)."""
+    from opacus.grad_sample import register_norm_sampler
+
     register_norm_sampler(nn.Embedding)(embedding_norm_sample)
