@@ -74,6 +74,7 @@ class LocalFederation:
         self.superlink: subprocess.Popen | None = None
         self.daemons: dict[str, subprocess.Popen] = {}
         self.grpc_ports: dict[str, int] = {}
+        self.port: int | None = None  # the SuperLink's, once started (a restarted server keeps it)
         self.logs = self.out / "logs"
         self.console = console  # the coordinator's console here, each merchant's in its daemon
         self.coordinator_console = None
@@ -93,7 +94,7 @@ class LocalFederation:
                 make_merchant_keys(self.out / "keys", name)
 
     def start_server(self) -> None:
-        self.port = getattr(self, "port", None) or free_port()  # a restarted server keeps its addresses
+        self.port = self.port or free_port()  # a restarted server keeps its addresses
         self.internal_port = getattr(self, "internal_port", None) or free_port()
         self.settings = SuperLinkSettings(state_dir=self.out / "server", certs=None if self.insecure else self.out / "certs",
                                           insecure=self.insecure, host="127.0.0.1", port=self.port,
@@ -115,11 +116,11 @@ class LocalFederation:
             register_merchant(self.flwr_home, self.out / "keys" / f"{name}.pub", name)
             log.info("registered %s", name)
 
-    def start_merchant(self, name: str) -> subprocess.Popen:
+    def merchant_command(self, name: str) -> list[str]:
+        """`fedprofile merchant run` as this federation starts merchant `name` (its ports kept across restarts)."""
         index = self.names.index(name)
         grpc_port = self.grpc_ports.setdefault(name, free_port())
         state = self.out / "merchants" / name
-        state.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "fedprofile", "merchant", "run", "--data", str(self.out / "data" / f"merchant-{index}"),
                "--format", "synthetic", "--superlink", f"127.0.0.1:{self.port}", "--state-dir", str(state),
                "--grpc-port", str(grpc_port), "--clientapp-port", str(free_port()), "--store", str(state / "store.sqlite"),
@@ -131,7 +132,11 @@ class LocalFederation:
             cmd += ["--console-port", "0"]
         cmd += ["--insecure"] if self.insecure else ["--root-certificates", str(self.out / "certs" / "ca.crt"),
                                                      "--auth-key", str(self.out / "keys" / name)]
-        process = subprocess.Popen(cmd, stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
+        return cmd
+
+    def start_merchant(self, name: str) -> subprocess.Popen:
+        (self.out / "merchants" / name).mkdir(parents=True, exist_ok=True)
+        process = subprocess.Popen(self.merchant_command(name), stdout=open(self.logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONPATH": os.pathsep.join([str(APP_DIR), os.environ.get("PYTHONPATH", "")])},
                                    start_new_session=True)  # its SuperNode and ClientApp share its process group
         self.daemons[name] = process

@@ -28,9 +28,26 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = {"d-model": 32, "profile-dim": 32, "n-heads": 1, "n-layers": 1, "max-len": 20, "item-buckets": 2048,
         "negatives": 64, "batch-size": 32}
 
-pytestmark = [pytest.mark.deployment, pytest.mark.processes]
+
+def test_the_local_federation_starts_merchants_with_its_fit_budget(tmp_path):
+    """`federation local --onsite-epochs/--alone-epochs` reach every merchant's `merchant run`; without a fit,
+    merchants serve the global versions as received."""
+
+    def flags(fed, name):
+        cmd = fed.merchant_command(name)
+        return {flag: cmd[cmd.index(flag) + 1] for flag in ("--onsite-epochs", "--alone-epochs")}, cmd
+
+    fed = LocalFederation(tmp_path / "fed", merchants=2, onsite_epochs=3, alone_epochs=4)
+    budget, cmd = flags(fed, "shop-1")
+    assert budget == {"--onsite-epochs": "3", "--alone-epochs": "4"} and "--no-onsite-blend" not in cmd
+    assert cmd[cmd.index("--name") + 1] == "shop-1"
+    assert flags(fed, "shop-1")[1][cmd.index("--grpc-port") + 1] == cmd[cmd.index("--grpc-port") + 1]  # kept on a restart
+    budget, cmd = flags(LocalFederation(tmp_path / "off", merchants=2, onsite_fit=False), "shop-0")
+    assert budget == {"--onsite-epochs": "0", "--alone-epochs": "0"} and "--no-onsite-blend" in cmd
 
 
+@pytest.mark.deployment
+@pytest.mark.processes
 def test_local_federation_with_tls_refuses_the_unregistered_merchant(tmp_path):
     out = tmp_path / "fed"
     cmd = [sys.executable, "-m", "fedprofile", "federation", "local", "--merchants", "2", "--rounds", "1",
@@ -115,6 +132,8 @@ def _ledger(fed, name):
     return json.loads((fed.out / "merchants" / name / "privacy-ledger.json").read_text())
 
 
+@pytest.mark.deployment
+@pytest.mark.processes
 @pytest.mark.timeout(900)
 def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
     fed = LocalFederation(tmp_path / "fed", merchants=3, users=60, onsite_fit=False)  # the TLS test fits on site
