@@ -69,7 +69,7 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
             "frequency_mix is for plain training: Opacus has no per-customer gradient for the low-pass filter's "
             "beta; build the model with frequency_mix=0"
         )
-    # Opacus here, not at the top: importing it takes 1.5-2 s, and every process that loads the training loop
+    # Opacus here, not at the top: importing it takes about 2 s, and every process that loads the training loop
     # (a merchant's service, console and daemon among them) would pay it without ever training with DP
     from opacus import PrivacyEngine
     from opacus.data_loader import DPDataLoader

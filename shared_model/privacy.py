@@ -45,12 +45,12 @@ class PrivacyConfig:
             raise ValueError(f"planned_epochs must be positive, got {self.planned_epochs}")
 
 
-
 def create_accountant(name: str):
     """Opacus' accountant of that name, Opacus imported only here (shared_model/dp_engine.py says why)."""
     from opacus.accountants import create_accountant as opacus_accountant
 
     return opacus_accountant(name)
+
 
 def secret_generator(seed: int | None = None) -> torch.Generator:
     """The generator DP-SGD draws its Poisson sample and its noise from. Seeded with 63 secret bits from the OS:
