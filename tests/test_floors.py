@@ -123,3 +123,16 @@ def test_the_checker_sees_an_upward_and_a_hidden_import(tmp_path):
     edges = _imports("shared_model.probe", file)
     assert ("simulations.simulate", 1, False) in edges
     assert ("client.daemon", 4, True) in edges
+
+
+def test_a_merchant_that_only_serves_does_not_import_opacus():
+    """The on-site service, the console and the daemon load the training loop and the ledger but train no DP
+    themselves: Opacus (about 2 s to import) waits for the first DP step or epsilon (shared_model/dp_engine.py)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, fedprofile.onsite_cli, client.daemon, client.console.app, client.onsite.engine, client.policy, "
+             "shared_model.training; print(sorted(m for m in sys.modules if m.split('.')[0] == 'opacus'))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
