@@ -162,6 +162,9 @@ def train(
     frequency_cutoff: Annotated[int, typer.Option(
         help="BSARec's c: the filter keeps the c // 2 + 1 lowest frequencies of a --max-len window.", min=1)] = 5,
     local_table: Annotated[bool, typer.Option(help="Add the merchant-local item residual table.")] = False,
+    item_metadata: Annotated[bool, typer.Option(
+        help="Item vectors from category, brand, price and title words beside the id hashes (off: ids only, as "
+             "ID-only baselines such as SASRec see items).")] = True,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
     eval_every: Annotated[Optional[int], typer.Option(
         min=1, help=f"Epochs between validation passes (default: {recipes.PLAIN.eval_every}; with --dp "
@@ -203,7 +206,7 @@ def train(
     base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=recipe.heads, n_layers=recipe.layers,
                          profile_dim=profile_dim, dropout=recipe.dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
                          recency_positions=recency_positions, frozen_item_ids=frozen_item_ids,
-                         frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff)
+                         frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff, item_metadata=item_metadata)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)

@@ -37,6 +37,9 @@ class ProfileConfig:
     recency_positions: bool = False  # position ids count back from the newest event (as left-padded SASRec)
     frequency_mix: float = 0.0  # BSARec's alpha: each block's share of a low-pass filter beside attention (plain only)
     frequency_cutoff: int = 5  # BSARec's c: the filter keeps c // 2 + 1 lowest frequencies of a max_len window
+    # False: an item is its two id hashes only, as ID-only baselines (SASRec, BSARec) see it; category, brand, price
+    # and title words stay out of item vectors (the interest head still learns categories from the events)
+    item_metadata: bool = True
 
     @property
     def hash_spec(self) -> HashSpec:
@@ -307,7 +310,7 @@ class ProfileTransformer(nn.Module):
             nn.init.normal_(self.category_vectors.weight, std=0.02)
         self.purchase_head = nn.Linear(config.profile_dim, 1)
         # The merchant's catalogue descriptors: data, not parameters, and never sent anywhere.
-        self.register_buffer("descriptors", descriptors.long(), persistent=False)
+        self.register_buffer("descriptors", self._described(descriptors), persistent=False)
 
     def set_catalogue(self, descriptors: torch.Tensor) -> None:
         """Swap in another merchant's catalogue (the local residual table must match its size)."""
@@ -316,7 +319,17 @@ class ProfileTransformer(nn.Module):
                 f"catalogue has {descriptors.shape[0]} rows but the local residual table has "
                 f"{self.config.local_items}; rebuild the model with local_items={descriptors.shape[0]}"
             )
-        self.descriptors = descriptors.long().to(self.descriptors.device)
+        self.descriptors = self._described(descriptors).to(self.descriptors.device)
+
+    def _described(self, descriptors: torch.Tensor) -> torch.Tensor:
+        """The descriptors the item tables see: (C, 5 + W); without item metadata, columns 2.. are 0 (category,
+        brand and price rows 0 are one constant offset, a title of word 0 is no title)."""
+        descriptors = descriptors.long()
+        if self.config.item_metadata:
+            return descriptors
+        ids_only = descriptors.clone()
+        ids_only[:, 2:] = 0
+        return ids_only
 
     def encode(self, items, behaviors, hours, weekdays, gaps, genders, ages) -> torch.Tensor:
         """Per-position profile vectors (B, T, k); inputs (B, T) / (B,) already on the model's device."""

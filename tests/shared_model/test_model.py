@@ -160,3 +160,23 @@ def test_dp_training_refuses_the_low_pass_filter_with_the_reason(small_log):
               privacy=PrivacyConfig(target_epsilon=8, target_delta=1e-5), device=torch.device("cpu"))
     with pytest.raises(ValueError, match="frequency_mix must be in"):
         ProfileTransformer(ProfileConfig(**{**TINY.to_dict(), "frequency_mix": 1.5}), data.catalogue.descriptors)
+
+
+@pytest.mark.parametrize("item_metadata", [True, False])
+def test_an_ids_only_model_ignores_item_metadata(small_log, item_metadata):
+    """item_metadata=False: item vectors come from the id hashes alone, so a catalogue whose categories, brands,
+    prices and titles change gives the same vectors; with metadata (the default) they change."""
+    config = ProfileConfig(**{**TINY.to_dict(), "item_metadata": item_metadata})
+    data = build_sequences(small_log.events, small_log.users, config.hash_spec, max_len=config.max_len)
+    torch.manual_seed(0)
+    model = ProfileTransformer(config, data.catalogue.descriptors).eval()
+    items = torch.arange(1, data.catalogue.num_items + 1)
+    before = model.item_vectors(items)
+    other = data.catalogue.descriptors.clone()
+    other[1:, 2:5] = (other[1:, 2:5] + 1) % torch.tensor([config.category_buckets, config.brand_buckets,
+                                                          config.price_buckets])  # other category, brand, price
+    other[1:, 5] = 7  # one title word each
+    model.set_catalogue(other)
+    moved = (model.item_vectors(items) - before).abs().max().item()
+    assert (moved == 0) == (not item_metadata)
+    assert (model.descriptors[:, :2] == other[:, :2]).all()  # the id hashes are the catalogue's either way
