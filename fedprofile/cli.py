@@ -227,7 +227,8 @@ def train(
     typer.echo(f"training on {target}: {len(sequences.train)} users, {'' if dp else 'at most '}{recipe.epochs} epochs "
                f"of batches of {recipe.batch_size}, {recipe.layers} block(s) of {recipe.heads} head(s), dropout "
                f"{recipe.dropout}, {recipe.negatives} negatives" + (f", DP epsilon {epsilon}" if dp else
-                                                                     f", weight average {train_config.ema_decay:.4g}"))
+                                                                     f", weight average {train_config.ema_decay:.4g}")
+               + ("" if item_metadata else ", item ids only (no item metadata)"))
     try:
         result = run_training(model, sequences, train_config, privacy=privacy, device=target,
                               on_epoch=None if train_config.show_progress else _log_epoch)
