@@ -162,6 +162,9 @@ def train(
     frequency_cutoff: Annotated[int, typer.Option(
         help="BSARec's c: the filter keeps the c // 2 + 1 lowest frequencies of a --max-len window.", min=1)] = 5,
     local_table: Annotated[bool, typer.Option(help="Add the merchant-local item residual table.")] = False,
+    time_features: Annotated[bool, typer.Option(
+        help="Hour, weekday and time-gap embeddings in each event's input (off: item, behaviour and position "
+             "only, as SASRec).")] = True,
     item_metadata: Annotated[bool, typer.Option(
         help="Item vectors from category, brand, price and title words beside the id hashes (off: ids only, as "
              "ID-only baselines such as SASRec see items).")] = True,
@@ -206,7 +209,8 @@ def train(
     base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=recipe.heads, n_layers=recipe.layers,
                          profile_dim=profile_dim, dropout=recipe.dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
                          recency_positions=recency_positions, frozen_item_ids=frozen_item_ids,
-                         frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff, item_metadata=item_metadata)
+                         frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff, item_metadata=item_metadata,
+                         time_features=time_features)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)
@@ -228,7 +232,8 @@ def train(
                f"of batches of {recipe.batch_size}, {recipe.layers} block(s) of {recipe.heads} head(s), dropout "
                f"{recipe.dropout}, {recipe.negatives} negatives" + (f", DP epsilon {epsilon}" if dp else
                                                                      f", weight average {train_config.ema_decay:.4g}")
-               + ("" if item_metadata else ", item ids only (no item metadata)"))
+               + ("" if item_metadata else ", item ids only (no item metadata)")
+               + ("" if time_features else ", no time features"))
     try:
         result = run_training(model, sequences, train_config, privacy=privacy, device=target,
                               on_epoch=None if train_config.show_progress else _log_epoch)

@@ -40,6 +40,7 @@ class ProfileConfig:
     # False: an item is its two id hashes only, as ID-only baselines (SASRec, BSARec) see it; category, brand, price
     # and title words stay out of item vectors (the interest head still learns categories from the events)
     item_metadata: bool = True
+    time_features: bool = True  # False: no hour, weekday or time-gap embeddings (an event is item, behaviour, position)
 
     @property
     def hash_spec(self) -> HashSpec:
@@ -237,15 +238,17 @@ class EventEmbedding(nn.Module):
         super().__init__()
         d = config.d_model
         self.behavior = nn.Embedding(len(Behavior) + 1, d)
-        self.hour = nn.Embedding(25, d)
-        self.weekday = nn.Embedding(8, d)
-        self.gap = nn.Embedding(config.gap_buckets, d)
+        # without time features the tables are not built at all: DP's ghost clipping refuses unused parameters
+        self.hour = nn.Embedding(25, d) if config.time_features else None
+        self.weekday = nn.Embedding(8, d) if config.time_features else None
+        self.gap = nn.Embedding(config.gap_buckets, d) if config.time_features else None
         self.position = nn.Embedding(config.max_len, d)
         self.gender = nn.Embedding(NUM_GENDERS, d)
         self.age = nn.Embedding(NUM_AGE_BANDS, d)
         self.recency_positions = config.recency_positions
         for table in (self.behavior, self.hour, self.weekday, self.gap, self.position, self.gender, self.age):
-            nn.init.normal_(table.weight, std=0.02)
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.02)
 
     def forward(self, item_vectors, items, behaviors, hours, weekdays, gaps, genders, ages) -> torch.Tensor:
         B, T = behaviors.shape
@@ -257,15 +260,10 @@ class EventEmbedding(nn.Module):
             newest = (items > 0).sum(dim=1, keepdim=True) - 1  # (B, 1)
             positions = (newest - positions).clamp(min=0)  # (B, T)
         user = (self.gender(genders) + self.age(ages)).unsqueeze(1)  # (B, 1, d)
-        return (
-            item_vectors
-            + self.behavior(behaviors)
-            + self.hour(hours)
-            + self.weekday(weekdays)
-            + self.gap(gaps)
-            + self.position(positions)
-            + user
-        )  # (B, T, d)
+        x = item_vectors + self.behavior(behaviors)  # (B, T, d)
+        if self.hour is not None:  # summed in this order so the default's figures stay bit for bit
+            x = x + self.hour(hours) + self.weekday(weekdays) + self.gap(gaps)
+        return x + self.position(positions) + user  # (B, T, d)
 
 
 class ProfileTransformer(nn.Module):

@@ -180,3 +180,20 @@ def test_an_ids_only_model_ignores_item_metadata(small_log, item_metadata):
     moved = (model.item_vectors(items) - before).abs().max().item()
     assert (moved == 0) == (not item_metadata)
     assert (model.descriptors[:, :2] == other[:, :2]).all()  # the id hashes are the catalogue's either way
+
+
+def test_without_time_features_the_hour_weekday_and_gap_change_nothing(small_log):
+    """time_features=False: no hour, weekday or gap tables (none left unused for DP), and profiles ignore them;
+    with them (the default) the same change moves the profiles."""
+    data = build_sequences(small_log.events, small_log.users, TINY.hash_spec, max_len=TINY.max_len)
+    inputs = [t[:5] for t in data.train.tensors()][:-3]  # items, behaviours, hours, weekdays, gaps, genders, ages
+    changed = [t.clone() for t in inputs]
+    for field in (2, 3, 4):  # hours, weekdays, gaps: another valid bucket
+        changed[field] = torch.where(changed[field] > 0, changed[field] % 7 + 1, changed[field])
+    for time_features in (True, False):
+        torch.manual_seed(0)
+        model = ProfileTransformer(ProfileConfig(**{**TINY.to_dict(), "time_features": time_features}),
+                                   data.catalogue.descriptors).eval()
+        assert any("hour" in name for name, _ in model.named_parameters()) == time_features
+        moved = (model.encode(*inputs) - model.encode(*changed)).abs().max().item()
+        assert (moved > 0) == time_features
