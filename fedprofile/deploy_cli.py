@@ -166,11 +166,12 @@ def federation_local(
                                                     "per message).")] = True,
     console: Annotated[bool, typer.Option(help="Start the coordinator's console and each merchant's; their pages "
                                                "as the run ended go to OUT/console/.")] = False,
-    onsite_epochs: Annotated[int, typer.Option(help="Each merchant fine-tunes the final global model for at most this "
-                                                    "many epochs (`merchant run --onsite-epochs`; its default).",
-                                               min=0)] = 30,
-    alone_epochs: Annotated[int, typer.Option(help="Each merchant trains its own model for at most this many epochs "
-                                                   "(`merchant run --alone-epochs`; its default).", min=0)] = 50,
+    onsite_epochs: Annotated[Optional[int], typer.Option(
+        help="Each merchant fine-tunes the final global model for at most this many epochs (default: `merchant run "
+             "--onsite-epochs`'s).", min=0)] = None,
+    alone_epochs: Annotated[Optional[int], typer.Option(
+        help="Each merchant trains its own model for at most this many epochs (default: `merchant run "
+             "--alone-epochs`'s).", min=0)] = None,
     stay: Annotated[bool, typer.Option(help="After the run, keep everything up (with the consoles) until Ctrl-C.")] = False,
 ) -> None:
     """Start a SuperLink and merchant daemons as separate processes on 127.0.0.1 (TLS and authentication on),

@@ -21,7 +21,6 @@ from client.console.app import TOKEN_FILE as CONSOLE_TOKEN
 from client.daemon import refused_by_superlink
 from client.keys import make_merchant_keys
 from client.onsite.fitter import global_part
-from client.onsite.personalise import OnsiteConfig
 from client.onsite.proto import merchant_pb2 as pb
 from client.onsite.proto import merchant_pb2_grpc as pb_grpc
 from server.console.app import create_app as create_console
@@ -62,19 +61,22 @@ class LocalFederation:
     keys the server never registered: the SuperLink must refuse them."""
 
     def __init__(self, out: str | Path, *, merchants: int = 3, unregistered: int = 0, users: int = 150,
-                 insecure: bool = False, onsite_fit: bool = True, onsite_epochs: int = OnsiteConfig.epochs,
-                 alone_epochs: int = OnsiteConfig.alone_epochs, round_worker: bool = True, console: bool = False):
+                 insecure: bool = False, onsite_fit: bool = True, onsite_epochs: int | None = None,
+                 alone_epochs: int | None = None, round_worker: bool = True, console: bool = False):
         self.out = Path(out).resolve()
         self.round_worker = round_worker  # off: every message starts a cold ClientApp process that loads everything
         self.onsite_fit = onsite_fit  # off: each merchant serves the global versions as received
-        self.onsite_epochs, self.alone_epochs = onsite_epochs, alone_epochs  # the fit's budget when on
+        # the fit's budget when on (None: `merchant run`'s own default)
+        self.onsite_epochs, self.alone_epochs = onsite_epochs, alone_epochs
         self.n, self.unregistered, self.users, self.insecure = merchants, unregistered, users, insecure
         self.names = [f"shop-{i}" for i in range(merchants + unregistered)]
         self.registered = self.names[:merchants]
         self.superlink: subprocess.Popen | None = None
         self.daemons: dict[str, subprocess.Popen] = {}
         self.grpc_ports: dict[str, int] = {}
-        self.port: int | None = None  # the SuperLink's, once started (a restarted server keeps it)
+        # the SuperLink's ports, once started (a restarted server keeps them)
+        self.port: int | None = None
+        self.internal_port: int | None = None
         self.logs = self.out / "logs"
         self.console = console  # the coordinator's console here, each merchant's in its daemon
         self.coordinator_console = None
@@ -95,7 +97,7 @@ class LocalFederation:
 
     def start_server(self) -> None:
         self.port = self.port or free_port()  # a restarted server keeps its addresses
-        self.internal_port = getattr(self, "internal_port", None) or free_port()
+        self.internal_port = self.internal_port or free_port()
         self.settings = SuperLinkSettings(state_dir=self.out / "server", certs=None if self.insecure else self.out / "certs",
                                           insecure=self.insecure, host="127.0.0.1", port=self.port,
                                           internal_port=self.internal_port)
@@ -125,8 +127,12 @@ class LocalFederation:
                "--format", "synthetic", "--superlink", f"127.0.0.1:{self.port}", "--state-dir", str(state),
                "--grpc-port", str(grpc_port), "--clientapp-port", str(free_port()), "--store", str(state / "store.sqlite"),
                "--name", name]
-        cmd += (["--onsite-epochs", str(self.onsite_epochs), "--alone-epochs", str(self.alone_epochs)] if self.onsite_fit
-                else ["--onsite-epochs", "0", "--alone-epochs", "0", "--no-onsite-blend"])
+        if not self.onsite_fit:
+            cmd += ["--onsite-epochs", "0", "--alone-epochs", "0", "--no-onsite-blend"]
+        else:
+            for flag, epochs in (("--onsite-epochs", self.onsite_epochs), ("--alone-epochs", self.alone_epochs)):
+                if epochs is not None:
+                    cmd += [flag, str(epochs)]
         cmd += [] if self.round_worker else ["--no-round-worker"]
         if self.console:  # port 0: a port picked here and bound later could be taken meanwhile (it was, once)
             cmd += ["--console-port", "0"]
