@@ -168,6 +168,14 @@ def train(
     item_metadata: Annotated[bool, typer.Option(
         help="Item vectors from category, brand, price and title words beside the id hashes (off: ids only, as "
              "ID-only baselines such as SASRec see items).")] = True,
+    profile_mlp: Annotated[bool, typer.Option(
+        help="An MLP between the encoder and the scores (off: the encoder's normalised states are the profiles, "
+             "as SASRec scores them; needs --d-model equal to --profile-dim).")] = True,
+    loss_average: Annotated[str, typer.Option(
+        help="users: each customer's positions averaged, then customers (what DP-SGD needs); positions: every "
+             "scored position alike, as SASRec (a long history counts more; not with --dp).")] = "users",
+    category_weight: Annotated[float, typer.Option(
+        min=0.0, help="Weight of the next-category term beside the next-item loss.")] = 0.1,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
     eval_every: Annotated[Optional[int], typer.Option(
         min=1, help=f"Epochs between validation passes (default: {recipes.PLAIN.eval_every}; with --dp "
@@ -198,6 +206,14 @@ def train(
     if dp and frequency_mix > 0:
         fail("--frequency-mix is for plain training: Opacus has no per-customer gradient for the filter's beta; "
              "drop it under --dp")
+    if dp and loss_average != "users":
+        fail("--loss-average positions has no per-customer loss to clip: under --dp drop it (DP-SGD averages over "
+             "customers)")
+    if loss_average not in ("users", "positions"):
+        fail(f"--loss-average must be users or positions, got {loss_average!r}")
+    if not profile_mlp and d_model != profile_dim:
+        fail(f"--no-profile-mlp scores the encoder's states directly: --d-model ({d_model}) must equal "
+             f"--profile-dim ({profile_dim})")
     if refit and dp:
         fail("--refit trains on the validation events after choosing epochs by them: it is for plain training; "
              "under --dp the last weights are reported and validation picks nothing")
@@ -210,7 +226,7 @@ def train(
                          profile_dim=profile_dim, dropout=recipe.dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
                          recency_positions=recency_positions, frozen_item_ids=frozen_item_ids,
                          frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff, item_metadata=item_metadata,
-                         time_features=time_features)
+                         time_features=time_features, profile_mlp=profile_mlp)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)
@@ -221,7 +237,8 @@ def train(
                                 max_grad_norm=max_grad_norm)
     train_config = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=lr, negatives=recipe.negatives,
                                full_softmax=full_softmax, seed=seed, eval_every=recipe.eval_every,
-                               weight_decay=weight_decay, patience=recipe.patience,
+                               weight_decay=weight_decay, patience=recipe.patience, loss_average=loss_average,
+                               category_weight=category_weight,
                                ema_decay=ema_decay if ema_decay is not None else
                                recipe.ema_decay(math.ceil(len(sequences.train) / recipe.batch_size)),
                                track_test=track_test,
@@ -233,7 +250,9 @@ def train(
                f"{recipe.dropout}, {recipe.negatives} negatives" + (f", DP epsilon {epsilon}" if dp else
                                                                      f", weight average {train_config.ema_decay:.4g}")
                + ("" if item_metadata else ", item ids only (no item metadata)")
-               + ("" if time_features else ", no time features"))
+               + ("" if time_features else ", no time features")
+               + ("" if profile_mlp else ", no profile MLP")
+               + ("" if loss_average == "users" else f", the loss averaged over {loss_average}"))
     try:
         result = run_training(model, sequences, train_config, privacy=privacy, device=target,
                               on_epoch=None if train_config.show_progress else _log_epoch)

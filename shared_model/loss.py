@@ -17,15 +17,24 @@ def sampled_softmax(profiles, positives, negatives, target_ids, negative_ids) ->
     return torch.logsumexp(logits, dim=-1) - logits[:, 0]
 
 
+AVERAGES = ("users", "positions")
+
+
 class ProfileLoss(nn.Module):
     """Per-user loss: sampled-softmax next-item loss + next-category softmax + purchase-propensity terms,
-    averaged over the user's positions. `reduction` is what Opacus' ghost clipping toggles ('none' gives (B,))."""
+    averaged over the user's positions. `reduction` is what Opacus' ghost clipping toggles ('none' gives (B,)).
+    `average="positions"` weighs every scored position alike, as SASRec does (a long history counts more);
+    it has no per-user loss, so it is for plain training only."""
 
-    def __init__(self, *, category_weight: float, purchase_weight: float, reduction: str = "mean"):
+    def __init__(self, *, category_weight: float, purchase_weight: float, reduction: str = "mean",
+                 average: str = "users"):
         super().__init__()
+        if average not in AVERAGES:
+            raise ValueError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
         self.category_weight = category_weight
         self.purchase_weight = purchase_weight
         self.reduction = reduction
+        self.average = average
 
     def forward(self, outputs, targets) -> torch.Tensor:
         profiles, positives, target_category_vectors, negatives, category_vectors, purchase_logits = outputs
@@ -44,6 +53,10 @@ class ProfileLoss(nn.Module):
         per_user_sum = torch.zeros(B, device=item_loss.device, dtype=item_loss.dtype).index_add(
             0, users, item_loss + self.category_weight * category_loss
         ) + self.purchase_weight * purchase_loss.sum(1)
+        if self.average == "positions":
+            if self.reduction == "none":
+                raise ValueError("average='positions' has no per-user loss: DP-SGD needs average='users'")
+            return per_user_sum.sum() / users.numel() if self.reduction == "mean" else per_user_sum.sum()
         per_user = per_user_sum / (target_items > 0).sum(1).clamp(min=1)  # (B,)
         if self.reduction == "none":
             return per_user

@@ -41,6 +41,7 @@ class ProfileConfig:
     # and title words stay out of item vectors (the interest head still learns categories from the events)
     item_metadata: bool = True
     time_features: bool = True  # False: no hour, weekday or time-gap embeddings (an event is item, behaviour, position)
+    profile_mlp: bool = True  # False: profiles are the encoder's normalised states, scored directly (as SASRec)
 
     @property
     def hash_spec(self) -> HashSpec:
@@ -287,9 +288,15 @@ class ProfileTransformer(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = nn.LayerNorm(config.d_model)
-        self.decoder = nn.Sequential(  # the profile "decoder": encoder state -> profile vector
-            nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.profile_dim)
-        )
+        if config.profile_mlp:
+            self.decoder = nn.Sequential(  # the profile "decoder": encoder state -> profile vector
+                nn.Linear(config.d_model, config.d_model), nn.GELU(), nn.Linear(config.d_model, config.profile_dim)
+            )
+        elif config.d_model != config.profile_dim:
+            raise ValueError(f"without the profile MLP the encoder's states are the profiles: d_model "
+                             f"({config.d_model}) must equal profile_dim ({config.profile_dim})")
+        else:
+            self.decoder = nn.Identity()
         # Untied by default: ghost clipping (DP) refuses one trained embedding used on both sides.
         if config.fixed_item_vectors:
             self.output_items = FixedFeatureItemEncoder(self.input_items.features, config.profile_dim)

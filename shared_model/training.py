@@ -50,6 +50,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0: evaluate, keep and return an exponential moving average of the weights
     category_weight: float = 0.1
     purchase_weight: float = 0.1
+    loss_average: str = "users"  # "positions": every scored position alike, as SASRec (plain training only)
     seed: int = 0
     eval_every: int = 1  # epochs between validation passes (0: only at the end)
     keep_best: bool = True  # restore the weights with the best validation NDCG@10 (plain training only)
@@ -137,7 +138,11 @@ def train(
     optimizer = make_optimizer(model, name=config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state:
         load_moments(optimizer, optimizer_state)
-    criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight)
+    if privacy is not None and config.loss_average != "users":
+        raise ValueError("DP-SGD bounds each customer's gradient: its loss averages over users; drop loss_average="
+                         f"{config.loss_average!r}")
+    criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight,
+                            average=config.loss_average)
     selection = Selection(model, select_best=config.keep_best and privacy is None and validate,
                           ema_decay=config.ema_decay, patience=config.patience)
     private: PrivateTraining | None = None
