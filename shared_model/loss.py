@@ -23,14 +23,17 @@ AVERAGES = ("users", "positions")
 class ProfileLoss(nn.Module):
     """Per-user loss: sampled-softmax next-item loss + next-category softmax + purchase-propensity terms,
     averaged over the user's positions. `reduction` is what Opacus' ghost clipping toggles ('none' gives (B,)).
-    `average="positions"` weighs every scored position alike, as SASRec does (a long history counts more);
-    it has no per-user loss, so it is for plain training only."""
+    `average="positions"` weighs every scored position alike, as SASRec does (a long history counts more): a
+    batch's summed loss over B x `positions_per_user` (the training set's mean), a constant, so that a batch of long
+    histories weighs more than one of short ones (batches grouped by length would otherwise make it the per-user
+    mean again). It has no per-user loss, so it is for plain training only."""
 
     def __init__(self, *, category_weight: float, purchase_weight: float, reduction: str = "mean",
-                 average: str = "users"):
+                 average: str = "users", positions_per_user: float = 1.0):
         super().__init__()
         if average not in AVERAGES:
             raise ValueError(f"average must be one of {', '.join(AVERAGES)}, got {average!r}")
+        self.positions_per_user = positions_per_user
         self.category_weight = category_weight
         self.purchase_weight = purchase_weight
         self.reduction = reduction
@@ -56,7 +59,8 @@ class ProfileLoss(nn.Module):
         if self.average == "positions":
             if self.reduction == "none":
                 raise ValueError("average='positions' has no per-user loss: DP-SGD needs average='users'")
-            return per_user_sum.sum() / users.numel() if self.reduction == "mean" else per_user_sum.sum()
+            total = per_user_sum.sum()
+            return total / (B * self.positions_per_user) if self.reduction == "mean" else total
         per_user = per_user_sum / (target_items > 0).sum(1).clamp(min=1)  # (B,)
         if self.reduction == "none":
             return per_user

@@ -142,7 +142,8 @@ def train(
         raise ValueError("DP-SGD bounds each customer's gradient: its loss averages over users; drop loss_average="
                          f"{config.loss_average!r}")
     criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight,
-                            average=config.loss_average)
+                            average=config.loss_average,
+                            positions_per_user=float((data.train.target_items > 0).sum()) / len(data.train))
     selection = Selection(model, select_best=config.keep_best and privacy is None and validate,
                           ema_decay=config.ema_decay, patience=config.patience)
     private: PrivateTraining | None = None
