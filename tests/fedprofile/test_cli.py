@@ -132,3 +132,7 @@ def test_train_defaults_are_the_recipe_of_each_mode_unless_told(tmp_path):
         assert {key: metrics["model"][key] for key in model} == model, flags
     refused = runner.invoke(app, ["train", *small, "--dp", "--patience", "3", "--out", str(tmp_path / "no")])
     assert refused.exit_code == 2 and "drop --patience" in refused.output
+    refused = runner.invoke(app, ["train", *small, "--dp", "--loss-average", "positions", "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "no per-customer loss to clip" in refused.output
+    refused = runner.invoke(app, ["train", *small, "--no-profile-mlp", "--profile-dim", "8", "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "--d-model (16) must equal --profile-dim (8)" in refused.output

@@ -197,3 +197,22 @@ def test_without_time_features_the_hour_weekday_and_gap_change_nothing(small_log
         assert any("hour" in name for name, _ in model.named_parameters()) == time_features
         moved = (model.encode(*inputs) - model.encode(*changed)).abs().max().item()
         assert (moved > 0) == time_features
+
+
+def test_without_the_profile_mlp_profiles_are_the_normalised_encoder_states(small_log):
+    """profile_mlp=False scores the encoder's final LayerNorm output directly (as SASRec): no decoder weights,
+    and a width that does not match the item vectors is refused with the fix."""
+    data = build_sequences(small_log.events, small_log.users, TINY.hash_spec, max_len=TINY.max_len)
+    inputs = [t[:5] for t in data.train.tensors()][:-3]
+    square = {**TINY.to_dict(), "profile_dim": TINY.d_model}
+    torch.manual_seed(0)
+    model = ProfileTransformer(ProfileConfig(**{**square, "profile_mlp": False}), data.catalogue.descriptors).eval()
+    assert not any(name.startswith("decoder.") for name, _ in model.named_parameters())
+    x = model.dropout(model.embed(model.input_items(model.descriptors[inputs[0]], inputs[0]), *inputs))
+    for block in model.blocks:
+        x = block(x)
+    assert torch.allclose(model.encode(*inputs), model.norm(x))
+    with_mlp = ProfileTransformer(ProfileConfig(**square), data.catalogue.descriptors)
+    assert any(name.startswith("decoder.") for name, _ in with_mlp.named_parameters())
+    with pytest.raises(ValueError, match="d_model .* must equal profile_dim"):
+        ProfileTransformer(ProfileConfig(**{**TINY.to_dict(), "profile_mlp": False}), data.catalogue.descriptors)

@@ -163,3 +163,15 @@ def test_optimizer_moments_carry_over_from_one_call_to_the_next(small_log):
     # the second step's first moment mixes both rounds' gradients: not what a fresh optimizer holds
     assert not torch.allclose(carried["0.exp_avg"], fresh["0.exp_avg"])
     assert not torch.allclose(carried_weights, fresh_weights)
+
+
+def test_dp_refuses_a_loss_averaged_over_positions(small_log):
+    import pytest
+
+    from shared_model.privacy import PrivacyConfig
+
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    model = ProfileTransformer(CONFIG, data.catalogue.descriptors)
+    with pytest.raises(ValueError, match="averages over users"):
+        train(model, data, TrainConfig(epochs=1, loss_average="positions", show_progress=False),
+              privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5), device=torch.device("cpu"))
