@@ -7,7 +7,9 @@ and the app. Per round, from the coordinator's checkpointed history:
     overhead = round seconds - the slowest merchant's training (its own `train-seconds`)
                - one merchant's evaluation (timed here, in process, on the same data and model)
 Both privacy modes: `local` (per-merchant DP-SGD: a train and an evaluate message per round) and `distributed`
-(one DP-SGD step through the secure sum: keys, shares, masked step, unmask, evaluate). Repeat:
+(one DP-SGD step through the secure sum: keys, shares, masked step, unmask, evaluate). With `--evaluate-every N`
+the evaluate stage runs every N rounds and after the last; the overhead is then reported for rounds with and
+without it. Repeat:
     python bench/deployed_rounds.py
 """
 
@@ -53,10 +55,12 @@ def evaluate_seconds(fed: LocalFederation, extra: dict, repeats: int = 3) -> flo
     return min(times)
 
 
-def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int, users: int) -> dict:
+def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int, users: int,
+            evaluate_every: int = 1) -> dict:
     fed = LocalFederation(out / f"{privacy}-{worker}", merchants=merchants, users=users, onsite_fit=False,
                           round_worker=worker == "warm")
-    extra = {**TINY, "privacy": privacy, "min-replies": merchants, "round-timeout": 300}
+    extra = {**TINY, "privacy": privacy, "min-replies": merchants, "round-timeout": 300,
+             "evaluate-every": evaluate_every}
     started = time.perf_counter()
     try:
         summary = fed.run(rounds=rounds, epsilon=8.0, timeout=60 + 120 * rounds, extra=extra)
@@ -71,11 +75,16 @@ def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int
     for row in history:
         train = max(row.get("local-train-seconds", {}).values(), default=0.0) if privacy == "local" \
             else float(row.get("merchant-step-seconds", 0.0))
+        evaluated = "evaluate-phase-seconds" in row
         rows.append({"round": row["round"], "seconds": row["seconds"], "merchant-train-seconds": train,
-                     "overhead": row["seconds"] - train - evaluate})
-    later = [r["overhead"] for r in rows[1:]] or [rows[0]["overhead"]]  # round 1 also starts every process
+                     "evaluated": evaluated, "overhead": row["seconds"] - train - (evaluate if evaluated else 0.0)})
+    later = rows[1:] or rows[:1]  # round 1 also starts every process
+    medians = {f"overhead-median{suffix}": statistics.median(chosen) for suffix, chosen in (
+        ("", [r["overhead"] for r in later]),
+        ("-evaluated", [r["overhead"] for r in later if r["evaluated"]]),
+        ("-not-evaluated", [r["overhead"] for r in later if not r["evaluated"]])) if chosen}
     return {"privacy": privacy, "worker": worker, "rounds": rows, "evaluate-seconds": evaluate, "wall-seconds": wall,
-            "overhead-median": statistics.median(later), "overhead-round-1": rows[0]["overhead"],
+            **medians, "overhead-round-1": rows[0]["overhead"], "evaluate-every": evaluate_every,
             "epsilon": summary["merchants"][0]["epsilon"]}
 
 
@@ -88,18 +97,23 @@ def main() -> None:
     parser.add_argument("--workers", nargs="+", default=["cold", "warm"], choices=["cold", "warm"],
                         help="cold: a fresh ClientApp process loads everything per message (Flower's way); warm: "
                              "the merchant daemon's round worker takes the SuperNode's tasks itself")
+    parser.add_argument("--evaluate-every", type=int, default=1, help="the run's evaluate-every (1: every round)")
     parser.add_argument("--out", default="runs/deployed-rounds")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     results = []
     for privacy, worker in itertools.product(args.privacy, args.workers):
         result = measure(out, privacy=privacy, worker=worker, merchants=args.merchants, rounds=args.rounds,
-                         users=args.users)
+                         users=args.users, evaluate_every=args.evaluate_every)
         results.append(result)
         per_round = ", ".join(f"{r['seconds']:.1f}" for r in result["rounds"])
         print(f"{privacy:>11}, {worker}: rounds {per_round} s; merchant training up to "
               f"{max(r['merchant-train-seconds'] for r in result['rounds']):.2f} s, evaluation "
-              f"{result['evaluate-seconds']:.2f} s; overhead median (rounds 2+) {result['overhead-median']:.1f} s, "
+              f"{result['evaluate-seconds']:.2f} s; overhead median (rounds 2+) {result['overhead-median']:.1f} s"
+              + "".join(f", {label} {result[key]:.1f} s" for key, label in (
+                  ("overhead-median-evaluated", "with an evaluate stage"),
+                  ("overhead-median-not-evaluated", "without")) if key in result and args.evaluate_every > 1)
+              + f", "
               f"round 1 {result['overhead-round-1']:.1f} s; {result['wall-seconds']:.0f} s in all", flush=True)
     command = "python " + " ".join(sys.argv)
     (out / "results.json").write_text(json.dumps(

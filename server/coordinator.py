@@ -87,8 +87,8 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
             arrays = _local_round(grid, run, strategy, registry, server_round, arrays, settings, expected, result,
                                   row, started)
         published = average.update(arrays)
-        # --- federated evaluation of the (new) global model ---
-        if run.fraction_evaluate > 0:
+        # --- federated evaluation of the (new) global model: every `evaluate-every` rounds and after the last ---
+        if run.fraction_evaluate > 0 and (server_round % run.evaluate_every == 0 or server_round == run.num_rounds):
             eval_started = time.perf_counter()
             messages = strategy.configure_evaluate(server_round, array_record(published), ConfigRecord(settings), grid)
             evaluated, dropped = screen_evaluate_replies(

@@ -34,6 +34,9 @@ class RunConfig:
     min_replies: int = 2  # quorum: a round with fewer good training replies is not aggregated
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
+    # federated evaluation, which also hands merchants the new version to serve, every this many rounds and after the
+    # last: a message stage of its own, so many short rounds (distributed DP) spend less on it
+    evaluate_every: int = 1
     round_timeout: float = 3600.0  # seconds to wait for replies
     proximal_mu: float = 0.01  # fedprox
     server_lr: float = 0.01  # the coordinator's learning rate: fedadam's eta, distributed DP's Adam
@@ -96,6 +99,7 @@ class RunConfig:
         if not self.local_epochs > 0:
             problems.append(f"local-epochs must be positive, got {self.local_epochs}")
         for name in ("num_rounds", "batch_size", "negatives", "min_replies", "synthetic_users", "max_len", "d_model",
+                     "evaluate_every",
                      "n_layers", "n_heads", "profile_dim", "item_buckets"):
             if getattr(self, name) < 1:
                 problems.append(f"{_key(name)} must be at least 1, got {getattr(self, name)}")

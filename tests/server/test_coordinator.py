@@ -62,6 +62,23 @@ def test_a_nan_update_is_rejected_and_never_averaged(tmp_path):
     assert all(np.isfinite(v).all() for v in checkpoint.arrays.values())
 
 
+def test_evaluate_every_skips_the_evaluate_stage_between_and_always_evaluates_the_last_round(tmp_path):
+    run = tiny_run(tmp_path, num_rounds=3, dp=False, local_epochs=1, evaluate_every=2)
+    sent = []
+
+    def spy(node, reply):
+        sent.append(reply.metadata.message_type)
+        return reply
+
+    result = run_federation(InProcessGrid(client_app, 2, tamper=spy), run)
+    assert [("ndcg@10" in row, "evaluate-phase-seconds" in row) for row in result.history] == \
+        [(False, False), (True, True), (True, True)]
+    assert sent.count("evaluate") == 2 * 2 and sent.count("train") == 3 * 2  # rounds 2 and 3, two merchants each
+    assert result.final["ndcg@10"] == result.history[-1]["ndcg@10"]
+    with pytest.raises(ValueError, match="evaluate-every must be at least 1"):
+        tiny_run(tmp_path, evaluate_every=0)
+
+
 def test_a_round_below_quorum_is_not_aggregated(tmp_path):
     run = tiny_run(tmp_path, num_rounds=1, min_replies=2, dp=False)
     drop_one = lambda node, reply: None if node == 2 and reply.metadata.message_type == "train" else reply  # noqa: E731
