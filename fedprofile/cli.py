@@ -153,7 +153,10 @@ def train(
     adjacency: Annotated[bool, typer.Option(
         help="Also test the model blended with the training events' item adjacency, as a merchant serves it "
              "(the weight chosen on validation; not with --dp: the counts are not private).")] = True,
-    tie_item_tables: Annotated[bool, typer.Option(help="One item table for inputs and outputs (not with --dp).")] = False,
+    tie_item_tables: Annotated[Optional[bool], typer.Option(
+        "--tie-item-tables/--no-tie-item-tables",
+        help=f"One item encoder for inputs and outputs (default: {'on' if recipes.PLAIN.tie_item_tables else 'off'}; "
+             f"with --dp off: ghost clipping refuses one table used on both sides).")] = None,
     recency_positions: Annotated[bool, typer.Option(help="Position ids count back from the newest event.")] = False,
     frozen_item_ids: Annotated[bool, typer.Option(help="Keep the hashed item-id tables at their random start.")] = False,
     frequency_mix: Annotated[float, typer.Option(
@@ -168,12 +171,15 @@ def train(
     item_metadata: Annotated[bool, typer.Option(
         help="Item vectors from category, brand, price and title words beside the id hashes (off: ids only, as "
              "ID-only baselines such as SASRec see items).")] = True,
-    profile_mlp: Annotated[bool, typer.Option(
-        help="An MLP between the encoder and the scores (off: the encoder's normalised states are the profiles, "
-             "as SASRec scores them; needs --d-model equal to --profile-dim).")] = True,
-    loss_average: Annotated[str, typer.Option(
-        help="users: each customer's positions averaged, then customers (what DP-SGD needs); positions: every "
-             "scored position alike, as SASRec (a long history counts more; not with --dp).")] = "users",
+    profile_mlp: Annotated[Optional[bool], typer.Option(
+        "--profile-mlp/--no-profile-mlp",
+        help=f"An MLP between the encoder and the scores (off: the encoder's normalised states are the profiles, as "
+             f"SASRec scores them; needs --d-model equal to --profile-dim). Default: "
+             f"{'on' if recipes.PLAIN.profile_mlp else 'off'}; with --dp {'on' if recipes.PRIVATE.profile_mlp else 'off'}.")] = None,
+    loss_average: Annotated[Optional[str], typer.Option(
+        help=f"users: each customer's positions averaged, then customers (what DP-SGD clips); positions: every "
+             f"scored position alike, as SASRec (a long history counts more; not with --dp). Default: "
+             f"{recipes.PLAIN.loss_average}; with --dp {recipes.PRIVATE.loss_average}.")] = None,
     category_weight: Annotated[float, typer.Option(
         min=0.0, help="Weight of the next-category term beside the next-item loss.")] = 0.1,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
@@ -199,19 +205,20 @@ def train(
 
     recipe = (recipes.PRIVATE if dp else recipes.PLAIN).with_choices(
         epochs=epochs, batch_size=batch_size, layers=layers, heads=heads, dropout=dropout, negatives=negatives,
-        eval_every=eval_every, patience=patience)
+        eval_every=eval_every, patience=patience, profile_mlp=profile_mlp, loss_average=loss_average,
+        tie_item_tables=tie_item_tables)
     if dp and recipe.patience is not None:
         fail("--patience stops when validation stops improving; under --dp validation picks nothing and the "
              "epochs are planned (the budget is spread over them): drop --patience")
     if dp and frequency_mix > 0:
         fail("--frequency-mix is for plain training: Opacus has no per-customer gradient for the filter's beta; "
              "drop it under --dp")
-    if dp and loss_average != "users":
+    if recipe.loss_average not in ("users", "positions"):
+        fail(f"--loss-average must be users or positions, got {recipe.loss_average!r}")
+    if dp and recipe.loss_average != "users":
         fail("--loss-average positions has no per-customer loss to clip: under --dp drop it (DP-SGD averages over "
              "customers)")
-    if loss_average not in ("users", "positions"):
-        fail(f"--loss-average must be users or positions, got {loss_average!r}")
-    if not profile_mlp and d_model != profile_dim:
+    if not recipe.profile_mlp and d_model != profile_dim:
         fail(f"--no-profile-mlp scores the encoder's states directly: --d-model ({d_model}) must equal "
              f"--profile-dim ({profile_dim})")
     if refit and dp:
@@ -223,10 +230,11 @@ def train(
     typer.echo(f"data: {s.rows_accepted} events, {s.users} users, {s.items} items "
                f"({s.duplicates} duplicates, {s.rows_quarantined} quarantined); {s.metadata_line()}")
     base = ProfileConfig(max_len=max_len, d_model=d_model, n_heads=recipe.heads, n_layers=recipe.layers,
-                         profile_dim=profile_dim, dropout=recipe.dropout, item_buckets=item_buckets, tie_item_tables=tie_item_tables,
+                         profile_dim=profile_dim, dropout=recipe.dropout, item_buckets=item_buckets,
+                         tie_item_tables=recipe.tie_item_tables,
                          recency_positions=recency_positions, frozen_item_ids=frozen_item_ids,
                          frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff, item_metadata=item_metadata,
-                         time_features=time_features, profile_mlp=profile_mlp)
+                         time_features=time_features, profile_mlp=recipe.profile_mlp)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)
@@ -237,7 +245,7 @@ def train(
                                 max_grad_norm=max_grad_norm)
     train_config = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=lr, negatives=recipe.negatives,
                                full_softmax=full_softmax, seed=seed, eval_every=recipe.eval_every,
-                               weight_decay=weight_decay, patience=recipe.patience, loss_average=loss_average,
+                               weight_decay=weight_decay, patience=recipe.patience, loss_average=recipe.loss_average,
                                category_weight=category_weight,
                                ema_decay=ema_decay if ema_decay is not None else
                                recipe.ema_decay(math.ceil(len(sequences.train) / recipe.batch_size)),
@@ -251,8 +259,9 @@ def train(
                                                                      f", weight average {train_config.ema_decay:.4g}")
                + ("" if item_metadata else ", item ids only (no item metadata)")
                + ("" if time_features else ", no time features")
-               + ("" if profile_mlp else ", no profile MLP")
-               + ("" if loss_average == "users" else f", the loss averaged over {loss_average}"))
+               + ("" if recipe.profile_mlp else ", no profile MLP")
+               + (", tied item tables" if recipe.tie_item_tables else "")
+               + f", the loss averaged over {recipe.loss_average}")
     try:
         result = run_training(model, sequences, train_config, privacy=privacy, device=target,
                               on_epoch=None if train_config.show_progress else _log_epoch)

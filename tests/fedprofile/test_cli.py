@@ -117,14 +117,20 @@ def test_train_defaults_are_the_recipe_of_each_mode_unless_told(tmp_path):
     small = ["--d-model", "16", "--profile-dim", "16", "--max-len", "12", "--item-buckets", "512", "--epochs", "1",
              "--data", str(data), "--format", "synthetic"]
     # the weight average spans 5.7 epochs: 0.999 a step on Beauty's 175 steps an epoch, here 1 step an epoch
-    plain = {"batch_size": 128, "negatives": 1024, "ema_decay": 1 - 1 / 5.7, "eval_every": 2, "patience": 10}
-    private = {"batch_size": 512, "negatives": 1024, "ema_decay": 0.0, "eval_every": 1, "patience": None}
+    plain = {"batch_size": 128, "negatives": 1024, "ema_decay": 1 - 1 / 5.7, "eval_every": 2, "patience": 10,
+             "loss_average": "positions"}
+    private = {"batch_size": 512, "negatives": 1024, "ema_decay": 0.0, "eval_every": 1, "patience": None,
+               "loss_average": "users"}
     for flags, train, model in (
-            ([], plain, {"n_layers": 1, "n_heads": 1, "dropout": 0.3}),
-            (["--dp"], private, {"n_layers": 1, "n_heads": 1, "dropout": 0.2}),
+            ([], plain, {"n_layers": 1, "n_heads": 1, "dropout": 0.3, "profile_mlp": False, "tie_item_tables": True}),
+            (["--dp"], private, {"n_layers": 1, "n_heads": 1, "dropout": 0.2, "profile_mlp": True,
+                                 "tie_item_tables": False}),
+            (["--profile-mlp", "--loss-average", "users", "--no-tie-item-tables"], {**plain, "loss_average": "users"},
+             {"n_layers": 1, "n_heads": 1, "dropout": 0.3, "profile_mlp": True, "tie_item_tables": False}),
             (["--dp", "--batch-size", "32", "--layers", "2", "--negatives", "16"],
-             {**private, "batch_size": 32, "negatives": 16}, {"n_layers": 2, "n_heads": 1, "dropout": 0.2})):
-        out = tmp_path / f"run-{len(flags)}"
+             {**private, "batch_size": 32, "negatives": 16},
+             {"n_layers": 2, "n_heads": 1, "dropout": 0.2, "profile_mlp": True, "tie_item_tables": False})):
+        out = tmp_path / f"run-{'-'.join(flags) or 'defaults'}"
         result = runner.invoke(app, ["train", *small, *flags, "--out", str(out)])
         assert result.exit_code == 0, result.output
         metrics = json.loads((out / "metrics.json").read_text())
