@@ -197,6 +197,7 @@ def train(
     from shared_model.checkpoint import save_model
     from shared_model.device import pick_device
     from shared_model.features import build_sequences
+    from shared_model.loss import AVERAGES
     from shared_model.model import ProfileConfig, ProfileTransformer
     from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, delta_for
     from shared_model.training import TrainConfig
@@ -213,8 +214,8 @@ def train(
     if dp and frequency_mix > 0:
         fail("--frequency-mix is for plain training: Opacus has no per-customer gradient for the filter's beta; "
              "drop it under --dp")
-    if recipe.loss_average not in ("users", "positions"):
-        fail(f"--loss-average must be users or positions, got {recipe.loss_average!r}")
+    if recipe.loss_average not in AVERAGES:
+        fail(f"--loss-average must be one of {', '.join(AVERAGES)}, got {recipe.loss_average!r}")
     if dp and recipe.loss_average != "users":
         fail("--loss-average positions has no per-customer loss to clip: under --dp drop it (DP-SGD averages over "
              "customers)")

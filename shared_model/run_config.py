@@ -99,8 +99,7 @@ class RunConfig:
         if not self.local_epochs > 0:
             problems.append(f"local-epochs must be positive, got {self.local_epochs}")
         for name in ("num_rounds", "batch_size", "negatives", "min_replies", "synthetic_users", "max_len", "d_model",
-                     "evaluate_every",
-                     "n_layers", "n_heads", "profile_dim", "item_buckets"):
+                     "n_layers", "n_heads", "profile_dim", "item_buckets", "evaluate_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
         for name, limit in LIMITS.items():

@@ -17,7 +17,7 @@ from shared_model.device import autocast_for, pick_device
 from shared_model.dp_engine import PrivateTraining, make_private
 from shared_model.evaluation import evaluate
 from shared_model.features import SequenceData
-from shared_model.loss import ProfileLoss
+from shared_model.loss import AVERAGES, ProfileLoss
 from shared_model.model import ProfileTransformer
 from shared_model.optimizers import OPTIMIZERS, load_moments, make_optimizer, optimizer_moments
 from shared_model.privacy import PrivacyConfig
@@ -64,6 +64,8 @@ class TrainConfig:
             raise ValueError("epochs must be positive, batch_size and negatives at least 1")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.loss_average not in AVERAGES:
+            raise ValueError(f"loss_average must be one of {', '.join(AVERAGES)}, got {self.loss_average!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
 
