@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from shared_model.loss import AVERAGES
 from shared_model.model import ProfileConfig
 from shared_model.privacy import PrivacyConfig, delta_for, solve_noise_multiplier
 from shared_model.training import LR_SCHEDULES, TrainConfig
@@ -55,6 +56,9 @@ class RunConfig:
     batch_size: int = 128
     negatives: int = 256
     keep_optimizer_state: bool = False  # carry each merchant's Adam moments from one round into the next
+    # "users": each customer's positions averaged, then customers (what DP-SGD clips); "positions": every scored
+    # position alike, as SASRec (no DP)
+    loss_average: str = "users"
     # user-level DP-SGD, per merchant, over the whole run
     dp: bool = True
     target_epsilon: float = 8.0
@@ -75,6 +79,8 @@ class RunConfig:
     n_heads: int = 2
     profile_dim: int = 64
     dropout: float = 0.2
+    profile_mlp: bool = True  # an MLP between the encoder and the scores (false: the normalised states, d-model = profile-dim)
+    tie_item_tables: bool = False  # one item encoder for inputs and outputs (no DP: ghost clipping refuses it)
     item_buckets: int = 1 << 15
     local_table: bool = False  # a merchant-local item residual table (never leaves the merchant)
     frozen_item_ids: bool = False  # keep the hashed item-id tables fixed (fewer noised weights under DP)
@@ -114,7 +120,21 @@ class RunConfig:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 < self.fraction_train <= 1 or not 0 <= self.fraction_evaluate <= 1:
             problems.append("fraction-train must be in (0, 1] and fraction-evaluate in [0, 1]")
+        if self.loss_average not in AVERAGES:
+            problems.append(f"loss-average must be one of {', '.join(AVERAGES)}, got {self.loss_average!r}")
+        if (not self.profile_mlp or self.tie_item_tables) and self.d_model != self.profile_dim:
+            problems.append(f"profile-mlp = false and tie-item-tables = true score the encoder's states against the "
+                            f"items: d-model ({self.d_model}) must equal profile-dim ({self.profile_dim})")
+        if self.tie_item_tables and self.fixed_item_vectors:
+            problems.append("tie-item-tables and fixed-item-vectors cannot both be true: the fixed catalogue features "
+                            "have item encoders of their own; turn one of them off")
         if self.dp:
+            if self.loss_average != "users":
+                problems.append("loss-average = positions has no per-customer loss for DP-SGD to clip: with dp = true "
+                                "set loss-average = users")
+            if self.tie_item_tables:
+                problems.append("tie-item-tables = true uses one item table on both sides, which DP-SGD's ghost "
+                                "clipping refuses: with dp = true set tie-item-tables = false")
             if not (self.target_epsilon > 0 and math.isfinite(self.target_epsilon)):
                 problems.append(f"target-epsilon must be positive and finite with dp = true, got {self.target_epsilon}")
             if not 0 <= self.target_delta < 1:
@@ -189,7 +209,8 @@ class RunConfig:
         return ProfileConfig(max_len=self.max_len, d_model=self.d_model, n_heads=self.n_heads,
                              n_layers=self.n_layers, profile_dim=self.profile_dim, dropout=self.dropout,
                              item_buckets=self.item_buckets, local_items=local_items if self.local_table else 0,
-                             frozen_item_ids=self.frozen_item_ids, fixed_item_vectors=self.fixed_item_vectors)
+                             frozen_item_ids=self.frozen_item_ids, fixed_item_vectors=self.fixed_item_vectors,
+                             profile_mlp=self.profile_mlp, tie_item_tables=self.tie_item_tables)
 
     def train_config(self, *, epochs: float | None = None, server_round: int = 0, show_progress: bool = False) -> TrainConfig:
         """Local training settings; each round draws its own batches, negatives and dropout (a seed per round),
@@ -199,6 +220,7 @@ class RunConfig:
                            lr_schedule=self.lr_schedule, schedule_epochs=self.num_rounds * self.local_epochs,
                            schedule_start=max(server_round - 1, 0) * self.local_epochs,
                            negatives=self.negatives, seed=self.seed * 1_000_003 + server_round, eval_every=0,
+                           loss_average=self.loss_average,
                            keep_best=False, show_progress=show_progress)
 
     def distributed_noise(self) -> float:

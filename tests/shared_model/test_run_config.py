@@ -49,6 +49,11 @@ def test_parses_strings_from_the_command_line():
         ({"negatives": 10**9}, "negatives must be at most"),
         ({"max-examples": 0}, "max-examples must be at least 1"),
         ({"update-norm-bound": -1}, "update-norm-bound must be a finite number >= 0"),
+        ({"loss-average": "items", "dp": "false"}, "loss-average must be one of users, positions"),
+        ({"loss-average": "positions"}, "with dp = true set loss-average = users"),  # dp is the default
+        ({"tie-item-tables": "true"}, "ghost clipping refuses"),
+        ({"profile-mlp": "false", "dp": "false", "profile-dim": 32}, "d-model \\(64\\) must equal profile-dim"),
+        ({"tie-item-tables": "true", "fixed-item-vectors": "true", "dp": "false"}, "tie-item-tables and fixed-item"),
     ],
 )
 def test_refuses_bad_settings_with_the_key_named(values, message):
@@ -71,6 +76,16 @@ def test_the_learning_rate_schedule_runs_over_the_whole_federation():
     assert (third.schedule_epochs, third.schedule_start, third.lr_schedule) == (10, 4, "cosine")
     central = run.train_config(epochs=10)  # the centralized baseline: one call over the same 10 epochs
     assert (central.schedule_epochs, central.schedule_start) == (10, 0)
+
+
+def test_the_plain_recipe_reaches_the_model_and_the_training():
+    run = RunConfig.from_flat({"dp": "false", "profile-mlp": "false", "tie-item-tables": "true",
+                               "loss-average": "positions"})
+    model, train = run.model_config(), run.train_config(server_round=2)
+    assert (model.profile_mlp, model.tie_item_tables, train.loss_average) == (False, True, "positions")
+    default = RunConfig()  # the federation's defaults stay the DP model's
+    assert (default.model_config().profile_mlp, default.model_config().tie_item_tables,
+            default.train_config().loss_average) == (True, False, "users")
 
 
 def test_distributed_dp_is_the_default_and_needs_dp():
