@@ -1,7 +1,7 @@
 """Does `fedprofile train`'s recipe hold on data it was not tuned on? Its defaults against the defaults it replaced.
 
 For each shared data set, trains with `fedprofile train`'s defaults (tuned on Amazon Beauty) and with the model it
-used before (2 blocks of 2 heads, dropout 0.2, 256 negatives, no weight average, the profile MLP, separate
+used before (2 blocks of 2 heads, dropout 0.2, 256 sampled negatives, no weight average, the profile MLP, separate
 input and output item tables, the loss averaged over customers) under the same stopping rule and
 time budget, each validation-selected, then tests both on the same users: full ranking, history masked, and
 prints test NDCG@10 (the model alone, and blended with the item adjacency as a merchant serves it) with the paired
@@ -33,8 +33,8 @@ SETS = {  # name: (folder, format)
     "taobao": ("taobao-userbehavior", "taobao"),
     "jdata2016": ("jdata2016", "jdata"),
 }
-BEFORE = ["--layers", "2", "--heads", "2", "--dropout", "0.2", "--negatives", "256", "--ema-decay", "0", "--profile-mlp",
-          "--no-tie-item-tables", "--loss-average", "users"]
+BEFORE = ["--layers", "2", "--heads", "2", "--dropout", "0.2", "--negatives", "256", "--no-full-softmax", "--ema-decay",
+          "0", "--profile-mlp", "--no-tie-item-tables", "--loss-average", "users"]
 
 
 def _train(data: Path, fmt: str, out: Path, flags: list[str], seed: int, minutes: float) -> dict:

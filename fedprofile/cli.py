@@ -130,7 +130,10 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
     negatives: Annotated[Optional[int], typer.Option(
         min=1, help=f"Shared uniform negatives in the sampled softmax (default: {recipes.PLAIN.negatives}).")] = None,
-    full_softmax: Annotated[bool, typer.Option(help="Score the whole catalogue in training (no DP).")] = False,
+    full_softmax: Annotated[Optional[bool], typer.Option(
+        "--full-softmax/--no-full-softmax",
+        help=f"Score the whole catalogue in training instead of --negatives sampled items (default: on for "
+             f"catalogues of at most {recipes.PLAIN.full_softmax_items:,} items; not with --dp).")] = None,
     max_len: Annotated[int, typer.Option(help="Events per user sequence.")] = 50,
     d_model: Annotated[int, typer.Option(help="Transformer width.")] = 64,
     layers: Annotated[Optional[int], typer.Option(
@@ -222,6 +225,8 @@ def train(
     if not recipe.profile_mlp and d_model != profile_dim:
         fail(f"--no-profile-mlp scores the encoder's states directly: --d-model ({d_model}) must equal "
              f"--profile-dim ({profile_dim})")
+    if dp and full_softmax:
+        fail("--full-softmax is for plain training: under --dp the measured recipe samples --negatives; drop it")
     if refit and dp:
         fail("--refit trains on the validation events after choosing epochs by them: it is for plain training; "
              "under --dp the last weights are reported and validation picks nothing")
@@ -237,6 +242,7 @@ def train(
                          frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff, item_metadata=item_metadata,
                          time_features=time_features, profile_mlp=recipe.profile_mlp)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
+    whole = full_softmax if full_softmax is not None else recipe.full_softmax(sequences.catalogue.num_items)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)
     model = ProfileTransformer(config, sequences.catalogue.descriptors)
@@ -245,7 +251,7 @@ def train(
         privacy = PrivacyConfig(target_epsilon=epsilon, target_delta=delta or delta_for(len(sequences.train)),
                                 max_grad_norm=max_grad_norm)
     train_config = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=lr, negatives=recipe.negatives,
-                               full_softmax=full_softmax, seed=seed, eval_every=recipe.eval_every,
+                               full_softmax=whole, seed=seed, eval_every=recipe.eval_every,
                                weight_decay=weight_decay, patience=recipe.patience, loss_average=recipe.loss_average,
                                category_weight=category_weight,
                                ema_decay=ema_decay if ema_decay is not None else
@@ -256,8 +262,8 @@ def train(
     target = pick_device(device)
     typer.echo(f"training on {target}: {len(sequences.train)} users, {'' if dp else 'at most '}{recipe.epochs} epochs "
                f"of batches of {recipe.batch_size}, {recipe.layers} block(s) of {recipe.heads} head(s), dropout "
-               f"{recipe.dropout}, {recipe.negatives} negatives" + (f", DP epsilon {epsilon}" if dp else
-                                                                     f", weight average {train_config.ema_decay:.4g}")
+               f"{recipe.dropout}, " + ("the full softmax" if whole else f"{recipe.negatives} negatives")
+               + (f", DP epsilon {epsilon}" if dp else f", weight average {train_config.ema_decay:.4g}")
                + ("" if item_metadata else ", item ids only (no item metadata)")
                + ("" if time_features else ", no time features")
                + ("" if recipe.profile_mlp else ", no profile MLP")

@@ -19,6 +19,11 @@ class Recipe:
     profile_mlp: bool  # an MLP between the encoder and the scores (False: the normalised states are the profiles)
     loss_average: str  # "users" (each customer's positions averaged: what DP-SGD clips) or "positions" (SASRec's)
     tie_item_tables: bool  # one item encoder for inputs and outputs (Opacus' ghost clipping refuses it under DP)
+    full_softmax_items: int  # the whole catalogue is the negatives up to this many items (0: never), else `negatives`
+
+    def full_softmax(self, num_items: int) -> bool:
+        """Whether a catalogue of `num_items` is scored whole in training rather than through sampled negatives."""
+        return 0 < num_items <= self.full_softmax_items
 
     def ema_decay(self, steps_per_epoch: int) -> float:
         """The weight average's decay per optimizer step that spans `ema_epochs` epochs of this many steps."""
@@ -42,7 +47,7 @@ class Recipe:
 # docs/benchmarks.md 1 (each lever measured there).
 PLAIN = Recipe(epochs=200, batch_size=128, layers=1, heads=1, dropout=0.3, negatives=1024, ema_epochs=5.7,
                eval_every=2, patience=10, profile_mlp=False, loss_average="positions",
-               tie_item_tables=True)
+               tie_item_tables=True, full_softmax_items=20_000)
 # DP-SGD (docs/benchmarks.md 2 and 3), the model as measured there: the MLP and separate item tables kept (ghost
 # clipping refuses a table used on both sides; without the MLP it is not measured under DP), the loss per customer
 # (what per-customer clipping bounds). The epochs set the noise (the budget is spread over
@@ -51,4 +56,4 @@ PLAIN = Recipe(epochs=200, batch_size=128, layers=1, heads=1, dropout=0.3, negat
 # reported), so no patience and no average.
 PRIVATE = Recipe(epochs=20, batch_size=512, layers=1, heads=1, dropout=0.2, negatives=1024, ema_epochs=0.0,
                  eval_every=1, patience=None, profile_mlp=True, loss_average="users",
-                 tie_item_tables=False)
+                 tie_item_tables=False, full_softmax_items=0)

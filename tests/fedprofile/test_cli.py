@@ -117,15 +117,17 @@ def test_train_defaults_are_the_recipe_of_each_mode_unless_told(tmp_path):
     small = ["--d-model", "16", "--profile-dim", "16", "--max-len", "12", "--item-buckets", "512", "--epochs", "1",
              "--data", str(data), "--format", "synthetic"]
     # the weight average spans 5.7 epochs: 0.999 a step on Beauty's 175 steps an epoch, here 1 step an epoch
+    # 200 items: the plain recipe scores the whole catalogue; DP samples its negatives
     plain = {"batch_size": 128, "negatives": 1024, "ema_decay": 1 - 1 / 5.7, "eval_every": 2, "patience": 10,
-             "loss_average": "positions"}
+             "loss_average": "positions", "full_softmax": True}
     private = {"batch_size": 512, "negatives": 1024, "ema_decay": 0.0, "eval_every": 1, "patience": None,
-               "loss_average": "users"}
+               "loss_average": "users", "full_softmax": False}
     for flags, train, model in (
             ([], plain, {"n_layers": 1, "n_heads": 1, "dropout": 0.3, "profile_mlp": False, "tie_item_tables": True}),
             (["--dp"], private, {"n_layers": 1, "n_heads": 1, "dropout": 0.2, "profile_mlp": True,
                                  "tie_item_tables": False}),
-            (["--profile-mlp", "--loss-average", "users", "--no-tie-item-tables"], {**plain, "loss_average": "users"},
+            (["--profile-mlp", "--loss-average", "users", "--no-tie-item-tables", "--no-full-softmax"],
+             {**plain, "loss_average": "users", "full_softmax": False},
              {"n_layers": 1, "n_heads": 1, "dropout": 0.3, "profile_mlp": True, "tie_item_tables": False}),
             (["--dp", "--batch-size", "32", "--layers", "2", "--negatives", "16"],
              {**private, "batch_size": 32, "negatives": 16},
@@ -138,6 +140,8 @@ def test_train_defaults_are_the_recipe_of_each_mode_unless_told(tmp_path):
         assert {key: metrics["model"][key] for key in model} == model, flags
     refused = runner.invoke(app, ["train", *small, "--dp", "--patience", "3", "--out", str(tmp_path / "no")])
     assert refused.exit_code == 2 and "drop --patience" in refused.output
+    refused = runner.invoke(app, ["train", *small, "--dp", "--full-softmax", "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "--full-softmax is for plain training" in refused.output
     refused = runner.invoke(app, ["train", *small, "--dp", "--loss-average", "positions", "--out", str(tmp_path / "no")])
     assert refused.exit_code == 2 and "no per-customer loss to clip" in refused.output
     refused = runner.invoke(app, ["train", *small, "--no-profile-mlp", "--profile-dim", "8", "--out", str(tmp_path / "no")])

@@ -19,3 +19,10 @@ def test_choices_replace_the_recipe_and_unknown_ones_are_refused():
     assert chosen.layers == 3 and chosen.dropout == PLAIN.dropout and chosen.heads == PLAIN.heads
     with pytest.raises(TypeError, match="not recipe fields"):
         PLAIN.with_choices(learning_rate=1.0)
+
+
+def test_the_whole_catalogue_is_scored_up_to_a_size_and_never_under_dp():
+    assert PLAIN.full_softmax(12_101)  # Amazon Beauty
+    assert not PLAIN.full_softmax(61_330)  # the Taobao extracts: sampled negatives
+    assert PLAIN.full_softmax(PLAIN.full_softmax_items) and not PLAIN.full_softmax(PLAIN.full_softmax_items + 1)
+    assert not PLAIN.full_softmax(0) and not PRIVATE.full_softmax(100)
