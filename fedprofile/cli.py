@@ -132,8 +132,9 @@ def train(
         min=1, help=f"Shared uniform negatives in the sampled softmax (default: {recipes.PLAIN.negatives}).")] = None,
     full_softmax: Annotated[Optional[bool], typer.Option(
         "--full-softmax/--no-full-softmax",
-        help=f"Score the whole catalogue in training instead of --negatives sampled items (default: on for "
-             f"catalogues of at most {recipes.PLAIN.full_softmax_items:,} items; not with --dp).")] = None,
+        help=f"Score the whole catalogue in training instead of --negatives sampled items (default: on while a "
+             f"batch scores at most {recipes.PLAIN.full_softmax_logits:,} logits, batch x positions per customer x "
+             f"items; not with --dp).")] = None,
     max_len: Annotated[int, typer.Option(help="Events per user sequence.")] = 50,
     d_model: Annotated[int, typer.Option(help="Transformer width.")] = 64,
     layers: Annotated[Optional[int], typer.Option(
@@ -242,7 +243,9 @@ def train(
                          frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff, item_metadata=item_metadata,
                          time_features=time_features, profile_mlp=recipe.profile_mlp)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
-    whole = full_softmax if full_softmax is not None else recipe.full_softmax(sequences.catalogue.num_items)
+    positions = float((sequences.train.target_items > 0).sum()) / max(1, len(sequences.train))
+    whole = full_softmax if full_softmax is not None else \
+        recipe.full_softmax(num_items=sequences.catalogue.num_items, positions_per_customer=positions)
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)
     model = ProfileTransformer(config, sequences.catalogue.descriptors)

@@ -21,8 +21,13 @@ def test_choices_replace_the_recipe_and_unknown_ones_are_refused():
         PLAIN.with_choices(learning_rate=1.0)
 
 
-def test_the_whole_catalogue_is_scored_up_to_a_size_and_never_under_dp():
-    assert PLAIN.full_softmax(12_101)  # Amazon Beauty
-    assert not PLAIN.full_softmax(61_330)  # the Taobao extracts: sampled negatives
-    assert PLAIN.full_softmax(PLAIN.full_softmax_items) and not PLAIN.full_softmax(PLAIN.full_softmax_items + 1)
-    assert not PLAIN.full_softmax(0) and not PRIVATE.full_softmax(100)
+def test_the_whole_catalogue_is_scored_while_a_batch_stays_small_and_never_under_dp():
+    assert PLAIN.full_softmax(num_items=12_101, positions_per_customer=5.73)  # Amazon Beauty: 8.9 M logits a batch
+    assert not PLAIN.full_softmax(num_items=9_724, positions_per_customer=41.9)  # MovieLens latest-small: 52 M
+    assert not PLAIN.full_softmax(num_items=61_330, positions_per_customer=41.6)  # the Taobao extracts: 327 M
+    per_item = PLAIN.batch_size * 10.0  # logits an item adds to a batch of 10 positions per customer
+    edge = int(PLAIN.full_softmax_logits // per_item)
+    assert PLAIN.full_softmax(num_items=edge, positions_per_customer=10.0)
+    assert not PLAIN.full_softmax(num_items=edge + 1, positions_per_customer=10.0)
+    assert not PLAIN.full_softmax(num_items=0, positions_per_customer=5.0)
+    assert not PRIVATE.full_softmax(num_items=100, positions_per_customer=5.0)
