@@ -123,7 +123,7 @@ class RunConfig:
         if self.loss_average not in AVERAGES:
             problems.append(f"loss-average must be one of {', '.join(AVERAGES)}, got {self.loss_average!r}")
         if (not self.profile_mlp or self.tie_item_tables) and self.d_model != self.profile_dim:
-            problems.append(f"profile-mlp = false and tie-item-tables = true score the encoder's states against the "
+            problems.append(f"profile-mlp = false or tie-item-tables = true scores the encoder's states against the "
                             f"items: d-model ({self.d_model}) must equal profile-dim ({self.profile_dim})")
         if self.tie_item_tables and self.fixed_item_vectors:
             problems.append("tie-item-tables and fixed-item-vectors cannot both be true: the fixed catalogue features "
