@@ -243,9 +243,8 @@ def train(
                          frequency_mix=frequency_mix, frequency_cutoff=frequency_cutoff, item_metadata=item_metadata,
                          time_features=time_features, profile_mlp=recipe.profile_mlp)
     sequences = build_sequences(log.events, log.users, base.hash_spec, max_len=max_len, titles=log.item_titles)
-    positions = float((sequences.train.target_items > 0).sum()) / max(1, len(sequences.train))
-    whole = full_softmax if full_softmax is not None else \
-        recipe.full_softmax(num_items=sequences.catalogue.num_items, positions_per_customer=positions)
+    whole = full_softmax if full_softmax is not None else recipe.full_softmax(
+        num_items=sequences.catalogue.num_items, positions_per_customer=sequences.train.positions_per_user())
     config = ProfileConfig(**{**base.to_dict(), "local_items": sequences.catalogue.num_items + 1 if local_table else 0})
     torch.manual_seed(seed)
     model = ProfileTransformer(config, sequences.catalogue.descriptors)

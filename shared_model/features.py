@@ -184,6 +184,10 @@ class SequenceSet:
     def __len__(self) -> int:
         return len(self.user_ids)
 
+    def positions_per_user(self) -> float:
+        """Scored next-item positions per user (a training set's mean); 0 for an empty set."""
+        return float((self.target_items > 0).sum()) / len(self) if len(self) else 0.0
+
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """Flat tuple for a TensorDataset: event fields, genders, ages, then training targets."""
         base = tuple(self.events[name] for name in EVENT_FIELDS) + (self.genders, self.ages)

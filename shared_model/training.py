@@ -143,8 +143,7 @@ def train(
     if privacy is not None and config.loss_average != "users":
         raise ValueError("DP-SGD bounds each customer's gradient: its loss averages over users; drop loss_average="
                          f"{config.loss_average!r}")
-    positions_per_user = float((data.train.target_items > 0).sum()) / len(data.train) \
-        if config.loss_average == "positions" else 1.0  # only the per-position average divides by it
+    positions_per_user = data.train.positions_per_user() if config.loss_average == "positions" else 1.0
     criterion = ProfileLoss(category_weight=config.category_weight, purchase_weight=config.purchase_weight,
                             average=config.loss_average, positions_per_user=positions_per_user)
     selection = Selection(model, select_best=config.keep_best and privacy is None and validate,
