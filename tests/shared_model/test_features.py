@@ -39,6 +39,8 @@ def test_leave_one_out_split_and_targets():
     assert (data.train.target_purchase[train_u][data.train.target_items[train_u] > 0] == 0).all()
     train_v = list(data.train.user_ids).index("v")
     assert data.train.lengths[train_v] == 1 and data.train.target_items[train_v, 0] == idx["i1"]
+    assert data.train.positions_per_user() == (3 + 1) / 2  # u scores 3 next items, v one
+    assert data.train.select(np.array([], dtype=np.int64)).positions_per_user() == 0.0
     hours = data.test.events["hours"][0].tolist()
     assert hours == [1 + 2, 1 + 3, 1 + 4]  # 1-based hour of day
     assert data.test.events["weekdays"][0].tolist() == [6, 6, 6]  # Saturday = 6 (Monday = 1)
