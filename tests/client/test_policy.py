@@ -195,6 +195,20 @@ def test_a_run_config_out_of_bounds_is_refused_with_its_reason(shop, tmp_path):
         assert not reply.content.array_records
 
 
+def test_the_plain_recipes_scoring_is_refused_under_dp_before_any_training(shop, tmp_path):
+    """A coordinator asking for a loss with no per-customer term to clip, or for one item table on both sides (which
+    ghost clipping cannot bound), gets a refusal and no weights: DP-SGD's clipping is not the coordinator's to undo."""
+    merchant = Merchant(shop, tmp_path / "state", PrivacyPolicy())
+    for key, value, reason in (("loss-average", "positions", "set loss-average = users"),
+                               ("tie-item-tables", True, "set tie-item-tables = false")):
+        msg = Message(RecordDict({"arrays": ArrayRecord({"w": torch.zeros(1)}), "config": ConfigRecord(
+            {**tiny_run(tmp_path).to_flat(), key: value, "server-round": 1, "run-id": "r"})}),
+            message_type="train", dst_node_id=1)
+        msg.metadata.__dict__["_message_id"] = f"recipe-{key}"
+        reply = client_app(msg, merchant.context)
+        assert reason in _refusal(reply) and not reply.content.array_records
+
+
 def test_distributed_dp_is_the_merchants_choice_and_so_are_its_colluders(shop, tmp_path):
     run = tiny_run(tmp_path, privacy="distributed", sample_rate=0.1)
     declining = Merchant(shop, tmp_path / "declines", PrivacyPolicy(accept_distributed=False))
