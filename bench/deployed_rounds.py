@@ -7,9 +7,10 @@ and the app. Per round, from the coordinator's checkpointed history:
     overhead = round seconds - the slowest merchant's training (its own `train-seconds`)
                - one merchant's evaluation (timed here, in process, on the same data and model)
 Both privacy modes: `local` (per-merchant DP-SGD: a train and an evaluate message per round) and `distributed`
-(one DP-SGD step through the secure sum: keys, shares, masked step, unmask, evaluate). With `--evaluate-every N`
-the evaluate stage runs every N rounds and after the last; the overhead is then reported for rounds with and
-without it. Repeat:
+(one DP-SGD step through the secure sum: keys, shares, masked step, unmask, evaluate). A round's evaluation rides on
+the next round's training messages (run config `evaluate-with-training`; `--evaluate-with-training false true`
+measures both side by side), and the last round's is a stage of its own. With `--evaluate-every N` evaluations
+run every N rounds and after the last; the overhead is then reported for rounds with and without a stage. Repeat:
     python bench/deployed_rounds.py
 """
 
@@ -56,11 +57,11 @@ def evaluate_seconds(fed: LocalFederation, extra: dict, repeats: int = 3) -> flo
 
 
 def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int, users: int,
-            evaluate_every: int = 1) -> dict:
-    fed = LocalFederation(out / f"{privacy}-{worker}", merchants=merchants, users=users, onsite_fit=False,
+            evaluate_every: int = 1, with_training: bool = True) -> dict:
+    fed = LocalFederation(out / f"{privacy}-{worker}-{'folded' if with_training else 'stage'}", merchants=merchants, users=users, onsite_fit=False,
                           round_worker=worker == "warm")
     extra = {**TINY, "privacy": privacy, "min-replies": merchants, "round-timeout": 300,
-             "evaluate-every": evaluate_every}
+             "evaluate-every": evaluate_every, "evaluate-with-training": str(with_training).lower()}
     started = time.perf_counter()
     try:
         summary = fed.run(rounds=rounds, epsilon=8.0, timeout=60 + 120 * rounds, extra=extra)
@@ -75,9 +76,11 @@ def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int
     for row in history:
         train = max(row.get("local-train-seconds", {}).values(), default=0.0) if privacy == "local" \
             else float(row.get("merchant-step-seconds", 0.0))
-        evaluated = "evaluate-phase-seconds" in row
+        # an evaluate stage; or (evaluate-with-training) the previous round's model evaluated in the training stage
+        evaluations = int("evaluate-phase-seconds" in row) + int("model-evaluated" in row)
         rows.append({"round": row["round"], "seconds": row["seconds"], "merchant-train-seconds": train,
-                     "evaluated": evaluated, "overhead": row["seconds"] - train - (evaluate if evaluated else 0.0)})
+                     "evaluated": "evaluate-phase-seconds" in row, "overhead": row["seconds"] - train
+                     - evaluations * evaluate})
     later = rows[1:] or rows[:1]  # round 1 also starts every process
     medians = {f"overhead-median{suffix}": statistics.median(chosen) for suffix, chosen in (
         ("", [r["overhead"] for r in later]),
@@ -85,6 +88,7 @@ def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int
         ("-not-evaluated", [r["overhead"] for r in later if not r["evaluated"]])) if chosen}
     return {"privacy": privacy, "worker": worker, "rounds": rows, "evaluate-seconds": evaluate, "wall-seconds": wall,
             **medians, "overhead-round-1": rows[0]["overhead"], "evaluate-every": evaluate_every,
+            "evaluate-with-training": with_training,
             "epsilon": summary["merchants"][0]["epsilon"]}
 
 
@@ -98,16 +102,19 @@ def main() -> None:
                         help="cold: a fresh ClientApp process loads everything per message (Flower's way); warm: "
                              "the merchant daemon's round worker takes the SuperNode's tasks itself")
     parser.add_argument("--evaluate-every", type=int, default=1, help="the run's evaluate-every (1: every round)")
+    parser.add_argument("--evaluate-with-training", nargs="+", default=["true"], choices=["true", "false"],
+                        help="the run's evaluate-with-training (both: side by side); true: a round's evaluation "
+                             "rides on the next round's training messages, false: a message stage of its own")
     parser.add_argument("--out", default="runs/deployed-rounds")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     results = []
-    for privacy, worker in itertools.product(args.privacy, args.workers):
+    for privacy, worker, folded in itertools.product(args.privacy, args.workers, args.evaluate_with_training):
         result = measure(out, privacy=privacy, worker=worker, merchants=args.merchants, rounds=args.rounds,
-                         users=args.users, evaluate_every=args.evaluate_every)
+                         users=args.users, evaluate_every=args.evaluate_every, with_training=folded == "true")
         results.append(result)
         per_round = ", ".join(f"{r['seconds']:.1f}" for r in result["rounds"])
-        print(f"{privacy:>11}, {worker}: rounds {per_round} s; merchant training up to "
+        print(f"{privacy:>11}, {worker}, evaluate-with-training {folded}: rounds {per_round} s; merchant training up to "
               f"{max(r['merchant-train-seconds'] for r in result['rounds']):.2f} s, evaluation "
               f"{result['evaluate-seconds']:.2f} s; overhead median (rounds 2+) {result['overhead-median']:.1f} s"
               + "".join(f", {label} {result[key]:.1f} s" for key, label in (

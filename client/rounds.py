@@ -16,6 +16,7 @@ from client.secure_round import keys_reply, ledger_for, masked_reply, shares_rep
 from client.state import MerchantState, keep_global_model, log_sent
 from shared_model.checkpoint import model_for_catalogue
 from shared_model.device import pick_device
+from shared_model.evaluation_request import EVALUATION, FOLDS_EVALUATION, asked_evaluation
 from shared_model.merchant_data import load_merchant, simulated_merchants
 from shared_model.merchant_round import local_evaluate, local_round
 from shared_model.packing import PackingError, pack, unpack
@@ -74,20 +75,46 @@ def evaluate(msg: Message, context: Context) -> Message:
     except ValueError as exc:
         return _refuse(msg, _name(context), str(exc), train=False)
     merchant = _merchant(context, run)
-    state = _load_state(context, run, run_id, merchant.name)
     try:
-        PrivacyPolicy.for_node(context.node_config, run).check_model(run)
-        model = _model(run, merchant, state, msg.content["arrays"])
+        metrics = _evaluation(context, run, merchant, msg.content["arrays"], server_round, run_id)
     except PolicyRefusal as exc:
         return _refuse(msg, merchant.name, str(exc), train=False)
+    return Message(RecordDict({"metrics": metrics, "merchant": ConfigRecord({"name": merchant.name})}), reply_to=msg)
+
+
+def _evaluation(context: Context, run: RunConfig, merchant, arrays: ArrayRecord, model_round: int,
+                run_id: str) -> MetricRecord:
+    """The metrics of a received global model on this merchant's own test users (its policy checks the model
+    first); in a deployment the merchant's service serves that version next."""
+    state = _load_state(context, run, run_id, merchant.name)
+    PrivacyPolicy.for_node(context.node_config, run).check_model(run)
+    model = _model(run, merchant, state, arrays)
     if "state-dir" in context.node_config:  # deployment: the merchant's own service serves this version next
-        keep_global_model(Path(str(context.node_config["state-dir"])), model, server_round, run_id,
+        keep_global_model(Path(str(context.node_config["state-dir"])), model, model_round, run_id,
                           item_ids=merchant.sequences.catalogue.item_ids)
     metrics = local_evaluate(model, merchant.sequences, device=pick_device())
     users = int(metrics.pop("users"))
-    record = RecordDict({"metrics": MetricRecord({"num-examples": users, **metrics}),
-                         "merchant": ConfigRecord({"name": merchant.name})})
-    return Message(record, reply_to=msg)
+    return MetricRecord({"num-examples": users, **metrics})
+
+
+def _folded_evaluation(msg: Message, context: Context) -> MetricRecord | None:
+    """A training message that also asks for the evaluation of an earlier round's model (`evaluate-with-training`):
+    its metrics, computed before training (the model is the one received, never this merchant's update), or None
+    when the message asks for none or the merchant's policy refuses the model (said in the log)."""
+    asked = asked_evaluation(msg.content)
+    if asked is None:
+        return None
+    model_round, arrays = asked
+    try:
+        run, _, run_id = _settings(msg)
+    except (KeyError, ValueError):  # the training handler refuses a bad config with its reason
+        return None
+    merchant = _merchant(context, run)
+    try:
+        return _evaluation(context, run, merchant, arrays, model_round, run_id)
+    except PolicyRefusal as exc:
+        log.warning("%s did not evaluate the model of round %d: %s", merchant.name, model_round, exc)
+        return None
 
 
 def secagg_keys(msg: Message, context: Context) -> Message:
@@ -278,7 +305,11 @@ def handle(msg: Message, context: Context) -> Message:
     except PackingError as exc:
         return _refuse(msg, _name(context), f"the message's arrays do not unpack: {exc}",
                        train=msg.metadata.message_type == "train")
+    # the received model is evaluated before training touches anything (the weights to train may be that model)
+    evaluation = _folded_evaluation(msg, context) if msg.metadata.message_type in FOLDS_EVALUATION else None
     reply = handler(msg, context)
+    if evaluation is not None and reply.has_content():
+        reply.content[EVALUATION] = evaluation
     if "state-dir" in context.node_config and reply.has_content():
         log_sent(Path(str(context.node_config["state-dir"])), _sent_counts(msg, reply))
     if packed and reply.has_content():

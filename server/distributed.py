@@ -17,6 +17,7 @@ from server.aggregation import array_record
 from server.exchange import send_and_receive
 from server.screening import MerchantRegistry
 from shared_model.distributed_step import noise_share, value_bound
+from shared_model.evaluation_request import EvaluationRequest
 from shared_model.run_config import RunConfig
 from shared_model.secure_sum import SecureSumError, SumPlan, decode, unmasked_sum
 
@@ -29,6 +30,7 @@ class SecureRound:
 
     arrays: dict[str, np.ndarray] | None
     row: dict = field(default_factory=dict)
+    evaluation_replies: list[Message] = field(default_factory=list)  # the training stage's (an evaluation asked)
     epsilon: dict[str, float] = field(default_factory=dict)
     delta: dict[str, float] = field(default_factory=dict)
 
@@ -69,7 +71,9 @@ class DistributedTraining:
     # ---- one round ----------------------------------------------------------------------------------------------
 
     def round(self, grid, server_round: int, arrays: dict[str, np.ndarray], settings: dict,
-              registry: MerchantRegistry) -> SecureRound:
+              registry: MerchantRegistry, *, evaluation: EvaluationRequest | None = None) -> SecureRound:
+        """The four stages; `evaluation` rides on the training stage's messages (its replies come back in
+        `evaluation_replies`)."""
         run, out, started = self.run, SecureRound(None), time.perf_counter()
         group = str(server_round)
         config = {**settings, "server-round": server_round}
@@ -133,7 +137,8 @@ class DistributedTraining:
             content = {**keyed, "secagg.sharers": sharers, "secagg.from": senders,
                        "secagg.ciphertext": [routed[node][s] for s in senders]}
             messages[node] = RecordDict({"arrays": array_record(arrays), "config": ConfigRecord(content)})
-        replies = self._send(grid, sharers, "train.distributed", None, group, contents=messages)
+        replies = self._send(grid, sharers, "train.distributed", None, group, contents=messages, evaluation=evaluation)
+        out.evaluation_replies = list(replies.values())
         masked, merchant_seconds, mask_seconds = {}, [], []
         for node, reply in replies.items():
             try:
@@ -203,9 +208,12 @@ class DistributedTraining:
         return {name: param.detach().numpy().copy() for name, param in zip(self.names, self.params)}
 
     def _send(self, grid, nodes, message_type: str, config: dict | None, group: str, *,
-              contents: dict[int, RecordDict] | None = None) -> dict[int, Message]:
+              contents: dict[int, RecordDict] | None = None,
+              evaluation: EvaluationRequest | None = None) -> dict[int, Message]:
         messages = [Message(content=contents[n] if contents else RecordDict({"config": ConfigRecord(config)}),
                             dst_node_id=n, message_type=message_type, group_id=group) for n in nodes]
+        if evaluation is not None:
+            evaluation.add_to(messages)
         replies = {}
         for reply in send_and_receive(grid, messages, timeout=self.run.round_timeout):
             if not reply.has_error() and reply.has_content():

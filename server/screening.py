@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Array, Message
 
+from shared_model.evaluation_request import EVALUATION
+
 log = logging.getLogger("fedprofile.server")
 
 # The whole metric set of a train reply and of an evaluate reply: a missing or extra key sets the reply aside.
@@ -156,22 +158,24 @@ def bound_updates(accepted: list[Message], sent: dict[str, np.ndarray], *, facto
     return [m for m, k in zip(accepted, keep, strict=True) if k], clipped, set_aside
 
 
-def screen_evaluate_replies(replies: list[Message], *, registry: MerchantRegistry,
-                            max_examples: int) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
-    """(label -> checked metrics, label -> why set aside) of a round's evaluate replies. Rates must lie in
-    [0, 1]; a merchant's test users are bounded by what it declared for training (a merchant cannot have more
-    test users than customers), so one claim of 1e9 test users cannot set the published figure."""
+def screen_evaluate_replies(replies: list[Message], *, registry: MerchantRegistry, max_examples: int,
+                            folded: bool = False) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """(label -> checked metrics, label -> why set aside) of a round's evaluate replies (`folded`: of training
+    replies that carry an evaluation, shared_model/evaluation_request.py). Rates must lie in [0, 1]; a merchant's
+    test users are bounded by what it declared for training (a merchant cannot have more test users than
+    customers), so one claim of 1e9 test users cannot set the published figure."""
+    record = EVALUATION if folded else "metrics"
     kept, dropped = {}, {}
     for msg in replies:
         name = registry.label(msg)
         if msg.has_error():
             dropped[name] = f"error reply: {str(msg.error.reason)[:300]}"
             continue
-        if "metrics" not in msg.content.metric_records:
+        if record not in msg.content.metric_records:
             refused = _declared(msg, "refused", 300)
-            dropped[name] = f"refused: {refused}" if refused else "no metrics"
+            dropped[name] = f"refused: {refused}" if refused and not folded else "no evaluation"
             continue
-        metrics, problem = _checked_metrics(msg, EVALUATE_METRICS)
+        metrics, problem = _checked_metrics(msg, EVALUATE_METRICS, record)
         if problem is None:
             problem = next((f"{k} must be in [0, 1], got {metrics[k]}" for k in RATES if not 0 <= metrics[k] <= 1),
                            None)
@@ -198,11 +202,11 @@ def weighted_evaluation(kept: dict[str, dict[str, float]]) -> dict:
     return out
 
 
-def _checked_metrics(msg: Message, keys: frozenset[str]) -> tuple[dict[str, float], str | None]:
+def _checked_metrics(msg: Message, keys: frozenset[str], record: str = "metrics") -> tuple[dict[str, float], str | None]:
     records = msg.content.metric_records
-    if set(records) != {"metrics"}:
-        return {}, f"expected one metric record 'metrics', got {sorted(records)[:5]}"
-    metrics = records["metrics"]
+    if record not in records or not set(records) <= {"metrics", EVALUATION}:
+        return {}, f"expected the metric record {record!r} (and {EVALUATION!r} at most), got {sorted(records)[:5]}"
+    metrics = records[record]
     names = set(metrics.keys())
     if names != keys:
         missing, extra = sorted(keys - names), sorted(names - keys)

@@ -23,7 +23,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def log_round(row: dict) -> None:
-    """One line per round: merchants, loss, metrics, privacy spent."""
+    """One line per round: merchants, loss, metrics (of an earlier round's model when its evaluation rode on this
+    round's training messages), privacy spent."""
     eps = ", ".join(f"{k} {v:.2f}" for k, v in sorted(row.get("epsilon", {}).items()) if v > 0)
     loss = row.get("train-loss")
     print(
@@ -33,6 +34,8 @@ def log_round(row: dict) -> None:
         + ("" if row["aggregated"] else f" (not aggregated: {row.get('discarded', 'quorum not met')})")
         + (f" | loss {loss:.4f}" if loss is not None else "")
         + (f" | HR@10 {row['hr@10']:.4f} NDCG@10 {row['ndcg@10']:.4f}" if "ndcg@10" in row else "")
+        + "".join(f" | round {e['round']}'s model: HR@10 {e['hr@10']:.4f} NDCG@10 {e['ndcg@10']:.4f}"
+                  for e in [row.get("model-evaluated", {})] if "ndcg@10" in e)
         + (f" | epsilon {eps}" if eps else "")
         + f" | {row['seconds']:.1f}s",
         flush=True,

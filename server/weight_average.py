@@ -30,6 +30,12 @@ class WeightAverage:
                 self.average[name] = (self.decay * self.average[name] + (1 - self.decay) * value).astype(np.float32)
         return {k: v.copy() for k, v in self.average.items()}
 
+    def published(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What the last `update` returned, given the global weights it was given (a resumed run's)."""
+        if self.decay == 0 or self.average is None:
+            return arrays
+        return {k: v.copy() for k, v in self.average.items()}
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         return {PREFIX + k: v for k, v in (self.average or {}).items()}
 

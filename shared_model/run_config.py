@@ -38,6 +38,9 @@ class RunConfig:
     # federated evaluation, which also hands merchants the new version to serve, every this many rounds and after the
     # last: a message stage of its own, so many short rounds (distributed DP) spend less on it
     evaluate_every: int = 1
+    # a round's evaluation rides on the next round's training messages (those merchants evaluate the model first):
+    # one message stage a round fewer; the last round's has a stage of its own (false: every evaluation does)
+    evaluate_with_training: bool = True
     round_timeout: float = 3600.0  # seconds to wait for replies
     proximal_mu: float = 0.01  # fedprox
     server_lr: float = 0.01  # the coordinator's learning rate: fedadam's eta, distributed DP's Adam

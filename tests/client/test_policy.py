@@ -14,6 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.client_app import app as client_app
 from client.policy import POLICY_FILE, PolicyRefusal, PrivacyPolicy, shared_parameter_count
 from shared_model.data.synthetic import SyntheticConfig, generate, write
+from shared_model.evaluation_request import ask_evaluation
 from shared_model.privacy import PrivacyLedger
 from shared_model.run_config import RunConfig
 from shared_model.shared_weights import initial_shared_state
@@ -160,6 +161,32 @@ def test_non_finite_global_weights_are_refused_for_training_and_serving(shop, tm
         reply = merchant.send(kind, run, 1, arrays=poisoned)
         assert "non-finite" in _refusal(reply) and name in _refusal(reply)
     assert not (merchant.state_dir / "models").exists()  # nothing kept for the service to serve
+
+
+def test_a_model_to_evaluate_with_training_is_checked_as_an_evaluate_messages_would_be(shop, tmp_path):
+    """A training message that also asks for the evaluation of an earlier model (evaluate-with-training): the
+    merchant evaluates the model it was sent, never its own update, keeps it for its service, and sends the
+    figures beside its training reply; a poisoned model to evaluate is refused (no figures, nothing kept) while the
+    training goes on from the good weights."""
+    run = tiny_run(tmp_path, local_epochs=1)
+    good = initial_shared_state(run.model_config())
+    poisoned = {k: v.clone() for k, v in good.items()}
+    poisoned[next(iter(poisoned))].view(-1)[0] = float("nan")
+    for label, published in (("good", good), ("poisoned", poisoned)):
+        merchant = Merchant(shop, tmp_path / label, PrivacyPolicy())
+        msg = Message(RecordDict({"arrays": ArrayRecord(good), "config": ConfigRecord(
+            {**run.to_flat(), "server-round": 2, "run-id": "run-a"})}), message_type="train", dst_node_id=1)
+        ask_evaluation(msg.content, model_round=1, published=ArrayRecord(published))
+        msg.metadata.__dict__["_message_id"] = f"{label}-train-2"
+        reply = client_app(msg, merchant.context)
+        assert "arrays" in reply.content.array_records and not _refusal(reply)  # it trained either way
+        kept = merchant.state_dir / "models"
+        if label == "good":
+            evaluation = reply.content.metric_records["evaluation"]
+            assert evaluation["num-examples"] > 0 and 0 <= evaluation["ndcg@10"] <= 1
+            assert (kept / "LATEST").read_text() == "v0001"  # the evaluated model's round, served next
+        else:
+            assert "evaluation" not in reply.content.metric_records and not kept.exists()
 
 
 def test_the_policy_is_validated_saved_and_read_back(tmp_path):

@@ -63,7 +63,7 @@ def test_a_nan_update_is_rejected_and_never_averaged(tmp_path):
 
 
 def test_evaluate_every_skips_the_evaluate_stage_between_and_always_evaluates_the_last_round(tmp_path):
-    run = tiny_run(tmp_path, num_rounds=3, dp=False, local_epochs=1, evaluate_every=2)
+    run = tiny_run(tmp_path, num_rounds=3, dp=False, local_epochs=1, evaluate_every=2, evaluate_with_training=False)
     sent = []
 
     def spy(node, reply):
@@ -77,6 +77,65 @@ def test_evaluate_every_skips_the_evaluate_stage_between_and_always_evaluates_th
     assert result.final["ndcg@10"] == result.history[-1]["ndcg@10"]
     with pytest.raises(ValueError, match="evaluate-every must be at least 1"):
         tiny_run(tmp_path, evaluate_every=0)
+
+
+@pytest.mark.parametrize("average", [0.0, 0.5])
+def test_an_evaluation_riding_on_the_next_training_measures_what_its_own_stage_would(tmp_path, average):
+    """evaluate-with-training: rounds 1 and 2's models are evaluated by rounds 2 and 3's training messages (one
+    message stage a round fewer), the last round's by a stage of its own; every figure equals the separate stage's
+    on the same run, so the merchants measured the model published, not their own update. With a weight average
+    the published weights travel beside the weights to train; without one they are the same and go once."""
+    sent: dict[bool, list] = {True: [], False: []}
+    history = {}
+    for folded in (True, False):
+        run = tiny_run(tmp_path / str(folded), num_rounds=3, dp=False, local_epochs=1, published_average=average,
+                       evaluate_with_training=folded)
+
+        def spy(node, reply, folded=folded):
+            sent[folded].append((reply.metadata.message_type, set(reply.content.metric_records)))
+            return reply
+
+        result = run_federation(InProcessGrid(client_app, 2, tamper=spy), run)
+        history[folded] = result.history
+    kinds = [kind for kind, _ in sent[True]]
+    assert kinds.count("train") == 3 * 2 and kinds.count("evaluate") == 2  # only the last round has its stage
+    assert [kind for kind, _ in sent[False]].count("evaluate") == 3 * 2
+    folded, staged = history[True], history[False]
+    assert [row.get("evaluated-in") for row in folded] == [2, 3, None]
+    assert ["evaluate-phase-seconds" in row for row in folded] == [False, False, True]
+    assert [row["model-evaluated"]["round"] for row in folded[1:]] == [1, 2]
+    for ours, theirs in zip(folded, staged, strict=True):
+        assert ours["evaluated-merchants"] == 2
+        for key in ("hr@10", "ndcg@10", "mrr", "valid-ndcg@10"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-9), (ours["round"], key)
+    # a train reply carries the figures of the model it was asked about, beside its own training metrics
+    assert [records for kind, records in sent[True] if kind == "train"] == \
+        [{"metrics"}] * 2 + [{"metrics", "evaluation"}] * 4
+    manifest = json.loads((RunStore(tmp_path / "True" / "run").latest_model() / "manifest.json").read_text())
+    assert manifest["metrics_round"] == 3 and manifest["metrics"]["ndcg@10"] == folded[-1]["ndcg@10"]
+
+
+def test_a_resumed_run_evaluates_the_model_its_last_round_left_unevaluated(tmp_path):
+    """The coordinator stopped after round 1, whose evaluation was to ride on round 2's training: the resumed run's
+    round 2 carries it, so no round is left without its figures."""
+    run = tiny_run(tmp_path, num_rounds=2, dp=False, local_epochs=1)
+    run_federation(InProcessGrid(client_app, 2), run.replace(num_rounds=1))
+    assert "ndcg@10" in RunStore(run.run_path).latest().state["history"][0]  # the last round: a stage of its own
+    first = tiny_run(tmp_path / "b", num_rounds=2, dp=False, local_epochs=1)
+    stop = {"after": False}
+
+    def stop_after_round_1(node, reply):
+        if reply.metadata.message_type == "train" and stop["after"]:
+            raise _Crash("coordinator killed in round 2")
+        stop["after"] = stop["after"] or reply.metadata.message_type == "train" and node == 2
+        return reply
+
+    with pytest.raises(_Crash):
+        run_federation(InProcessGrid(client_app, 2, tamper=stop_after_round_1), first)
+    assert "ndcg@10" not in RunStore(first.run_path).latest().state["history"][0]
+    result = run_federation(InProcessGrid(client_app, 2), first.replace(resume=True))
+    assert result.history[0]["evaluated-in"] == 2 and result.history[0]["evaluated-merchants"] == 2
+    assert "ndcg@10" in result.history[1]
 
 
 def test_a_round_below_quorum_is_not_aggregated(tmp_path):

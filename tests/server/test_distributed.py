@@ -47,6 +47,30 @@ def test_what_leaves_a_merchant_is_masked_and_its_epsilon_is_an_independent_acco
         assert epsilon == pytest.approx(expected, rel=1e-9) and epsilon <= run.target_epsilon * 1.001
 
 
+@pytest.mark.parametrize("keys_lost", [False, True])
+def test_a_rounds_evaluation_rides_on_the_next_rounds_masked_step_or_has_its_own_stage(tmp_path, keys_lost):
+    """evaluate-with-training: round 1's model is evaluated by round 2's training stage (four stages a round, not
+    five); when round 2 is discarded at its keys (no training message goes out), by a stage of its own."""
+    run = _distributed(tmp_path, fraction_evaluate=1.0)
+    seen = []
+
+    def spy(node, reply):
+        kind, group = reply.metadata.message_type, reply.metadata.group_id
+        seen.append((kind, group, set(reply.content.metric_records) if reply.has_content() else set()))
+        return None if keys_lost and kind == "query.secagg_keys" and group == "2" else reply
+
+    result = run_federation(InProcessGrid(client_app, 3, tamper=spy), run)
+    first, second = result.history
+    assert first["evaluated-in"] == 2 and first["evaluated-merchants"] == 3 and "ndcg@10" in first
+    assert second["evaluated-merchants"] == 3 and "evaluate-phase-seconds" in second
+    evaluates = [group for kind, group, _ in seen if kind == "evaluate"]
+    masked = [records for kind, group, records in seen if kind == "train.distributed" and group == "2"]
+    if keys_lost:
+        assert second["aggregated"] is False and masked == [] and len(evaluates) == 3 + 3
+    else:
+        assert masked == [{"metrics", "evaluation"}] * 3 and len(evaluates) == 3  # the last round's stage only
+
+
 def _one_round(tmp_path, *, tamper=None, **changes):
     run = _distributed(tmp_path, **changes)
     arrays = {k: v.numpy() for k, v in initial_shared_state(run.model_config(), seed=run.seed).items()}
