@@ -321,7 +321,7 @@ def _sent_counts(msg: Message, reply: Message) -> dict:
     """What a reply carries out of the merchant, as counts: numbers in its arrays, named figures in its metrics,
     and its size in bytes (arrays, figures, and the bytes and text of its config records: key shares, names)."""
     arrays = [array for record in reply.content.array_records.values() for array in record.values()]
-    metrics = {key: value for record in reply.content.metric_records.values() for key, value in record.items()}
+    metrics = [value for record in reply.content.metric_records.values() for value in record.values()]
     configs = [value for record in reply.content.config_records.values() for value in record.values()]
     size = sum(len(array.data) for array in arrays) + 8 * len(metrics) + sum(
         len(item) for value in configs for item in (value if isinstance(value, list) else [value])
@@ -331,6 +331,14 @@ def _sent_counts(msg: Message, reply: Message) -> dict:
     return {"at": time.time(), "run_id": str(config.get("run-id", "")) if config is not None else "",
             "round": int(server_round) if server_round is not None else msg.metadata.group_id,
             "message": msg.metadata.message_type, "array_values": int(sum(math.prod(a.shape) for a in arrays)),
-            "metrics": len(metrics), "bytes": int(size), "customers": int(metrics.get("num-examples", 0)),
-            "refused": bool(metrics.get("refused", 0)) or any(record.get("refused") for record in
-                                                               reply.content.config_records.values())}
+            "metrics": len(metrics), "bytes": int(size), "customers": int(_customers(reply)),
+            "refused": any(record.get("refused") for record in (*reply.content.metric_records.values(),
+                                                                  *reply.content.config_records.values()))}
+
+
+def _customers(reply: Message) -> float:
+    """The customers a reply speaks for: its own record's count (an evaluation beside a training reply counts
+    test users, not the customers trained)."""
+    records = reply.content.metric_records
+    record = records.get("metrics") or records.get(EVALUATION)
+    return record.get("num-examples", 0) if record is not None else 0

@@ -13,6 +13,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.client_app import app as client_app
 from client.policy import POLICY_FILE, PolicyRefusal, PrivacyPolicy, shared_parameter_count
+from client.state import sent_log
 from shared_model.data.synthetic import SyntheticConfig, generate, write
 from shared_model.evaluation_request import ask_evaluation
 from shared_model.privacy import PrivacyLedger
@@ -185,6 +186,8 @@ def test_a_model_to_evaluate_with_training_is_checked_as_an_evaluate_messages_wo
             evaluation = reply.content.metric_records["evaluation"]
             assert evaluation["num-examples"] > 0 and 0 <= evaluation["ndcg@10"] <= 1
             assert (kept / "LATEST").read_text() == "v0001"  # the evaluated model's round, served next
+            sent = sent_log(merchant.state_dir)[-1]  # the console's account: the customers trained, both figure sets
+            assert sent["customers"] == 60 and sent["metrics"] == len(reply.content["metrics"]) + len(evaluation) == 14
         else:
             assert "evaluation" not in reply.content.metric_records and not kept.exists()
 
