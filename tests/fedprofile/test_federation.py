@@ -137,8 +137,9 @@ def _ledger(fed, name):
 @pytest.mark.timeout(900)
 def test_a_killed_merchant_and_a_restarted_server_lose_nothing(tmp_path):
     fed = LocalFederation(tmp_path / "fed", merchants=3, users=60, onsite_fit=False)  # the TLS test fits on site
-    # local: a killed merchant fails one reply, not the round (evaluate messages stay: they bring each round's model)
-    extra = {**TINY, "privacy": "local", "round-timeout": 90}
+    # local: a killed merchant fails one reply, not the round; evaluate messages after every round (not with the next
+    # round's training), so each round's model reaches the merchants before the server is killed below
+    extra = {**TINY, "privacy": "local", "round-timeout": 90, "evaluate-with-training": "false"}
     try:
         fed.prepare()
         fed.start_server()
