@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,31 +77,36 @@ def evaluate(msg: Message, context: Context) -> Message:
         return _refuse(msg, _name(context), str(exc), train=False)
     merchant = _merchant(context, run)
     try:
-        metrics = _evaluation(context, run, merchant, msg.content["arrays"], server_round, run_id)
+        metrics, keep = _evaluation(context, run, merchant, msg.content["arrays"], server_round, run_id)
     except PolicyRefusal as exc:
         return _refuse(msg, merchant.name, str(exc), train=False)
+    keep()
     return Message(RecordDict({"metrics": metrics, "merchant": ConfigRecord({"name": merchant.name})}), reply_to=msg)
 
 
 def _evaluation(context: Context, run: RunConfig, merchant, arrays: ArrayRecord, model_round: int,
-                run_id: str) -> MetricRecord:
+                run_id: str) -> tuple[MetricRecord, Callable[[], None]]:
     """The metrics of a received global model on this merchant's own test users (its policy checks the model
-    first); in a deployment the merchant's service serves that version next."""
+    first), and `keep()`: in a deployment, hand that version to the merchant's own service, which serves it next."""
     state = _load_state(context, run, run_id, merchant.name)
     PrivacyPolicy.for_node(context.node_config, run).check_model(run)
     model = _model(run, merchant, state, arrays)
-    if "state-dir" in context.node_config:  # deployment: the merchant's own service serves this version next
-        keep_global_model(Path(str(context.node_config["state-dir"])), model, model_round, run_id,
-                          item_ids=merchant.sequences.catalogue.item_ids)
     metrics = local_evaluate(model, merchant.sequences, device=pick_device())
     users = int(metrics.pop("users"))
-    return MetricRecord({"num-examples": users, **metrics})
+
+    def keep() -> None:
+        if "state-dir" in context.node_config:  # deployment: the merchant's own service serves this version next
+            keep_global_model(Path(str(context.node_config["state-dir"])), model, model_round, run_id,
+                              item_ids=merchant.sequences.catalogue.item_ids)
+
+    return MetricRecord({"num-examples": users, **metrics}), keep
 
 
-def _folded_evaluation(msg: Message, context: Context) -> MetricRecord | None:
+def _folded_evaluation(msg: Message, context: Context) -> tuple[MetricRecord, Callable[[], None]] | None:
     """A training message that also asks for the evaluation of an earlier round's model (`evaluate-with-training`):
-    its metrics, computed before training (the model is the one received, never this merchant's update), or None
-    when the message asks for none or the merchant's policy refuses the model (said in the log)."""
+    its metrics, computed before training (the model is the one received, never this merchant's update), and the
+    `keep` of `_evaluation`; None when the message asks for none or the merchant's policy refuses the model (said
+    in the log)."""
     asked = asked_evaluation(msg.content)
     if asked is None:
         return None
@@ -306,10 +312,13 @@ def handle(msg: Message, context: Context) -> Message:
         return _refuse(msg, _name(context), f"the message's arrays do not unpack: {exc}",
                        train=msg.metadata.message_type == "train")
     # the received model is evaluated before training touches anything (the weights to train may be that model)
-    evaluation = _folded_evaluation(msg, context) if msg.metadata.message_type in FOLDS_EVALUATION else None
+    folded = _folded_evaluation(msg, context) if msg.metadata.message_type in FOLDS_EVALUATION else None
     reply = handler(msg, context)
-    if evaluation is not None and reply.has_content():
-        reply.content[EVALUATION] = evaluation
+    if folded is not None:
+        evaluation, keep = folded
+        if reply.has_content():
+            reply.content[EVALUATION] = evaluation
+        keep()  # after training: the service's swap to that version runs while the reply travels, not beside it
     if "state-dir" in context.node_config and reply.has_content():
         log_sent(Path(str(context.node_config["state-dir"])), _sent_counts(msg, reply))
     if packed and reply.has_content():
