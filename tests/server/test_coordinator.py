@@ -122,12 +122,13 @@ def test_a_resumed_run_evaluates_the_model_its_last_round_left_unevaluated(tmp_p
     run_federation(InProcessGrid(client_app, 2), run.replace(num_rounds=1))
     assert "ndcg@10" in RunStore(run.run_path).latest().state["history"][0]  # the last round: a stage of its own
     first = tiny_run(tmp_path / "b", num_rounds=2, dp=False, local_epochs=1)
-    stop = {"after": False}
+    trained = []
 
     def stop_after_round_1(node, reply):
-        if reply.metadata.message_type == "train" and stop["after"]:
-            raise _Crash("coordinator killed in round 2")
-        stop["after"] = stop["after"] or reply.metadata.message_type == "train" and node == 2
+        if reply.metadata.message_type == "train":
+            trained.append(node)
+            if len(trained) == 3:  # round 1's two replies came back and were checkpointed; round 2's first did not
+                raise _Crash("coordinator killed in round 2")
         return reply
 
     with pytest.raises(_Crash):
