@@ -24,7 +24,7 @@ from server.screening import (
 )
 from server.store import Checkpoint, RunStore
 from server.weight_average import WeightAverage
-from shared_model.evaluation_request import EVALUATION, EvaluationRequest
+from shared_model.evaluation_request import EVALUATION, ask_evaluation
 from shared_model.run_config import RunConfig
 from shared_model.shared_weights import initial_shared_state
 
@@ -81,7 +81,8 @@ def run_federation(grid: Grid, run: RunConfig, *, on_round: Callable[[dict], Non
     for server_round in range(result.rounds_completed + 1, run.num_rounds + 1):
         started = time.perf_counter()
         row: dict = {"round": server_round}
-        asked = None if pending is None else EvaluationRequest(*pending, same=pending[1] is arrays)
+        # (round, its weights as a record, or None when they are the weights this round trains: sent once)
+        asked = None if pending is None else (pending[0], None if pending[1] is arrays else array_record(pending[1]))
         if distributed is not None:  # --- one central DP-SGD step through the secure sum ---
             secure = distributed.round(grid, server_round, arrays, settings, registry, evaluation=asked)
             row.update({"refused": {}, "rejected": {}, "merchants-trained": [], **secure.row})
@@ -181,12 +182,12 @@ def _record_evaluation(result: FederationResult, row: dict, evaluated: dict, dro
 
 def _local_round(grid: Grid, run: RunConfig, strategy, registry: MerchantRegistry, server_round: int,
                  arrays: dict[str, np.ndarray], settings: dict, expected: dict, result: FederationResult, row: dict,
-                 started: float, asked: EvaluationRequest | None) -> tuple[dict[str, np.ndarray], tuple | None]:
+                 started: float, asked: tuple | None) -> tuple[dict[str, np.ndarray], tuple | None]:
     """Local DP (or none): each merchant trains and noises its own update; screened, bounded, aggregated. Returns
     the new weights and the screened evaluation `asked` for (`_evaluations`)."""
     messages = strategy.configure_train(server_round, array_record(arrays), ConfigRecord(settings), grid)
     if asked is not None:
-        asked.add_to(messages)
+        ask_evaluation(messages, model_round=asked[0], published=asked[1])
     replies = send_and_receive(grid, messages, timeout=run.round_timeout)
     folded = _evaluations(replies, run, registry) if asked is not None else None
     row["train-phase-seconds"] = time.perf_counter() - started

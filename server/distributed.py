@@ -17,7 +17,7 @@ from server.aggregation import array_record
 from server.exchange import send_and_receive
 from server.screening import MerchantRegistry
 from shared_model.distributed_step import noise_share, value_bound
-from shared_model.evaluation_request import EvaluationRequest
+from shared_model.evaluation_request import ask_evaluation
 from shared_model.run_config import RunConfig
 from shared_model.secure_sum import SecureSumError, SumPlan, decode, unmasked_sum
 
@@ -71,9 +71,9 @@ class DistributedTraining:
     # ---- one round ----------------------------------------------------------------------------------------------
 
     def round(self, grid, server_round: int, arrays: dict[str, np.ndarray], settings: dict,
-              registry: MerchantRegistry, *, evaluation: EvaluationRequest | None = None) -> SecureRound:
-        """The four stages; `evaluation` rides on the training stage's messages (its replies come back in
-        `evaluation_replies`)."""
+              registry: MerchantRegistry, *, evaluation: tuple | None = None) -> SecureRound:
+        """The four stages; `evaluation` ((round, published record or None), shared_model/evaluation_request.py)
+        rides on the training stage's messages (its replies come back in `evaluation_replies`)."""
         run, out, started = self.run, SecureRound(None), time.perf_counter()
         group = str(server_round)
         config = {**settings, "server-round": server_round}
@@ -209,11 +209,11 @@ class DistributedTraining:
 
     def _send(self, grid, nodes, message_type: str, config: dict | None, group: str, *,
               contents: dict[int, RecordDict] | None = None,
-              evaluation: EvaluationRequest | None = None) -> dict[int, Message]:
+              evaluation: tuple | None = None) -> dict[int, Message]:
         messages = [Message(content=contents[n] if contents else RecordDict({"config": ConfigRecord(config)}),
                             dst_node_id=n, message_type=message_type, group_id=group) for n in nodes]
         if evaluation is not None:
-            evaluation.add_to(messages)
+            ask_evaluation(messages, model_round=evaluation[0], published=evaluation[1])
         replies = {}
         for reply in send_and_receive(grid, messages, timeout=self.run.round_timeout):
             if not reply.has_error() and reply.has_content():

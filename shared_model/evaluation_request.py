@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
 EVALUATE = "evaluate"  # the message's ConfigRecord {"round": r}: evaluate round r's published model
 PUBLISHED = "published"  # that model's ArrayRecord, sent only when it differs from the weights to train
@@ -14,11 +12,13 @@ EVALUATION = "evaluation"  # the reply's MetricRecord: the same metrics as an ev
 FOLDS_EVALUATION = frozenset({"train", "train.distributed"})  # the message types that may carry the request
 
 
-def ask_evaluation(content: RecordDict, *, model_round: int, published: ArrayRecord | None) -> None:
-    """Add the request to a training message's content; `published` None: the model is the weights to train."""
-    content[EVALUATE] = ConfigRecord({"round": int(model_round)})
-    if published is not None:
-        content[PUBLISHED] = published
+def ask_evaluation(messages: Iterable[Message], *, model_round: int, published: ArrayRecord | None) -> None:
+    """Add the request to training messages; `published` None: the model is the weights they train (no weight
+    average), so no second copy travels. One record shared by every message is packed once (packing.py)."""
+    for msg in messages:
+        msg.content[EVALUATE] = ConfigRecord({"round": int(model_round)})
+        if published is not None:
+            msg.content[PUBLISHED] = published
 
 
 def asked_evaluation(content: RecordDict) -> tuple[int, ArrayRecord] | None:
@@ -33,19 +33,3 @@ def asked_evaluation(content: RecordDict) -> tuple[int, ArrayRecord] | None:
         return None
     arrays = content.array_records.get(PUBLISHED) or content.array_records.get("arrays")
     return None if arrays is None or model_round < 0 else (model_round, arrays)
-
-
-@dataclass(frozen=True)
-class EvaluationRequest:
-    """The coordinator's side: round `model_round`'s published weights, to be evaluated by the merchants that
-    the next round's training messages reach. `same`: they are the weights those messages train (no weight
-    average), so no second copy travels."""
-
-    model_round: int
-    published: dict[str, np.ndarray]
-    same: bool
-
-    def add_to(self, messages: Iterable[Message]) -> None:
-        record = None if self.same else ArrayRecord({k: Array(np.asarray(v)) for k, v in self.published.items()})
-        for msg in messages:  # one record shared by every message: packed once (shared_model/packing.py)
-            ask_evaluation(msg.content, model_round=self.model_round, published=record)

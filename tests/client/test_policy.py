@@ -177,7 +177,7 @@ def test_a_model_to_evaluate_with_training_is_checked_as_an_evaluate_messages_wo
         merchant = Merchant(shop, tmp_path / label, PrivacyPolicy())
         msg = Message(RecordDict({"arrays": ArrayRecord(good), "config": ConfigRecord(
             {**run.to_flat(), "server-round": 2, "run-id": "run-a"})}), message_type="train", dst_node_id=1)
-        ask_evaluation(msg.content, model_round=1, published=ArrayRecord(published))
+        ask_evaluation([msg], model_round=1, published=ArrayRecord(published))
         msg.metadata.__dict__["_message_id"] = f"{label}-train-2"
         reply = client_app(msg, merchant.context)
         assert "arrays" in reply.content.array_records and not _refusal(reply)  # it trained either way

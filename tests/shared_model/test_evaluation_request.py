@@ -7,7 +7,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from shared_model.evaluation_request import PUBLISHED, EvaluationRequest, asked_evaluation
+from shared_model.evaluation_request import PUBLISHED, ask_evaluation, asked_evaluation
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +24,8 @@ def test_the_published_weights_travel_only_when_they_are_not_the_weights_to_trai
     train = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
     weights = {"w": np.ones(3, np.float32)}
     same, other = _message(train), _message(train)
-    EvaluationRequest(1, weights, same=True).add_to([same])
-    EvaluationRequest(1, weights, same=False).add_to([other])
+    ask_evaluation([same], model_round=1, published=None)
+    ask_evaluation([other], model_round=1, published=ArrayRecord({k: Array(v) for k, v in weights.items()}))
     assert PUBLISHED not in same.content.array_records
     round_, arrays = asked_evaluation(same.content)
     assert round_ == 1 and arrays is same.content["arrays"]
