@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from shared_model.rdp_cache import remember_rdp
+
 
 class PrivacyBudgetExhausted(RuntimeError):
     """Raised instead of training when the next steps would take epsilon past the merchant's target; `ledger`
@@ -49,6 +51,7 @@ def create_accountant(name: str):
     """Opacus' accountant of that name, Opacus imported only here (shared_model/dp_engine.py says why)."""
     from opacus.accountants import create_accountant as opacus_accountant
 
+    remember_rdp()  # the same figures, the per-step RDP computed once (shared_model/rdp_cache.py)
     return opacus_accountant(name)
 
 
