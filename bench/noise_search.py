@@ -2,7 +2,8 @@
 
 Both find sigma whose epsilon lies within 0.01 below the target; measured alternately in one run (Opacus, then
 ours, per setting; ours uncached). A merchant's first DP round and every `fedprofile train --dp` wait for it.
-Repeat:
+Then ours and one epsilon a step later (what a merchant computes each round) with Opacus' RDP as it ships and with
+its per-step values remembered (shared_model/rdp_cache.py), alternately, the same figures both ways. Repeat:
     python bench/noise_search.py
 """
 
@@ -18,9 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from opacus.accountants import create_accountant  # noqa: E402
+from opacus.accountants.analysis import rdp  # noqa: E402
 from opacus.accountants.utils import get_noise_multiplier  # noqa: E402
 
-from shared_model import privacy  # noqa: E402
+from shared_model import privacy, rdp_cache  # noqa: E402
 
 SETTINGS = [  # (epsilon, delta, sample rate, steps) and what uses it
     (8.0, 1e-5, 0.5, 6, "deployment tests' merchant, 3 rounds of 1 epoch"),
@@ -36,6 +38,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     create_accountant(args.accountant)  # imports and first-call costs outside the timings
+    shipped = rdp.compute_rdp
+    rdp_cache.remember_rdp()
+    remembered = rdp.compute_rdp
+    rdp.compute_rdp = shipped  # Opacus as it ships, until the comparison below
+    privacy.remember_rdp = lambda: None  # which chooses, here, which of the two runs
     for epsilon, delta, rate, steps, what in SETTINGS:
         started = time.perf_counter()
         theirs = get_noise_multiplier(target_epsilon=epsilon, target_delta=delta, sample_rate=rate, steps=steps,
@@ -50,6 +57,27 @@ def main() -> None:
         acc.history = [(ours, rate, steps)]
         print(f"{what}: epsilon {epsilon}, q {rate:.4f}, {steps} steps: Opacus sigma {theirs:.4f} in {opacus_s:.1f} s, "
               f"ours {ours:.4f} (epsilon {acc.get_epsilon(delta):.4f}) in {ours_s:.1f} s, {opacus_s / ours_s:.1f}x")
+    print("Opacus' RDP as it ships / remembered per step:")
+    for epsilon, delta, rate, steps, what in SETTINGS:
+        row = {}
+        for name, compute in (("shipped", shipped), ("remembered", remembered), ("shipped", shipped),
+                              ("remembered", remembered)):
+            rdp.compute_rdp = compute
+            rdp_cache._per_step.cache_clear()
+            privacy._noise_multiplier.cache_clear()
+            privacy._epsilon_of.cache_clear()
+            started = time.perf_counter()
+            sigma = privacy.solve_noise_multiplier(epsilon=epsilon, delta=delta, sample_rate=rate, steps=steps,
+                                                   accountant=args.accountant)
+            solved = time.perf_counter() - started
+            started = time.perf_counter()
+            later = privacy._epsilon_of(args.accountant, ((sigma, rate, steps + 1),), delta)
+            row.setdefault(name, []).append((solved, time.perf_counter() - started, sigma, later))
+        (s1, e1, sig1, eps1), (s2, e2, sig2, eps2) = (min(row[n]) for n in ("shipped", "remembered"))
+        assert (sig1, eps1) == (sig2, eps2), "the remembered RDP changed a figure"
+        print(f"  {what}: solve {s1:.2f} / {s2:.2f} s, an epsilon a step later {e1:.3f} / {e2:.3f} s "
+              f"(sigma {sig1:.4f}, epsilon {eps1:.4f} both ways)")
+    rdp.compute_rdp = remembered
     print("repeat: python " + " ".join(sys.argv))
 
 
