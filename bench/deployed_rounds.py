@@ -9,7 +9,9 @@ and the app. Per round, from the coordinator's checkpointed history:
 Both privacy modes: `local` (per-merchant DP-SGD: a train and an evaluate message per round) and `distributed`
 (one DP-SGD step through the secure sum: keys, shares, masked step, unmask, evaluate). A round's evaluation rides on
 the next round's training messages (run config `evaluate-with-training`; `--evaluate-with-training false true`
-measures both side by side), and the last round's is a stage of its own. With `--evaluate-every N` evaluations
+measures both side by side), and the last round's is a stage of its own. The narrow model's metadata tables
+(categories, brands, title words) are most of its 9.0 MB unless `--metadata-buckets N` narrows them too (256: 1.4 MB;
+`--metadata-buckets 0 256` measures both side by side). With `--evaluate-every N` evaluations
 run every N rounds and after the last; the overhead is then reported for rounds with and without a stage. Repeat:
     python bench/deployed_rounds.py
 """
@@ -39,6 +41,7 @@ from shared_model.shared_weights import initial_shared_state  # noqa: E402
 # the deployment tests' narrow model: the figure is about the deployment, not the model
 TINY = {"d-model": 32, "profile-dim": 32, "n-heads": 1, "n-layers": 1, "max-len": 20, "item-buckets": 2048,
         "negatives": 64, "batch-size": 32}
+METADATA = ("category-buckets", "brand-buckets", "token-buckets")  # 4,096 / 8,192 / 16,384 rows unless narrowed
 
 
 def evaluate_seconds(fed: LocalFederation, extra: dict, repeats: int = 3) -> float:
@@ -57,11 +60,14 @@ def evaluate_seconds(fed: LocalFederation, extra: dict, repeats: int = 3) -> flo
 
 
 def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int, users: int,
-            evaluate_every: int = 1, with_training: bool = True) -> dict:
-    fed = LocalFederation(out / f"{privacy}-{worker}-{'folded' if with_training else 'stage'}", merchants=merchants, users=users, onsite_fit=False,
-                          round_worker=worker == "warm")
+            evaluate_every: int = 1, with_training: bool = True, metadata_buckets: int = 0) -> dict:
+    name = f"{privacy}-{worker}-{'folded' if with_training else 'stage'}" + (f"-meta{metadata_buckets}" if metadata_buckets else "")
+    fed = LocalFederation(out / name, merchants=merchants, users=users, onsite_fit=False, round_worker=worker == "warm")
     extra = {**TINY, "privacy": privacy, "min-replies": merchants, "round-timeout": 300,
-             "evaluate-every": evaluate_every, "evaluate-with-training": str(with_training).lower()}
+             "evaluate-every": evaluate_every, "evaluate-with-training": str(with_training).lower(),
+             **({key: metadata_buckets for key in METADATA} if metadata_buckets else {})}
+    run = RunConfig.from_flat({k: str(v) for k, v in extra.items()})
+    model_mb = sum(v.numel() * 4 for v in initial_shared_state(run.model_config(), seed=0).values()) / 1e6
     started = time.perf_counter()
     try:
         summary = fed.run(rounds=rounds, epsilon=8.0, timeout=60 + 120 * rounds, extra=extra)
@@ -88,7 +94,7 @@ def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int
         ("-not-evaluated", [r["overhead"] for r in later if not r["evaluated"]])) if chosen}
     return {"privacy": privacy, "worker": worker, "rounds": rows, "evaluate-seconds": evaluate, "wall-seconds": wall,
             **medians, "overhead-round-1": rows[0]["overhead"], "evaluate-every": evaluate_every,
-            "evaluate-with-training": with_training,
+            "evaluate-with-training": with_training, "metadata-buckets": metadata_buckets, "model-mb": model_mb,
             "epsilon": summary["merchants"][0]["epsilon"]}
 
 
@@ -105,16 +111,22 @@ def main() -> None:
     parser.add_argument("--evaluate-with-training", nargs="+", default=["true"], choices=["true", "false"],
                         help="the run's evaluate-with-training (both: side by side); true: a round's evaluation "
                              "rides on the next round's training messages, false: a message stage of its own")
+    parser.add_argument("--metadata-buckets", nargs="+", type=int, default=[0],
+                        help="rows of each metadata table (category, brand, title words; several: side by side); 0: "
+                             "the model's defaults (the narrow model is then 9.0 MB, 1.4 MB with 256)")
     parser.add_argument("--out", default="runs/deployed-rounds")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     results = []
-    for privacy, worker, folded in itertools.product(args.privacy, args.workers, args.evaluate_with_training):
+    for privacy, worker, folded, buckets in itertools.product(args.privacy, args.workers, args.evaluate_with_training,
+                                                             args.metadata_buckets):
         result = measure(out, privacy=privacy, worker=worker, merchants=args.merchants, rounds=args.rounds,
-                         users=args.users, evaluate_every=args.evaluate_every, with_training=folded == "true")
+                         users=args.users, evaluate_every=args.evaluate_every, with_training=folded == "true",
+                         metadata_buckets=buckets)
         results.append(result)
         per_round = ", ".join(f"{r['seconds']:.1f}" for r in result["rounds"])
-        print(f"{privacy:>11}, {worker}, evaluate-with-training {folded}: rounds {per_round} s; merchant training up to "
+        print(f"{privacy:>11}, {worker}, evaluate-with-training {folded}, model {result['model-mb']:.1f} MB"
+              f"{f' (metadata tables of {buckets} rows)' if buckets else ''}: rounds {per_round} s; merchant training up to "
               f"{max(r['merchant-train-seconds'] for r in result['rounds']):.2f} s, evaluation "
               f"{result['evaluate-seconds']:.2f} s; overhead median (rounds 2+) {result['overhead-median']:.1f} s"
               + "".join(f", {label} {result[key]:.1f} s" for key, label in (

@@ -22,7 +22,8 @@ PARTITIONINGS = ("natural", "iid", "dirichlet")
 # or a negatives count in the billions would exhaust a merchant's memory before any check of its own.
 LIMITS = {"num_rounds": 100_000, "local_epochs": 1_000, "batch_size": 1_000_000, "negatives": 1_000_000,
           "max_len": 4_096, "d_model": 2_048, "n_layers": 48, "n_heads": 64, "profile_dim": 2_048,
-          "item_buckets": 1 << 24, "synthetic_users": 10_000_000}
+          "item_buckets": 1 << 24, "category_buckets": 1 << 24, "brand_buckets": 1 << 24, "token_buckets": 1 << 24,
+          "synthetic_users": 10_000_000}
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ class RunConfig:
     profile_mlp: bool = True  # an MLP between the encoder and the scores (false: the normalised states, d-model = profile-dim)
     tie_item_tables: bool = False  # one item encoder for inputs and outputs (no DP: ghost clipping refuses it)
     item_buckets: int = 1 << 15
+    # the hashed metadata tables (categories, brands, title words): on the default narrow model they are most of
+    # its weights, so most of every model message, whether or not the merchants' catalogues have such metadata
+    category_buckets: int = 1 << 12
+    brand_buckets: int = 1 << 13
+    token_buckets: int = 1 << 14
     local_table: bool = False  # a merchant-local item residual table (never leaves the merchant)
     frozen_item_ids: bool = False  # keep the hashed item-id tables fixed (fewer noised weights under DP)
     fixed_item_vectors: bool = False  # item and category vectors = trained mixes of fixed random catalogue features
@@ -108,7 +114,8 @@ class RunConfig:
         if not self.local_epochs > 0:
             problems.append(f"local-epochs must be positive, got {self.local_epochs}")
         for name in ("num_rounds", "batch_size", "negatives", "min_replies", "synthetic_users", "max_len", "d_model",
-                     "n_layers", "n_heads", "profile_dim", "item_buckets", "evaluate_every"):
+                     "n_layers", "n_heads", "profile_dim", "item_buckets", "category_buckets", "brand_buckets",
+                     "token_buckets", "evaluate_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{_key(name)} must be at least 1, got {getattr(self, name)}")
         for name, limit in LIMITS.items():
@@ -211,7 +218,9 @@ class RunConfig:
     def model_config(self, *, local_items: int = 0) -> ProfileConfig:
         return ProfileConfig(max_len=self.max_len, d_model=self.d_model, n_heads=self.n_heads,
                              n_layers=self.n_layers, profile_dim=self.profile_dim, dropout=self.dropout,
-                             item_buckets=self.item_buckets, local_items=local_items if self.local_table else 0,
+                             item_buckets=self.item_buckets, category_buckets=self.category_buckets,
+                             brand_buckets=self.brand_buckets, token_buckets=self.token_buckets,
+                             local_items=local_items if self.local_table else 0,
                              frozen_item_ids=self.frozen_item_ids, fixed_item_vectors=self.fixed_item_vectors,
                              profile_mlp=self.profile_mlp, tie_item_tables=self.tie_item_tables)
 

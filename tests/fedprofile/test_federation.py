@@ -26,6 +26,7 @@ from shared_model.processes import config_string
 ROOT = Path(__file__).resolve().parents[2]
 # a narrow model and short rounds: the test is about processes, keys and state, not quality
 TINY = {"d-model": 32, "profile-dim": 32, "n-heads": 1, "n-layers": 1, "max-len": 20, "item-buckets": 2048,
+        "category-buckets": 256, "brand-buckets": 256, "token-buckets": 256,  # 1.4 MB a model message, not 9.0
         "negatives": 64, "batch-size": 32}
 
 

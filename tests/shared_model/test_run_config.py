@@ -43,6 +43,8 @@ def test_parses_strings_from_the_command_line():
         ({"sparse-rows": "true", "strategy": "krum"}, "sparse-rows works with the averaging strategies"),
         ({"fixed-item-vectors": "true", "local-table": "true"}, "fixed-item-vectors and local-table cannot both"),
         ({"item-buckets": 1 << 34}, "item-buckets must be at most 16777216"),  # a message is data: bounded
+        ({"token-buckets": 1 << 30}, "token-buckets must be at most 16777216"),
+        ({"category-buckets": 0}, "category-buckets must be at least 1"),
         ({"d-model": 4096}, "d-model must be at most 2048"),
         ({"d-model": 30, "n-heads": 4}, "d-model \\(30\\) must be a multiple of n-heads"),
         ({"lr": "nan"}, "lr must be a finite number"),
@@ -76,6 +78,19 @@ def test_the_learning_rate_schedule_runs_over_the_whole_federation():
     assert (third.schedule_epochs, third.schedule_start, third.lr_schedule) == (10, 4, "cosine")
     central = run.train_config(epochs=10)  # the centralized baseline: one call over the same 10 epochs
     assert (central.schedule_epochs, central.schedule_start) == (10, 0)
+
+
+def test_the_metadata_tables_are_sized_by_the_run_and_default_to_the_models():
+    from shared_model.model import ProfileConfig
+    from shared_model.shared_weights import initial_shared_state
+
+    assert RunConfig().model_config() == ProfileConfig(max_len=50, d_model=64, n_heads=2, n_layers=2, profile_dim=64,
+                                                       dropout=0.2, item_buckets=1 << 15)
+    small = RunConfig.from_flat({"category-buckets": "64", "brand-buckets": "32", "token-buckets": "16",
+                                 "d-model": "32", "profile-dim": "32", "n-heads": "1", "item-buckets": "128"})
+    shared = initial_shared_state(small.model_config(), seed=0)  # what every model message carries
+    assert [tuple(shared[f"input_items.{t}.weight"].shape) for t in ("category", "brand", "title")] == \
+        [(64, 32), (32, 32), (16, 32)]
 
 
 def test_the_plain_recipe_reaches_the_model_and_the_training():
