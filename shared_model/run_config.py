@@ -86,8 +86,8 @@ class RunConfig:
     profile_mlp: bool = True  # an MLP between the encoder and the scores (false: the normalised states, d-model = profile-dim)
     tie_item_tables: bool = False  # one item encoder for inputs and outputs (no DP: ghost clipping refuses it)
     item_buckets: int = 1 << 15
-    # the hashed metadata tables (categories, brands, title words): on the default narrow model they are most of
-    # its weights, so most of every model message, whether or not the merchants' catalogues have such metadata
+    # rows of the hashed metadata tables (categories, brands, title words): on a narrow model they are most of its
+    # weights, so of every model message, whether or not the merchants' catalogues carry such metadata
     category_buckets: int = 1 << 12
     brand_buckets: int = 1 << 13
     token_buckets: int = 1 << 14
