@@ -126,15 +126,30 @@ def click_through(browser, element, suffix: str, timeout: float = 30.0) -> None:
 
     Waits for the old page to go stale first: a sign-in form served at the very address it leads to (the
     coordinator's /rounds) matches the address before the click has navigated at all."""
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = browser.find_element("tag name", "html")
     element.click()
-    WebDriverWait(browser, timeout).until(expected_conditions.staleness_of(page),
+    WebDriverWait(browser, timeout).until(lambda _: _gone(page),
                                           message=f"the page never changed after the click towards ...{suffix}")
     WebDriverWait(browser, timeout).until(lambda b: b.current_url.endswith(suffix),
                                           message=f"the browser never reached ...{suffix}")
+
+
+def _gone(element) -> bool:
+    """Whether a page's element belongs to a page the browser has left. Chromium, asked in the middle of the
+    navigation, may answer "Node with given id does not belong to the document" instead of a stale element: the
+    old page is going, so ask again (a flaky failure of the suite once)."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    try:
+        element.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as exc:
+        if "does not belong to the document" not in str(exc):
+            raise
+    return False
 
 
 def wait_for_console(url: str, process, log_path, timeout: float = 120.0) -> None:
