@@ -38,7 +38,8 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float 
             break
         # a reply came: the others are likely close behind, so the next pull comes soon, not after the backed-off
         # pause (which cost a round up to 0.5 s when merchants answered a fraction of a second apart)
-        pause = FIRST_POLL if arrived else pause
+        if arrived:
+            pause = FIRST_POLL
         time.sleep(min(pause, max(0.0, end - time.monotonic())))
         pause = min(pause * 2, MAX_POLL)
     return [reply for reply in replies if _unpacked(reply)]

@@ -88,9 +88,9 @@ class RunConfig:
     item_buckets: int = 1 << 15
     # rows of the hashed metadata tables (categories, brands, title words): on a narrow model they are most of its
     # weights, so of every model message, whether or not the merchants' catalogues carry such metadata
-    category_buckets: int = 1 << 12
-    brand_buckets: int = 1 << 13
-    token_buckets: int = 1 << 14
+    category_buckets: int = ProfileConfig.category_buckets  # the model's own defaults, declared there once
+    brand_buckets: int = ProfileConfig.brand_buckets
+    token_buckets: int = ProfileConfig.token_buckets
     local_table: bool = False  # a merchant-local item residual table (never leaves the merchant)
     frozen_item_ids: bool = False  # keep the hashed item-id tables fixed (fewer noised weights under DP)
     fixed_item_vectors: bool = False  # item and category vectors = trained mixes of fixed random catalogue features
