@@ -215,14 +215,16 @@ def test_the_policy_is_validated_saved_and_read_back(tmp_path):
 def test_a_run_config_out_of_bounds_is_refused_with_its_reason(shop, tmp_path):
     """Before: item-buckets 2^34 and d-model 4096 were accepted and a merchant tried to build the model."""
     merchant = Merchant(shop, tmp_path / "state", PrivacyPolicy())
-    for kind in ("train", "evaluate"):
-        msg = Message(RecordDict({"arrays": ArrayRecord({"w": torch.zeros(1)}), "config": ConfigRecord(
-            {**tiny_run(tmp_path).to_flat(), "item-buckets": 1 << 34, "server-round": 1, "run-id": "r"})}),
-            message_type=kind, dst_node_id=1)
-        msg.metadata.__dict__["_message_id"] = f"bounds-{kind}"
-        reply = client_app(msg, merchant.context)
-        assert "item-buckets must be at most 16777216" in _refusal(reply)
-        assert not reply.content.array_records
+    # the metadata tables' sizes came to the run config later: bounded the same way
+    for key in ("item-buckets", "category-buckets", "brand-buckets", "token-buckets"):
+        for kind in ("train", "evaluate"):
+            msg = Message(RecordDict({"arrays": ArrayRecord({"w": torch.zeros(1)}), "config": ConfigRecord(
+                {**tiny_run(tmp_path).to_flat(), key: 1 << 34, "server-round": 1, "run-id": "r"})}),
+                message_type=kind, dst_node_id=1)
+            msg.metadata.__dict__["_message_id"] = f"bounds-{key}-{kind}"
+            reply = client_app(msg, merchant.context)
+            assert f"{key} must be at most 16777216" in _refusal(reply)
+            assert not reply.content.array_records
 
 
 def test_the_plain_recipes_scoring_is_refused_under_dp_before_any_training(shop, tmp_path):
