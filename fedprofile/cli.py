@@ -99,7 +99,7 @@ def data_synthesize(
 
 
 def _log_epoch(row: dict) -> None:
-    parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}", f"{row['seconds']:.0f}s"]
+    parts = [f"epoch {row['epoch']}", f"loss {row['loss']:.4f}", f"lr {row['lr']:.3g}", f"{row['seconds']:.0f}s"]
     if "epsilon" in row:
         parts.append(f"epsilon {row['epsilon']:.3f}")
     if "valid" in row:
@@ -128,6 +128,9 @@ def train(
                     f"{recipes.PRIVATE.batch_size}: DP-SGD's noise is per step, so a larger batch carries less of it "
                     "per customer and runs faster; docs/benchmarks.md 3).")] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    lr_schedule: Annotated[Optional[str], typer.Option(
+        help=f"constant; cosine: from --lr down to 0 over --epochs; plateau: halved after 2 evaluations without a "
+             f"better validation NDCG@10 (not with --dp). Default: {recipes.PLAIN.lr_schedule}.")] = None,
     negatives: Annotated[Optional[int], typer.Option(
         min=1, help=f"Shared uniform negatives in the sampled softmax (default: {recipes.PLAIN.negatives}).")] = None,
     full_softmax: Annotated[Optional[bool], typer.Option(
@@ -204,14 +207,19 @@ def train(
     from shared_model.loss import AVERAGES
     from shared_model.model import ProfileConfig, ProfileTransformer
     from shared_model.privacy import PrivacyBudgetExhausted, PrivacyConfig, delta_for
-    from shared_model.training import TrainConfig
+    from shared_model.training import LR_SCHEDULES, PLATEAU, TrainConfig
     from shared_model.training import refit as refit_training
     from shared_model.training import train as run_training
 
     recipe = (recipes.PRIVATE if dp else recipes.PLAIN).with_choices(
         epochs=epochs, batch_size=batch_size, layers=layers, heads=heads, dropout=dropout, negatives=negatives,
         eval_every=eval_every, patience=patience, profile_mlp=profile_mlp, loss_average=loss_average,
-        tie_item_tables=tie_item_tables)
+        tie_item_tables=tie_item_tables, lr_schedule=lr_schedule)
+    if recipe.lr_schedule not in (*LR_SCHEDULES, PLATEAU):
+        fail(f"--lr-schedule must be one of {', '.join((*LR_SCHEDULES, PLATEAU))}, got {recipe.lr_schedule!r}")
+    if dp and recipe.lr_schedule == PLATEAU:
+        fail("--lr-schedule plateau follows validation, which picks nothing under --dp (it would spend privacy the "
+             "accountant does not count): use constant or cosine")
     if dp and recipe.patience is not None:
         fail("--patience stops when validation stops improving; under --dp validation picks nothing and the "
              "epochs are planned (the budget is spread over them): drop --patience")
@@ -253,6 +261,7 @@ def train(
         privacy = PrivacyConfig(target_epsilon=epsilon, target_delta=delta or delta_for(len(sequences.train)),
                                 max_grad_norm=max_grad_norm)
     train_config = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=lr, negatives=recipe.negatives,
+                               lr_schedule=recipe.lr_schedule,
                                full_softmax=whole, seed=seed, eval_every=recipe.eval_every,
                                weight_decay=weight_decay, patience=recipe.patience, loss_average=recipe.loss_average,
                                category_weight=category_weight,
@@ -270,7 +279,8 @@ def train(
                + ("" if time_features else ", no time features")
                + ("" if recipe.profile_mlp else ", no profile MLP")
                + (", tied item tables" if recipe.tie_item_tables else "")
-               + f", the loss averaged over {recipe.loss_average}")
+               + f", the loss averaged over {recipe.loss_average}"
+               + ("" if recipe.lr_schedule == "constant" else f", the learning rate {recipe.lr_schedule}"))
     try:
         result = run_training(model, sequences, train_config, privacy=privacy, device=target,
                               on_epoch=None if train_config.show_progress else _log_epoch)

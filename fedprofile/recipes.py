@@ -20,6 +20,7 @@ class Recipe:
     loss_average: str  # "users" (each customer's positions averaged: what DP-SGD clips) or "positions" (SASRec's)
     tie_item_tables: bool  # one item encoder for inputs and outputs (Opacus' ghost clipping refuses it under DP)
     full_softmax_logits: int  # the whole catalogue is the negatives while a batch scores at most this many logits
+    lr_schedule: str = "constant"  # "cosine" over `epochs`, or "plateau": halved when validation stalls (plain only)
 
     def full_softmax(self, *, num_items: int, positions_per_customer: float) -> bool:
         """Whether training scores the whole catalogue rather than `negatives` sampled items: while a batch's logits,

@@ -30,7 +30,8 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
 warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
 
 
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine")  # fixed in advance: what a federated round can follow
+PLATEAU = "plateau"  # halve the rate when validation stalls: a training call that validates as it goes
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class TrainConfig:
     batch_size: int = 128  # expected batch size (Poisson sampling under DP): one optimizer step
     physical_batch_size: int | None = None  # DP only: users per forward/backward pass (bounds memory)
     lr: float = 1e-3
-    lr_schedule: str = "constant"  # "cosine": from lr down to 0 over schedule_epochs
+    lr_schedule: str = "constant"  # "cosine": from lr down to 0 over schedule_epochs; "plateau": see below
+    plateau_evaluations: int = 2  # "plateau": halve lr after this many validation passes without a better NDCG@10
+    epoch_lrs: tuple[float, ...] = ()  # each epoch's lr as a run recorded it (a refit replays a plateau run's)
     schedule_epochs: float | None = None  # the schedule's length in epochs (None: this call's epochs)
     schedule_start: float = 0.0  # epochs of the schedule done before this call (a federated round's offset)
     weight_decay: float = 0.0
@@ -62,8 +65,12 @@ class TrainConfig:
     def __post_init__(self):
         if not self.epochs > 0 or self.batch_size < 1 or self.negatives < 1:
             raise ValueError("epochs must be positive, batch_size and negatives at least 1")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule not in (*LR_SCHEDULES, PLATEAU):
+            raise ValueError(f"lr_schedule must be one of {', '.join((*LR_SCHEDULES, PLATEAU))}, "
+                             f"got {self.lr_schedule!r}")
+        if self.lr_schedule == PLATEAU and (self.eval_every < 1 or self.plateau_evaluations < 1):
+            raise ValueError("lr_schedule='plateau' follows validation: it needs eval_every >= 1 and "
+                             "plateau_evaluations >= 1")
         if self.loss_average not in AVERAGES:
             raise ValueError(f"loss_average must be one of {', '.join(AVERAGES)}, got {self.loss_average!r}")
         if self.optimizer not in OPTIMIZERS:
@@ -71,8 +78,11 @@ class TrainConfig:
 
 
 def scheduled_lr(config: TrainConfig, epochs_done: float) -> float:
-    """The learning rate after `epochs_done` epochs of this call (fractions count), on the run's schedule."""
-    if config.lr_schedule == "constant":
+    """The learning rate after `epochs_done` epochs of this call (fractions count), on the run's schedule
+    (a plateau run's rate depends on its validation passes: `_Plateau` sets it)."""
+    if config.epoch_lrs:
+        return config.epoch_lrs[min(int(epochs_done), len(config.epoch_lrs) - 1)]
+    if config.lr_schedule in ("constant", PLATEAU):
         return config.lr
     total = config.schedule_epochs or config.epochs
     progress = min(1.0, (config.schedule_start + epochs_done) / total)
@@ -148,6 +158,10 @@ def train(
                             average=config.loss_average, positions_per_user=positions_per_user)
     selection = Selection(model, select_best=config.keep_best and privacy is None and validate,
                           ema_decay=config.ema_decay, patience=config.patience)
+    if config.lr_schedule == PLATEAU and (privacy is not None or not validate):
+        raise ValueError("lr_schedule='plateau' lowers the rate when validation stalls: under DP validation picks "
+                         "nothing (it would spend privacy the accountant does not count) and without validation "
+                         "there is nothing to follow; use 'constant' or 'cosine'")
     private: PrivateTraining | None = None
     net = model
     if privacy is not None:
@@ -156,6 +170,7 @@ def train(
         net, optimizer, criterion, loader = private.net, private.optimizer, private.criterion, private.loader
     step = _Step(net, optimizer, criterion, config, data, device, private=privacy is not None,
                  proximal_mu=proximal_mu, model=model, backward=private.backward if private else None)
+    plateau = _Plateau(optimizer, config) if config.lr_schedule == PLATEAU else None
 
     result = TrainResult(delta=privacy.target_delta if privacy else 0.0)
     examples, train_seconds = 0, 0.0
@@ -169,7 +184,7 @@ def train(
                                       private=privacy is not None):
             if batch[0].shape[0] == 0 and privacy is None:
                 continue
-            if config.lr_schedule != "constant":
+            if config.lr_schedule in LR_SCHEDULES[1:] or config.epoch_lrs:
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(config, steps / len(loader))
             loss, size, stepped = step(batch)
@@ -182,7 +197,8 @@ def train(
             if steps >= total_steps:  # a fractional epoch ends here, after a whole (logical) step
                 break
         train_seconds += time.perf_counter() - started
-        row = {"epoch": epoch, "loss": total_loss / max(batches, 1), "seconds": round(train_seconds, 2)}
+        row = {"epoch": epoch, "loss": total_loss / max(batches, 1), "seconds": round(train_seconds, 2),
+               "lr": optimizer.param_groups[0]["lr"]}
         if private is not None:
             row["epsilon"] = private.epsilon()
         last_epoch = epoch == last or (config.max_seconds is not None and train_seconds >= config.max_seconds)
@@ -191,6 +207,8 @@ def train(
             if config.track_test:
                 row["test"] = evaluate(selection.scored, data.test, device=device, ks=(10,))
             last_epoch = selection.observe(epoch, row["valid"]["ndcg@10"]) or last_epoch
+            if plateau is not None:
+                plateau.observe(row["valid"]["ndcg@10"])
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -217,6 +235,19 @@ def train(
     if validate and evaluate_test:
         result.test = evaluate(model, data.test, device=device)
     return result
+
+
+class _Plateau:
+    """The "plateau" schedule: torch's ReduceLROnPlateau on validation NDCG@10, halving the rate after
+    `plateau_evaluations` passes without a better one (a stall at a high rate is often noise a lower one averages)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
+        # torch's patience counts the stalls it ignores: the rate falls at the next one
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=0.5, patience=config.plateau_evaluations - 1, threshold=0.0)
+
+    def observe(self, ndcg: float) -> None:
+        self.scheduler.step(ndcg)
 
 
 class _Step:
@@ -267,7 +298,11 @@ def refit(model: ProfileTransformer, data: SequenceData, selected: TrainResult, 
     `train_on_validation=True`, and test it. Validation figures stay the selection run's (the refit has
     seen the validation events); its test figures are kept as `selection_test`."""
     device = device or pick_device()
-    plain = replace(config, epochs=selected.best_epoch, keep_best=False, eval_every=0, patience=None, max_seconds=None)
+    # a plateau run's rates followed its validation passes: the refit, which has none, replays them epoch by epoch
+    epoch_lrs = tuple(row["lr"] for row in selected.history) if config.lr_schedule == PLATEAU else config.epoch_lrs
+    plain = replace(config, epochs=selected.best_epoch, keep_best=False, eval_every=0, patience=None, max_seconds=None,
+                    lr_schedule="constant" if config.lr_schedule == PLATEAU else config.lr_schedule,
+                    epoch_lrs=epoch_lrs)
     result = train(model, data, plain, device=device, validate=False)
     result.test = evaluate(model, data.test, device=device)
     result.valid, result.best_epoch, result.selection_test = selected.valid, selected.best_epoch, selected.test

@@ -175,3 +175,53 @@ def test_dp_refuses_a_loss_averaged_over_positions(small_log):
     with pytest.raises(ValueError, match="averages over users"):
         train(model, data, TrainConfig(epochs=1, loss_average="positions", show_progress=False),
               privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5), device=torch.device("cpu"))
+
+
+def _scripted_validation(monkeypatch, scores):
+    """Validation NDCG@10 of each pass in turn, so that the plateau schedule sees stalls where the test puts them."""
+    import shared_model.training as training
+
+    passes = iter(scores)
+    real = training.evaluate
+    monkeypatch.setattr(training, "evaluate",
+                        lambda model, split, **kw: {**real(model, split, **kw), "ndcg@10": next(passes, 0.0)})
+
+
+def test_the_plateau_schedule_halves_the_rate_after_stalled_validation_and_the_refit_replays_it(small_log,
+                                                                                              monkeypatch):
+    """Two validation passes without a better NDCG@10 halve the rate for the epochs after; a refit, which has no
+    validation to follow, trains each epoch at the rate the selection run had then."""
+    from shared_model.training import refit
+
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    cpu = torch.device("cpu")
+    #                       best  best  stall stall best  stall stall  (then the final passes)
+    _scripted_validation(monkeypatch, [0.1, 0.2, 0.2, 0.15, 0.3, 0.25, 0.3])
+    config = TrainConfig(epochs=8, batch_size=32, negatives=32, lr=1e-3, lr_schedule="plateau", show_progress=False)
+    torch.manual_seed(0)
+    selected = train(ProfileTransformer(CONFIG, data.catalogue.descriptors), data, config, device=cpu)
+    assert [row["lr"] for row in selected.history] == [1e-3] * 4 + [5e-4] * 3 + [2.5e-4]
+    assert selected.best_epoch == 5
+
+    refit_data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len,
+                                 train_on_validation=True)
+    result = refit(ProfileTransformer(CONFIG, refit_data.catalogue.descriptors), refit_data, selected, config,
+                   device=cpu)
+    assert [row["lr"] for row in result.history if row.get("refit")] == [1e-3] * 4 + [5e-4]
+
+
+def test_the_plateau_schedule_needs_validation_and_no_dp(small_log):
+    import pytest
+
+    from shared_model.privacy import PrivacyConfig
+
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(lr_schedule="plateau", eval_every=0)
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    model = ProfileTransformer(CONFIG, data.catalogue.descriptors)
+    config = TrainConfig(epochs=1, lr_schedule="plateau", show_progress=False)
+    with pytest.raises(ValueError, match="validation"):
+        train(model, data, config, device=torch.device("cpu"), validate=False)
+    with pytest.raises(ValueError, match="under DP"):
+        train(model, data, config, privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5),
+              device=torch.device("cpu"))
