@@ -13,7 +13,15 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.policy import PolicyRefusal, PrivacyPolicy
-from client.secure_round import keys_reply, ledger_for, masked_reply, shares_reply, unmask_reply
+from client.secure_round import (
+    keys_reply,
+    ledger_for,
+    masked_reply,
+    offer_keys,
+    share_secrets,
+    shares_reply,
+    unmask_reply,
+)
 from client.state import MerchantState, keep_global_model, log_sent
 from shared_model.checkpoint import model_for_catalogue
 from shared_model.device import pick_device
@@ -23,7 +31,7 @@ from shared_model.merchant_round import local_evaluate, local_round
 from shared_model.packing import PackingError, pack, unpack
 from shared_model.privacy import PrivacyBudgetExhausted, PrivacyLedger
 from shared_model.run_config import RunConfig
-from shared_model.secure_sum import SecureSumError
+from shared_model.secure_sum import NEXT, SecureSumError
 
 log = logging.getLogger("fedprofile.merchant")
 
@@ -168,15 +176,35 @@ def train_distributed(msg: Message, context: Context) -> Message:
         return _refuse(msg, merchant.name, str(exc), train=False)
     _pay(context, state, run_id, server_round, ledger)
     log.info("%s sent its masked share of round %d (epsilon %.3f)", merchant.name, server_round, ledger.epsilon())
+    if msg.content["config"].get("secagg.next-keys"):  # the next round's stage 1, asked beside this step
+        try:
+            next_ledger = _unpaid_ledger(run, server_round + 1, run_id, state, policy, len(merchant.sequences.train))
+            reply.content[NEXT] = ConfigRecord(offer_keys(
+                context, server_round=server_round + 1, run=run, policy=policy,
+                num_users=len(merchant.sequences.train), ledger=next_ledger))
+        except (PolicyRefusal, PrivacyBudgetExhausted, SecureSumError) as exc:
+            log.warning("%s sent no keys for round %d: %s", merchant.name, server_round + 1, exc)
+            reply.content[NEXT] = ConfigRecord({"refused": str(exc)[:300]})
     return reply
 
 
 def secagg_unmask(msg: Message, context: Context) -> Message:
-    """Stage 4: the shares that unmask the sum of the merchants whose vectors arrived."""
+    """Stage 4: the shares that unmask the sum of the merchants whose vectors arrived; beside them, when asked,
+    the next round's stage 2 (its plan and keys in the `next` record)."""
     try:
-        return unmask_reply(msg, context)
+        reply = unmask_reply(msg, context)
     except SecureSumError as exc:
         return _refuse(msg, _name(context), str(exc), train=False)
+    if NEXT in msg.content.config_records:
+        upcoming = msg.content[NEXT]
+        try:
+            if int(upcoming["server-round"]) != int(msg.content["config"]["server-round"]) + 1:
+                raise SecureSumError("the plan beside an unmask must be the next round's")
+            reply.content[NEXT] = ConfigRecord(share_secrets(context, upcoming))
+        except (KeyError, TypeError, ValueError) as exc:  # SecureSumError is a ValueError
+            log.warning("%s sent no shares for the next round: %s", _name(context), exc)
+            reply.content[NEXT] = ConfigRecord({"refused": str(exc)[:300]})
+    return reply
 
 
 def _round_parts(context: Context, run: RunConfig, run_id: str):

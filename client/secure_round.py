@@ -15,7 +15,7 @@ from shared_model.run_config import RunConfig
 from shared_model.secure_sum import Party, SecureSumError, SumPlan, encode
 
 log = logging.getLogger("fedprofile.merchant")
-STATE_SECAGG = "fedprofile.secagg"  # the party's secrets for the round in progress: memory only, never on disk
+STATE_SECAGG = "fedprofile.secagg"  # + ".<round>": a round's party secrets, memory only, never on disk
 
 
 def public_keys(config) -> dict[int, tuple[bytes, bytes]]:
@@ -44,28 +44,42 @@ def keys_reply(msg: Message, context: Context, *, name: str, run: RunConfig, pol
                ledger: PrivacyLedger) -> Message:
     """Stage 1: check the policy and the budget for one more step, then send two fresh public keys. A merchant
     out of budget refuses here, before the others pay for a round it could make fall short."""
+    keys = offer_keys(context, server_round=int(msg.content["config"]["server-round"]), run=run, policy=policy,
+                      num_users=num_users, ledger=ledger)
+    return Message(RecordDict({"secagg": ConfigRecord({"pk-cipher": keys["pk-cipher"], "pk-mask": keys["pk-mask"]}),
+                               "metrics": MetricRecord({"num-examples": num_users,
+                                                        "accounting-seconds": keys["accounting-seconds"]}),
+                               "merchant": ConfigRecord({"name": name})}), reply_to=msg)
+
+
+def offer_keys(context: Context, *, server_round: int, run: RunConfig, policy: PrivacyPolicy, num_users: int,
+               ledger: PrivacyLedger) -> dict:
+    """Stage 1's work, alone or beside the previous round's masked step: the policy and the budget for one more
+    step checked, then a fresh party for `server_round` (its public keys, the customers and the check's time)."""
     started = time.perf_counter()
     policy.check(run, num_users=num_users, steps_taken=ledger.steps_taken())
     ledger.check_budget(1, sample_rate=run.sample_rate)
     accounting = time.perf_counter() - started
     party = Party(node_id=context.node_id)
     cipher_pk, mask_pk = party.keys()
-    context.state[STATE_SECAGG] = ConfigRecord(party.state_dict())
-    return Message(RecordDict({"secagg": ConfigRecord({"pk-cipher": cipher_pk, "pk-mask": mask_pk}),
-                               "metrics": MetricRecord({"num-examples": num_users, "accounting-seconds": accounting}),
-                               "merchant": ConfigRecord({"name": name})}), reply_to=msg)
+    _keep(context, server_round, party, new=True)
+    return {"pk-cipher": cipher_pk, "pk-mask": mask_pk, "num-examples": num_users, "accounting-seconds": accounting}
 
 
 def shares_reply(msg: Message, context: Context) -> Message:
     """Stage 2: shares of its two secrets, each encrypted to the party it is for."""
-    config = msg.content["config"]
+    return Message(RecordDict({"secagg": ConfigRecord(share_secrets(context, msg.content["config"]))}), reply_to=msg)
+
+
+def share_secrets(context: Context, config) -> dict:
+    """Stage 2's work, alone or beside the previous round's unmask: `config` is the round's plan and keys."""
     plan, keys = SumPlan.from_config(config), public_keys(config)
-    party = _party(context)
+    server_round = int(config["server-round"])
+    party = _party(context, server_round)
     encrypted = party.share(plan, keys)
-    context.state[STATE_SECAGG] = ConfigRecord(party.state_dict())
+    _keep(context, server_round, party)
     others = sorted(encrypted)
-    return Message(RecordDict({"secagg": ConfigRecord({"to": others, "ciphertext": [encrypted[o] for o in others]})}),
-                   reply_to=msg)
+    return {"to": others, "ciphertext": [encrypted[o] for o in others]}
 
 
 def masked_reply(msg: Message, context: Context, *, model, data, run: RunConfig, policy: PrivacyPolicy,
@@ -81,7 +95,8 @@ def masked_reply(msg: Message, context: Context, *, model, data, run: RunConfig,
     # the share is set by the sum's guaranteed size: any min_survivors - colluders honest shares make sigma
     share = noise_share(run.distributed_noise(), min_survivors=plan.min_survivors, colluders=run.colluders)
     received = {int(src): bytes(ct) for src, ct in zip(config["secagg.from"], config["secagg.ciphertext"])}
-    party = _party(context)
+    server_round = int(config["server-round"])
+    party = _party(context, server_round)
     shapes = {name: tuple(array.shape) for name, array in msg.content["arrays"].items()}
     result = noised_gradient_sum(model, data, run, shapes, share=share, device=device)
     # counted before anything leaves: a round the coordinator later discards has still used these customers
@@ -89,7 +104,7 @@ def masked_reply(msg: Message, context: Context, *, model, data, run: RunConfig,
     mask_started = time.perf_counter()
     masked = party.mask(encode(result.vector, plan), plan, received=received, sharers=sharers, public_keys=keys)
     mask_seconds = time.perf_counter() - mask_started
-    context.state[STATE_SECAGG] = ConfigRecord(party.state_dict())
+    _keep(context, server_round, party)
     metrics = {"num-examples": len(data.train), "epsilon": ledger.epsilon(), "delta": ledger.target_delta,
                "steps": ledger.steps_taken(), "train-seconds": result.seconds,
                "mask-seconds": mask_seconds}
@@ -102,17 +117,29 @@ def unmask_reply(msg: Message, context: Context) -> Message:
     """Stage 4: the shares that remove the survivors' self masks and the dropped parties' pairwise masks."""
     config = msg.content["config"]
     plan, keys = SumPlan.from_config(config), public_keys(config)
-    party = _party(context)
+    server_round = int(config["server-round"])
+    party = _party(context, server_round)
     shares = party.unmask(plan, survivors=[int(p) for p in config["secagg.survivors"]],
                           dropped=[int(p) for p in config["secagg.dropped"]], public_keys=keys)
-    context.state[STATE_SECAGG] = ConfigRecord(party.state_dict())  # `answered` persists: no second answer
+    _keep(context, server_round, party)  # `answered` persists: no second answer
     about = sorted(shares)
     return Message(RecordDict({"secagg": ConfigRecord({"about": about, "share": [shares[a] for a in about]})}),
                    reply_to=msg)
 
 
-def _party(context: Context) -> Party:
-    if STATE_SECAGG not in context.state:
-        raise SecureSumError("no secure sum in progress on this merchant (its keys were not asked for)")
-    return Party.from_state_dict({k: bytes(v) for k, v in context.state[STATE_SECAGG].items()})
+def _keep(context: Context, server_round: int, party: Party, *, new: bool = False) -> None:
+    """Store a round's party. A new one drops the parties of rounds before the one in progress: at most the round
+    being unmasked and the next one, set up beside it, hold secrets at a time."""
+    if new:
+        for key in [k for k in context.state.keys() if k.startswith(STATE_SECAGG + ".")]:
+            if int(key.rsplit(".", 1)[1]) < server_round - 1:
+                del context.state[key]
+    context.state[f"{STATE_SECAGG}.{server_round}"] = ConfigRecord(party.state_dict())
 
+
+def _party(context: Context, server_round: int) -> Party:
+    key = f"{STATE_SECAGG}.{server_round}"
+    if key not in context.state:
+        raise SecureSumError(f"no secure sum of round {server_round} in progress on this merchant (its keys were "
+                             "not asked for)")
+    return Party.from_state_dict({k: bytes(v) for k, v in context.state[key].items()})

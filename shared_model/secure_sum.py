@@ -26,6 +26,9 @@ from flwr.supercore.primitives.asymmetric import (
 
 # Vectors are summed in Z_{2^64}: numpy's uint64 arithmetic wraps there, so masking is plain addition.
 HEADROOM_BITS = 62  # the encoded sum of every party stays below 2^62 in magnitude, far from wrapping at 2^63
+# A message's record that sets up the next round's sum beside a stage of this one (its keys beside the masked step,
+# its shares beside the unmask), both ways: after the first round a round takes two message stages, not four.
+NEXT = "next"
 
 
 class SecureSumError(ValueError):

@@ -33,7 +33,10 @@ def test_what_leaves_a_merchant_is_masked_and_its_epsilon_is_an_independent_acco
     assert [row["aggregated"] for row in result.history] == [True, True]
     assert len(seen) == 6
     for reply in seen:  # a masked vector and data-independent figures; no loss, no count of sampled customers
-        assert set(reply.content.keys()) == {"arrays", "metrics"}
+        last = reply.metadata.group_id == str(run.num_rounds)
+        assert set(reply.content.keys()) == {"arrays", "metrics"} | (set() if last else {"next"})
+        if not last:  # the next round's public keys and the merchant's count of customers, as stage 1 sends them
+            assert set(reply.content["next"].keys()) == {"pk-cipher", "pk-mask", "num-examples", "accounting-seconds"}
         assert list(reply.content["arrays"].keys()) == ["masked"]
         assert reply.content["arrays"]["masked"].numpy().dtype == np.uint64
         assert set(reply.content["metrics"].keys()) == {"num-examples", "epsilon", "delta", "steps", "train-seconds",
@@ -49,15 +52,17 @@ def test_what_leaves_a_merchant_is_masked_and_its_epsilon_is_an_independent_acco
 
 @pytest.mark.parametrize("keys_lost", [False, True])
 def test_a_rounds_evaluation_rides_on_the_next_rounds_masked_step_or_has_its_own_stage(tmp_path, keys_lost):
-    """evaluate-with-training: round 1's model is evaluated by round 2's training stage (four stages a round, not
-    five); when round 2 is discarded at its keys (no training message goes out), by a stage of its own."""
+    """evaluate-with-training: round 1's model is evaluated by round 2's training stage (no stage of its own);
+    when round 2 is discarded at its keys (no training message goes out), by a stage of its own."""
     run = _distributed(tmp_path, fraction_evaluate=1.0)
     seen = []
 
     def spy(node, reply):
         kind, group = reply.metadata.message_type, reply.metadata.group_id
         seen.append((kind, group, set(reply.content.metric_records) if reply.has_content() else set()))
-        return None if keys_lost and kind == "query.secagg_keys" and group == "2" else reply
+        if keys_lost and kind == "train.distributed" and group == "1":
+            del reply.content["next"]  # round 2's keys, sent beside round 1's masked step, lost on the way
+        return None if keys_lost and kind == "query.secagg_keys" and group == "2" else reply  # and when asked again
 
     result = run_federation(InProcessGrid(client_app, 3, tamper=spy), run)
     first, second = result.history
@@ -119,3 +124,58 @@ def test_adambc_takes_out_exactly_the_variance_the_sums_noise_has(tmp_path):
     gradient = training.last_sum / (run.sample_rate * 3 * 60)
     subtracted = training.optimizer.param_groups[0]["noise_variance"]
     assert subtracted == pytest.approx(gradient.var(), rel=1e-2)
+
+
+def test_after_the_first_round_a_secure_round_takes_two_message_stages(tmp_path):
+    """Round r + 1's keys travel beside round r's masked step and its shares beside round r's unmask, so rounds 2
+    and 3 send only a masked step and an unmask; every round's sum still unmasks to exactly the merchants' noise
+    (no customer sampled), so each party answered from its own round's secrets."""
+    run = _distributed(tmp_path, num_rounds=3, sample_rate=1e-4)
+    seen = []
+
+    def spy(node, reply):
+        seen.append((reply.metadata.group_id, reply.metadata.message_type))
+        return reply
+
+    arrays = {k: v.numpy() for k, v in initial_shared_state(run.model_config(), seed=run.seed).items()}
+    training = DistributedTraining(run, arrays, sequential=True)
+    grid, registry = InProcessGrid(client_app, 3, tamper=spy), MerchantRegistry()
+    planned = run.distributed_noise() * run.max_grad_norm
+    for server_round in (1, 2, 3):
+        secure = training.round(grid, server_round, arrays, {**run.to_flat(), "run-id": "t"}, registry)
+        assert secure.row["aggregated"] and secure.row["merchants-trained"] == ["merchant-0", "merchant-1",
+                                                                                "merchant-2"]
+        assert training.last_sum.std() == pytest.approx(planned, rel=5e-3)
+    stages = {group: sorted({kind for g, kind in seen if g == group}) for group in ("1", "2", "3")}
+    assert stages["1"] == ["query.secagg_keys", "query.secagg_shares", "query.secagg_unmask", "train.distributed"]
+    assert stages["2"] == stages["3"] == ["query.secagg_unmask", "train.distributed"]
+    assert len(seen) == 3 * 4 + 3 * 2 + 3 * 2
+    accountant = create_accountant("prv")
+    for _ in range(3):
+        accountant.step(noise_multiplier=run.distributed_noise(), sample_rate=run.sample_rate)
+    assert all(e == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9) for e in secure.epsilon.values())
+
+
+def test_a_merchant_that_missed_a_round_is_asked_for_the_next_rounds_keys_and_shares_alone(tmp_path):
+    """Merchant 3's masked step of round 1 is lost, and with it its keys for round 2: they are asked again alone,
+    beside round 1's unmask, round 2 gathers its shares itself, and merchant 3 takes part in round 2."""
+    run = _distributed(tmp_path, min_survivors=2)
+    seen = []
+
+    def spy(node, reply):
+        seen.append((node, reply.metadata.group_id, reply.metadata.message_type))
+        return None if node == 3 and reply.metadata.group_id == "1" and \
+            reply.metadata.message_type == "train.distributed" else reply
+
+    result = run_federation(InProcessGrid(client_app, 3, tamper=spy), run)
+    first, second = result.history
+    assert first["aggregated"] and first["dropped"] == ["merchant-2"]
+    assert second["aggregated"] and second["merchants-trained"] == ["merchant-0", "merchant-1", "merchant-2"]
+    assert {(g, kind) for node, g, kind in seen if node == 3} == {
+        ("1", "query.secagg_keys"), ("1", "query.secagg_shares"), ("1", "train.distributed"),
+        ("2", "query.secagg_keys"), ("2", "query.secagg_shares"), ("2", "train.distributed"),
+        ("2", "query.secagg_unmask")}
+    assert {(g, kind) for node, g, kind in seen if node == 1} == {
+        ("1", "query.secagg_keys"), ("1", "query.secagg_shares"), ("1", "train.distributed"),
+        ("1", "query.secagg_unmask"), ("2", "query.secagg_shares"), ("2", "train.distributed"),
+        ("2", "query.secagg_unmask")}
