@@ -184,7 +184,7 @@ def train(
                                       private=privacy is not None):
             if batch[0].shape[0] == 0 and privacy is None:
                 continue
-            if config.lr_schedule in LR_SCHEDULES[1:] or config.epoch_lrs:
+            if config.lr_schedule == "cosine" or config.epoch_lrs:
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(config, steps / len(loader))
             loss, size, stepped = step(batch)
@@ -300,9 +300,10 @@ def refit(model: ProfileTransformer, data: SequenceData, selected: TrainResult, 
     device = device or pick_device()
     # a plateau run's rates followed its validation passes: the refit, which has none, replays them epoch by epoch
     epoch_lrs = tuple(row["lr"] for row in selected.history) if config.lr_schedule == PLATEAU else config.epoch_lrs
+    # a cosine run's refit stops at the chosen epoch of the same schedule, not at the end of a shorter one
     plain = replace(config, epochs=selected.best_epoch, keep_best=False, eval_every=0, patience=None, max_seconds=None,
                     lr_schedule="constant" if config.lr_schedule == PLATEAU else config.lr_schedule,
-                    epoch_lrs=epoch_lrs)
+                    schedule_epochs=config.schedule_epochs or config.epochs, epoch_lrs=epoch_lrs)
     result = train(model, data, plain, device=device, validate=False)
     result.test = evaluate(model, data.test, device=device)
     result.valid, result.best_epoch, result.selection_test = selected.valid, selected.best_epoch, selected.test

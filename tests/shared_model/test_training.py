@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from shared_model.checkpoint import load_model, save_model
@@ -208,6 +209,26 @@ def test_the_plateau_schedule_halves_the_rate_after_stalled_validation_and_the_r
     result = refit(ProfileTransformer(CONFIG, refit_data.catalogue.descriptors), refit_data, selected, config,
                    device=cpu)
     assert [row["lr"] for row in result.history if row.get("refit")] == [1e-3] * 4 + [5e-4]
+
+
+def test_a_refit_follows_the_cosine_schedule_of_the_run_it_repeats(small_log, monkeypatch):
+    from shared_model.training import refit
+
+    data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
+    cpu = torch.device("cpu")
+    _scripted_validation(monkeypatch, [0.1, 0.2, 0.3, 0.2, 0.1, 0.1])  # validation chooses epoch 3 of 6
+    config = TrainConfig(epochs=6, batch_size=32, negatives=32, lr_schedule="cosine", show_progress=False)
+    torch.manual_seed(0)
+    selected = train(ProfileTransformer(CONFIG, data.catalogue.descriptors), data, config, device=cpu)
+    assert selected.best_epoch == 3
+    refit_data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len,
+                                 train_on_validation=True)
+    result = refit(ProfileTransformer(CONFIG, refit_data.catalogue.descriptors), refit_data, selected, config,
+                   device=cpu)
+    refit_lrs = [row["lr"] for row in result.history if row.get("refit")]
+    # the last step of each epoch is at the same point of the 6-epoch schedule, whatever the epoch's steps
+    assert refit_lrs == pytest.approx([row["lr"] for row in selected.history[:3]], rel=0.05)
+    assert refit_lrs[-1] > 0.4 * config.lr  # not the end of a 3-epoch schedule (0)
 
 
 def test_the_plateau_schedule_needs_validation_and_no_dp(small_log):
