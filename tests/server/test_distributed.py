@@ -179,3 +179,28 @@ def test_a_merchant_that_missed_a_round_is_asked_for_the_next_rounds_keys_and_sh
         ("1", "query.secagg_keys"), ("1", "query.secagg_shares"), ("1", "train.distributed"),
         ("1", "query.secagg_unmask"), ("2", "query.secagg_shares"), ("2", "train.distributed"),
         ("2", "query.secagg_unmask")}
+
+
+def test_a_sampled_round_asks_its_own_sample_for_keys_beside_the_previous_step(tmp_path):
+    """fraction-train 0.5 of 4 merchants: each round's masked step goes to exactly its sample, the next round's
+    keys beside it to the merchants in both samples, and alone to those only in the next."""
+    import random
+
+    run = _distributed(tmp_path, num_rounds=3, fraction_train=0.5, seed=3)  # samples {1, 2}, {2, 3}, {1, 3}
+    seen = []
+
+    def spy(node, reply):
+        seen.append((node, reply.metadata.group_id, reply.metadata.message_type))
+        return reply
+
+    grid = InProcessGrid(client_app, 4, tamper=spy)
+    result = run_federation(grid, run)
+    assert [row["aggregated"] for row in result.history] == [True, True, True]
+    nodes = sorted(grid.get_node_ids())
+    samples = {r: set(random.Random(run.seed * 7919 + r).sample(nodes, 2)) for r in (1, 2, 3)}
+    for r in (1, 2, 3):
+        assert {node for node, g, kind in seen if g == str(r) and kind == "train.distributed"} == samples[r]
+    for r in (2, 3):
+        assert {node for node, g, kind in seen if g == str(r) and kind == "query.secagg_keys"} == \
+            samples[r] - samples[r - 1]
+        assert 0 < len(samples[r] & samples[r - 1]) < 2  # one merchant's keys beside its step, one's alone
