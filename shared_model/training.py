@@ -170,7 +170,11 @@ def train(
         net, optimizer, criterion, loader = private.net, private.optimizer, private.criterion, private.loader
     step = _Step(net, optimizer, criterion, config, data, device, private=privacy is not None,
                  proximal_mu=proximal_mu, model=model, backward=private.backward if private else None)
-    plateau = _Plateau(optimizer, config) if config.lr_schedule == PLATEAU else None
+    # "plateau": the rate halves after `plateau_evaluations` validation passes without a better NDCG@10 (torch's
+    # patience counts the stalls it lets pass, so the rate falls at the next one)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=0.5, patience=config.plateau_evaluations - 1, threshold=0.0) \
+        if config.lr_schedule == PLATEAU else None
 
     result = TrainResult(delta=privacy.target_delta if privacy else 0.0)
     examples, train_seconds = 0, 0.0
@@ -208,7 +212,7 @@ def train(
                 row["test"] = evaluate(selection.scored, data.test, device=device, ks=(10,))
             last_epoch = selection.observe(epoch, row["valid"]["ndcg@10"]) or last_epoch
             if plateau is not None:
-                plateau.observe(row["valid"]["ndcg@10"])
+                plateau.step(row["valid"]["ndcg@10"])
         result.history.append(row)
         if on_epoch is not None:
             on_epoch(row)
@@ -235,19 +239,6 @@ def train(
     if validate and evaluate_test:
         result.test = evaluate(model, data.test, device=device)
     return result
-
-
-class _Plateau:
-    """The "plateau" schedule: torch's ReduceLROnPlateau on validation NDCG@10, halving the rate after
-    `plateau_evaluations` passes without a better one (a stall at a high rate is often noise a lower one averages)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
-        # torch's patience counts the stalls it ignores: the rate falls at the next one
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=0.5, patience=config.plateau_evaluations - 1, threshold=0.0)
-
-    def observe(self, ndcg: float) -> None:
-        self.scheduler.step(ndcg)
 
 
 class _Step:

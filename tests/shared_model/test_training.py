@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
 import torch
 
 from shared_model.checkpoint import load_model, save_model
@@ -212,6 +211,8 @@ def test_the_plateau_schedule_halves_the_rate_after_stalled_validation_and_the_r
 
 
 def test_a_refit_follows_the_cosine_schedule_of_the_run_it_repeats(small_log, monkeypatch):
+    import pytest
+
     from shared_model.training import refit
 
     data = build_sequences(small_log.events, small_log.users, CONFIG.hash_spec, max_len=CONFIG.max_len)
