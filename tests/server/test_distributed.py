@@ -204,3 +204,31 @@ def test_a_sampled_round_asks_its_own_sample_for_keys_beside_the_previous_step(t
         assert {node for node, g, kind in seen if g == str(r) and kind == "query.secagg_keys"} == \
             samples[r] - samples[r - 1]
         assert 0 < len(samples[r] & samples[r - 1]) < 2  # one merchant's keys beside its step, one's alone
+
+
+def test_a_next_round_plan_for_another_round_is_refused_beside_the_unmask(tmp_path, monkeypatch):
+    """The plan that rides on round 1's unmask must be round 2's: one naming round 5 gets no shares (a refusal in
+    the `next` record), round 1 still unmasks, and round 2, without shares, is discarded."""
+    from shared_model.secure_sum import NEXT
+
+    run = _distributed(tmp_path)
+    arrays = {k: v.numpy() for k, v in initial_shared_state(run.model_config(), seed=run.seed).items()}
+    training = DistributedTraining(run, arrays, sequential=True)
+    answers = []
+    exchange = training._exchange
+
+    def skewed(grid, messages):
+        for msg in messages:
+            if msg.metadata.message_type == "query.secagg_unmask" and NEXT in msg.content.config_records:
+                msg.content[NEXT]["server-round"] = 5
+        replies = exchange(grid, messages)
+        answers.extend(r.content[NEXT] for r in replies.values() if NEXT in r.content.config_records
+                       and r.metadata.message_type == "query.secagg_unmask")
+        return replies
+
+    monkeypatch.setattr(training, "_exchange", skewed)
+    grid, registry, settings = InProcessGrid(client_app, 3), MerchantRegistry(), {**run.to_flat(), "run-id": "t"}
+    assert training.round(grid, 1, arrays, settings, registry).row["aggregated"]
+    assert len(answers) == 3 and all("next round's" in str(a["refused"]) and "to" not in a for a in answers)
+    second = training.round(grid, 2, arrays, settings, registry)
+    assert not second.row["aggregated"] and "0 merchants shared keys" in second.row["discarded"]
