@@ -7,7 +7,9 @@ and the app. Per round, from the coordinator's checkpointed history:
     overhead = round seconds - the slowest merchant's training (its own `train-seconds`)
                - one merchant's evaluation (timed here, in process, on the same data and model)
 Both privacy modes: `local` (per-merchant DP-SGD: a train and an evaluate message per round) and `distributed`
-(one DP-SGD step through the secure sum: keys, shares, masked step, unmask, evaluate). A round's evaluation rides on
+(one DP-SGD step through the secure sum: after the first round, its masked step with the next round's keys beside
+it, and with `--min-survivors 2` of 3 the shares and unmask a sum that may lose a merchant needs; evaluate). A round's
+evaluation rides on
 the next round's training messages (run config `evaluate-with-training`; `--evaluate-with-training false true`
 measures both side by side), and the last round's is a stage of its own. The narrow model's metadata tables
 (categories, brands, title words) are most of its 9.0 MB unless `--metadata-buckets N` narrows them too (256: 1.4 MB;
@@ -60,11 +62,14 @@ def evaluate_seconds(fed: LocalFederation, extra: dict, repeats: int = 3) -> flo
 
 
 def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int, users: int,
-            evaluate_every: int = 1, with_training: bool = True, metadata_buckets: int = 0) -> dict:
-    name = f"{privacy}-{worker}-{'folded' if with_training else 'stage'}" + (f"-meta{metadata_buckets}" if metadata_buckets else "")
+            evaluate_every: int = 1, with_training: bool = True, metadata_buckets: int = 0,
+            min_survivors: int = 0) -> dict:
+    name = f"{privacy}-{worker}-{'folded' if with_training else 'stage'}" + (f"-meta{metadata_buckets}" if metadata_buckets else "") \
+        + (f"-survivors{min_survivors}" if min_survivors else "")
     fed = LocalFederation(out / name, merchants=merchants, users=users, onsite_fit=False, round_worker=worker == "warm")
     extra = {**TINY, "privacy": privacy, "min-replies": merchants, "round-timeout": 300,
              "evaluate-every": evaluate_every, "evaluate-with-training": str(with_training).lower(),
+             "min-survivors": min_survivors,
              **({key: metadata_buckets for key in METADATA} if metadata_buckets else {})}
     run = RunConfig.from_flat({k: str(v) for k, v in extra.items()})
     model_mb = sum(v.numel() * 4 for v in initial_shared_state(run.model_config(), seed=0).values()) / 1e6
@@ -95,6 +100,7 @@ def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int
     return {"privacy": privacy, "worker": worker, "rounds": rows, "evaluate-seconds": evaluate, "wall-seconds": wall,
             **medians, "overhead-round-1": rows[0]["overhead"], "evaluate-every": evaluate_every,
             "evaluate-with-training": with_training, "metadata-buckets": metadata_buckets, "model-mb": model_mb,
+            "min-survivors": min_survivors,
             "epsilon": summary["merchants"][0]["epsilon"]}
 
 
@@ -114,19 +120,26 @@ def main() -> None:
     parser.add_argument("--metadata-buckets", nargs="+", type=int, default=[0],
                         help="rows of each metadata table (category, brand, title words; several: side by side); 0: "
                              "the model's defaults (the narrow model is then 9.0 MB, 1.4 MB with 256)")
+    parser.add_argument("--min-survivors", nargs="+", type=int, default=[0],
+                        help="distributed privacy's min-survivors (several: side by side); 0: a sum of every merchant "
+                             "(its masked step alone after the first round), below the merchants: a sum that may lose "
+                             "some (shares and an unmask too)")
     parser.add_argument("--out", default="runs/deployed-rounds")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     results = []
-    for privacy, worker, folded, buckets in itertools.product(args.privacy, args.workers, args.evaluate_with_training,
-                                                             args.metadata_buckets):
+    for privacy, worker, folded, buckets, survivors in itertools.product(
+            args.privacy, args.workers, args.evaluate_with_training, args.metadata_buckets, args.min_survivors):
+        if privacy == "local" and survivors != args.min_survivors[0]:
+            continue  # a distributed setting only
         result = measure(out, privacy=privacy, worker=worker, merchants=args.merchants, rounds=args.rounds,
                          users=args.users, evaluate_every=args.evaluate_every, with_training=folded == "true",
-                         metadata_buckets=buckets)
+                         metadata_buckets=buckets, min_survivors=survivors if privacy == "distributed" else 0)
         results.append(result)
         per_round = ", ".join(f"{r['seconds']:.1f}" for r in result["rounds"])
         print(f"{privacy:>11}, {worker}, evaluate-with-training {folded}, model {result['model-mb']:.1f} MB"
-              f"{f' (metadata tables of {buckets} rows)' if buckets else ''}: rounds {per_round} s; merchant training up to "
+              + (f", min-survivors {result['min-survivors']} of {args.merchants}" if privacy == "distributed" else "")
+              + f"{f' (metadata tables of {buckets} rows)' if buckets else ''}: rounds {per_round} s; merchant training up to "
               f"{max(r['merchant-train-seconds'] for r in result['rounds']):.2f} s, evaluation "
               f"{result['evaluate-seconds']:.2f} s; overhead median (rounds 2+) {result['overhead-median']:.1f} s"
               + "".join(f", {label} {result[key]:.1f} s" for key, label in (

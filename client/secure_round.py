@@ -1,4 +1,4 @@
-"""The merchant's side of a distributed-DP round: the secure sum's four messages, its noise share and its ledger."""
+"""The merchant's side of a distributed-DP round: the secure sum's messages, its noise share and its ledger."""
 
 from __future__ import annotations
 
@@ -97,14 +97,19 @@ def masked_reply(msg: Message, context: Context, *, model, data, run: RunConfig,
     received = {int(src): bytes(ct) for src, ct in zip(config["secagg.from"], config["secagg.ciphertext"])}
     server_round = int(config["server-round"])
     party = _party(context, server_round)
+    party.ready(plan, public_keys=keys)  # before the step is taken and paid for
     shapes = {name: tuple(array.shape) for name, array in msg.content["arrays"].items()}
     result = noised_gradient_sum(model, data, run, shapes, share=share, device=device)
     # counted before anything leaves: a round the coordinator later discards has still used these customers
     ledger.spend(1, noise_multiplier=run.distributed_noise(), sample_rate=run.sample_rate)
     mask_started = time.perf_counter()
-    masked = party.mask(encode(result.vector, plan), plan, received=received, sharers=sharers, public_keys=keys)
+    if plan.recovers:
+        masked = party.mask(encode(result.vector, plan), plan, received=received, sharers=sharers, public_keys=keys)
+        _keep(context, server_round, party)
+    else:  # a sum of every party: pairwise masks only, and nothing of this round's secrets is asked for again
+        masked = party.mask_whole(encode(result.vector, plan), plan, public_keys=keys)
+        del context.state[f"{STATE_SECAGG}.{server_round}"]
     mask_seconds = time.perf_counter() - mask_started
-    _keep(context, server_round, party)
     metrics = {"num-examples": len(data.train), "epsilon": ledger.epsilon(), "delta": ledger.target_delta,
                "steps": ledger.steps_taken(), "train-seconds": result.seconds,
                "mask-seconds": mask_seconds}

@@ -1,4 +1,4 @@
-"""The coordinator's side of a distributed-DP round: the secure sum's four messages, then one server optimizer step."""
+"""The coordinator's side of a distributed-DP round: the secure sum's messages, then one server optimizer step."""
 
 from __future__ import annotations
 
@@ -75,7 +75,9 @@ class DistributedTraining:
               registry: MerchantRegistry, *, evaluation: tuple | None = None) -> SecureRound:
         """One secure sum and step: keys, shares, masked step, unmask. Beside this round's masked step and unmask go
         the next round's keys and shares (its stages 1 and 2), so after the first round a round takes two message
-        stages; a merchant left out of this round's step is asked for the next round's keys and shares alone.
+        stages; a merchant left out of this round's step is asked for the next round's keys and shares alone. A sum
+        that needs every merchant's vector (min-survivors 0, the default, or as many as sent keys) shares no secrets
+        and has no unmask (`SumPlan.recovers`): after the first round such a round is its masked step alone.
         `evaluation` ((round, published record or None), shared_model/evaluation_request.py) rides on the masked
         step's messages (their replies come back in `evaluation_replies`)."""
         run, out, started = self.run, SecureRound(None), time.perf_counter()
@@ -85,8 +87,9 @@ class DistributedTraining:
         self._next = None
         if setup is None:  # 1. keys (and each merchant's count of customers: the gradient's denominator)
             setup = _Setup(server_round, config, self.length)
-            for node, reply in self._send(grid, self._nodes(grid, server_round), "query.secagg_keys", config,
-                                          group).items():
+        if setup.plan is None:  # merchants whose keys were lost beside the last round's step are asked in a stage
+            absent = [n for n in self._nodes(grid, server_round) if n not in setup.answered]
+            for node, reply in self._send(grid, absent, "query.secagg_keys", config, group).items() if absent else ():
                 self._add_keys(setup, node, reply, registry)
         for kind, labels in setup.row.items():
             out.row.setdefault(kind, {}).update(labels)
@@ -94,7 +97,7 @@ class DistributedTraining:
         if why:
             return self._discard(out, why, started)
         plan = setup.plan
-        if setup.sharers is None:  # 2. encrypted shares, routed
+        if setup.sharers is None:  # 2. encrypted shares, routed (a sum of every party has none: plan_from_keys)
             setup.start_shares()
             for node, reply in self._send(grid, sorted(setup.keys), "query.secagg_shares", setup.keyed,
                                           group).items():
@@ -111,7 +114,7 @@ class DistributedTraining:
         train_started = time.perf_counter()
         masked_messages = []
         for node in sharers:
-            senders = [s for s in sharers if s != node]
+            senders = [s for s in sharers if s != node] if plan.recovers else []  # whose shares it receives
             content = {**setup.keyed, "secagg.sharers": sharers, "secagg.from": senders,
                        "secagg.ciphertext": [setup.routed[node][s] for s in senders],
                        "secagg.next-keys": node in next_nodes}
@@ -122,16 +125,13 @@ class DistributedTraining:
         replies = self._exchange(grid, masked_messages + self._alone(
             sorted(next_nodes - set(sharers)), "query.secagg_keys", following))
         masked, merchant_seconds, mask_seconds = {}, [], []
-        answered = set()  # asked for the next round's keys and answered, with keys or a refusal
         for node, reply in replies.items():
             if reply.metadata.message_type == "query.secagg_keys":
                 self._add_keys(following, node, reply, registry)
-                answered.add(node)
                 continue
             out.evaluation_replies.append(reply)
             if following is not None and NEXT in reply.content.config_records:
                 self._add_keys(following, node, reply, registry, record=NEXT)
-                answered.add(node)
             try:
                 vector = reply.content["arrays"]["masked"].numpy()
                 metrics = reply.content["metrics"]
@@ -156,14 +156,41 @@ class DistributedTraining:
         out.row["merchants-trained"] = [registry.labels[n] for n in survivors]
         if len(survivors) < plan.min_survivors:  # the merchants that sent have paid; nothing is unmasked
             return self._discard(out, f"{len(survivors)} vectors arrived, fewer than {plan.min_survivors}", started)
-        # 4. unmask; beside it the next round's shares, to the merchants that sent it keys. A merchant whose answer
-        # about the next round's keys did not come (lost, or its step refused) is asked again alone; the next round
-        # then plans with its keys too and gathers its shares itself (three stages instead of two), so a merchant
-        # that missed a stage is not left out of the next round.
-        unmask_started = time.perf_counter()
         dropped = [p for p in sharers if p not in masked]
-        missing = sorted(next_nodes - answered)
-        upcoming = following is not None and not missing and not following.plan_from_keys(run)
+        unmask_started = time.perf_counter()
+        try:
+            if plan.recovers:  # 4. unmask (and the next round's shares beside it)
+                missing = sorted(next_nodes - following.answered) if following else []
+                shares = self._unmask(grid, group, setup, following, survivors, dropped, missing, registry)
+            else:  # every merchant's vector is in: the pairwise masks cancel, there is nothing to unmask
+                shares = {}
+            total = unmasked_sum(plan, masked=masked, shares=shares, sharers=sharers,
+                                 public_keys={p: setup.keys[p] for p in setup.parties})
+        except (SecureSumError, ValueError) as exc:
+            return self._discard(out, str(exc), started)
+        out.row["secure-sum-seconds"] += time.perf_counter() - unmask_started - out.row["accounting-seconds"]
+        # one DP-SGD step on the noised mean gradient (the expected batch: rate x customers in the sum)
+        self.last_sum = decode(total, plan)  # all the coordinator learns of the merchants' data this round
+        expected_batch = run.sample_rate * sum(setup.counts[n] for n in survivors)
+        gradient = self.last_sum / expected_batch
+        share = setup.share
+        if isinstance(self.optimizer, AdamBC):  # each survivor added N(0, (share x C)^2) per coordinate
+            self.optimizer.set_noise_variance(len(survivors) * (share * run.max_grad_norm / expected_batch) ** 2)
+        out.arrays = self._step(gradient)
+        out.row.update(aggregated=True, dropped=[registry.labels[n] for n in dropped],
+                       **{"noise-share": share, "sum-bound": plan.bound, "resolution": plan.resolution})
+        out.row["seconds-secure-round"] = time.perf_counter() - started
+        return out
+
+    def _unmask(self, grid, group: str, setup: "_Setup", following: "_Setup | None", survivors: list[int],
+                dropped: list[int], missing: list[int], registry: MerchantRegistry) -> dict[int, dict[int, bytes]]:
+        """Stage 4: each survivor's shares that unmask the sum (`shares[answering][about]`). Beside it the next round's
+        shares, to the merchants that sent it keys. A merchant whose answer about the next round's keys did not come
+        (`missing`: lost, or its step refused) is asked again alone; the next round then plans with its keys too and
+        gathers its shares itself (three stages instead of two), so a merchant that missed a stage is not left out."""
+        run, sharers = self.run, setup.sharers
+        upcoming = following is not None and not missing and not following.plan_from_keys(run) \
+            and following.plan.recovers  # a next sum of every party has no shares to gather
         if upcoming:
             following.start_shares()
         messages = []
@@ -192,24 +219,7 @@ class DistributedTraining:
                 continue
             if about == sharers and len(values) == len(about):
                 shares[node] = dict(zip(about, values))
-        try:
-            total = unmasked_sum(plan, masked=masked, shares=shares, sharers=sharers,
-                                 public_keys={p: setup.keys[p] for p in setup.parties})
-        except (SecureSumError, ValueError) as exc:
-            return self._discard(out, str(exc), started)
-        out.row["secure-sum-seconds"] += time.perf_counter() - unmask_started - out.row["accounting-seconds"]
-        # one DP-SGD step on the noised mean gradient (the expected batch: rate x customers in the sum)
-        self.last_sum = decode(total, plan)  # all the coordinator learns of the merchants' data this round
-        expected_batch = run.sample_rate * sum(setup.counts[n] for n in survivors)
-        gradient = self.last_sum / expected_batch
-        share = setup.share
-        if isinstance(self.optimizer, AdamBC):  # each survivor added N(0, (share x C)^2) per coordinate
-            self.optimizer.set_noise_variance(len(survivors) * (share * run.max_grad_norm / expected_batch) ** 2)
-        out.arrays = self._step(gradient)
-        out.row.update(aggregated=True, dropped=[registry.labels[n] for n in dropped],
-                       **{"noise-share": share, "sum-bound": plan.bound, "resolution": plan.resolution})
-        out.row["seconds-secure-round"] = time.perf_counter() - started
-        return out
+        return shares
 
     def _nodes(self, grid, server_round: int) -> list[int]:
         """The merchants a round asks: all, or its sample (`fraction-train`, the same whichever round asks)."""
@@ -223,6 +233,7 @@ class DistributedTraining:
                   record: str = "secagg") -> None:
         """A merchant's public keys and customers for `setup`'s round: stage 1's reply (`secagg` and `metrics`), or
         the `next` record beside a masked step; a refusal or an impossible count is noted in the round's row."""
+        setup.answered.add(node)
         try:
             keys = reply.content[record]
             counted = keys if record == NEXT else reply.content["metrics"]
@@ -288,6 +299,7 @@ class _Setup:
     keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     counts: dict[int, int] = field(default_factory=dict)
     accounting: list[float] = field(default_factory=list)
+    answered: set[int] = field(default_factory=set)  # merchants asked for keys that answered, with keys or a refusal
     row: dict = field(default_factory=dict)  # merchants refused or rejected at the keys, for the round's row
     plan: SumPlan | None = None
     share: float = 0.0
@@ -313,6 +325,8 @@ class _Setup:
                                               share=self.share))
         self.keyed = {**self.config, **self.plan.to_config(), "secagg.pk-cipher": [self.keys[p][0] for p in parties],
                       "secagg.pk-mask": [self.keys[p][1] for p in parties]}
+        if not self.plan.recovers:  # a sum of every party: no secrets shared, every party masks with every other
+            self.routed, self.sharers = {p: {} for p in parties}, parties
         return None
 
     def start_shares(self) -> None:

@@ -63,6 +63,13 @@ class SumPlan:
             raise SecureSumError("bound must be positive and finite, length at least 1")
 
     @property
+    def recovers(self) -> bool:
+        """Whether the sum may go on without some parties (`min_survivors` below their number): only then are secrets
+        shared and an unmask stage asked. A sum of every party needs neither: the pairwise masks cancel when every
+        vector is in, and a sum short of one is discarded, so the coordinator learns the same sum and no secret."""
+        return self.min_survivors < len(self.parties)
+
+    @property
     def scale(self) -> float:
         """Fixed-point scale: n parties' values of magnitude `bound` sum to under 2^62."""
         return 2.0 ** (HEADROOM_BITS - math.ceil(math.log2(len(self.parties) * self.bound)))
@@ -157,10 +164,9 @@ class Party:
 
     # ---- stage 2: shares of its secrets, encrypted to each other party ----
     def share(self, plan: SumPlan, public_keys: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
-        if self.node_id not in plan.parties or set(public_keys) != set(plan.parties):
-            raise SecureSumError("the public keys do not match the plan's parties")
-        if len({pk for pair in public_keys.values() for pk in pair}) != 2 * len(public_keys):
-            raise SecureSumError("two parties sent the same public key")
+        if not plan.recovers:
+            raise SecureSumError("a sum of every party shares no secrets (its plan recovers no dropped party)")
+        self._check_keys(plan, public_keys)
         self.self_seed = os.urandom(32)
         seed_shares = create_shares(self.self_seed, plan.threshold, len(plan.parties))
         key_shares = create_shares(self.mask_sk, plan.threshold, len(plan.parties))
@@ -180,7 +186,9 @@ class Party:
              public_keys: dict[int, tuple[bytes, bytes]]) -> np.ndarray:
         """`received`: the ciphertexts addressed to this party; `sharers`: the parties whose shares went out
         (they all mask with each other)."""
-        self._same_keys(public_keys)
+        if not plan.recovers:
+            raise SecureSumError("a sum of every party is masked without a self mask (mask_whole)")
+        self.ready(plan, public_keys=public_keys)
         sharers = sorted(set(sharers))
         if self.node_id not in sharers or len(sharers) < plan.min_survivors:
             raise SecureSumError(f"{len(sharers)} parties shared keys, fewer than the {plan.min_survivors} "
@@ -197,6 +205,43 @@ class Party:
             pair = expand(_pair_seed(self.mask_sk, public_keys[other][1]), plan.length)
             (np.add if self.node_id < other else np.subtract)(masked, pair, out=masked)
         return masked
+
+    # ---- stage 3 of a sum of every party: the only one after the keys ----
+    def mask_whole(self, encoded: np.ndarray, plan: SumPlan, *, public_keys: dict[int, tuple[bytes, bytes]]) -> np.ndarray:
+        """The vector masked with a pairwise mask per other party and no self mask: a sum that needs every party's
+        vector (`not plan.recovers`) reveals nothing but the sum, and nothing is shared or unmasked. Once per sum,
+        and never for a party that shared its secrets for a sum that recovers dropped parties."""
+        if plan.recovers:
+            raise SecureSumError("the plan lets parties drop out: their masks need the shares and the self mask")
+        self.ready(plan, public_keys=public_keys)
+        self.answered, self.keys_digest, self.sharers = True, keys_digest(public_keys), tuple(plan.parties)
+        masked = np.array(encoded, dtype=np.uint64)
+        for other in plan.parties:
+            if other != self.node_id:
+                pair = expand(_pair_seed(self.mask_sk, public_keys[other][1]), plan.length)
+                (np.add if self.node_id < other else np.subtract)(masked, pair, out=masked)
+        return masked
+
+    def ready(self, plan: SumPlan, *, public_keys: dict[int, tuple[bytes, bytes]]) -> None:
+        """Raise unless this party can mask a vector for `plan` (checked before its step is taken and paid for): for
+        a sum that recovers dropped parties, after sharing under these keys; for a sum of every party, once, with
+        its own public key in the plan, and never after sharing (it masks one way only)."""
+        if plan.recovers:
+            if not self.self_seed:
+                raise SecureSumError("this party shared no secrets for a sum that recovers dropped parties")
+            self._same_keys(public_keys)
+            return
+        if self.self_seed or self.answered:
+            raise SecureSumError("this party has already shared or masked for this sum; it masks once, one way")
+        self._check_keys(plan, public_keys)
+        if public_key_to_bytes(bytes_to_private_key(self.mask_sk).public_key()) != public_keys[self.node_id][1]:
+            raise SecureSumError("the plan's public key for this party is not the one it sent")
+
+    def _check_keys(self, plan: SumPlan, public_keys: dict[int, tuple[bytes, bytes]]) -> None:
+        if self.node_id not in plan.parties or set(public_keys) != set(plan.parties):
+            raise SecureSumError("the public keys do not match the plan's parties")
+        if len({pk for pair in public_keys.values() for pk in pair}) != 2 * len(public_keys):
+            raise SecureSumError("two parties sent the same public key")
 
     # ---- stage 4: shares that unmask the sum ----
     def unmask(self, plan: SumPlan, *, survivors: list[int], dropped: list[int],
@@ -257,17 +302,21 @@ class Party:
 def unmasked_sum(plan: SumPlan, *, masked: dict[int, np.ndarray], shares: dict[int, dict[int, bytes]],
                  sharers: list[int], public_keys: dict[int, tuple[bytes, bytes]]) -> np.ndarray:
     """The coordinator's side: the sum of the survivors' encoded vectors, from their masked vectors and at least
-    `threshold` parties' shares (`shares[answering][about]`). Raises SecureSumError when the round must be
-    discarded (too few survivors or shares)."""
+    `threshold` parties' shares (`shares[answering][about]`; none for a sum of every party, whose pairwise masks
+    cancel). Raises SecureSumError when the round must be discarded (too few survivors or shares)."""
     survivors = sorted(masked)
     dropped = sorted(set(sharers) - set(survivors))
     if len(survivors) < plan.min_survivors:
         raise SecureSumError(f"{len(survivors)} vectors arrived, fewer than the {plan.min_survivors} a sum needs")
-    if len(shares) < plan.threshold:
+    if not plan.recovers and survivors != sorted(plan.parties):
+        raise SecureSumError("vectors came from others than the plan's parties")
+    if plan.recovers and len(shares) < plan.threshold:
         raise SecureSumError(f"{len(shares)} parties revealed shares, fewer than the threshold {plan.threshold}")
     total = np.zeros(plan.length, dtype=np.uint64)
     for vector in masked.values():
         np.add(total, np.asarray(vector, dtype=np.uint64), out=total)
+    if not plan.recovers:  # every party's vector is in: the pairwise masks have cancelled
+        return total
     for party in survivors:  # remove each survivor's self mask
         seed = combine_shares([answer[party] for answer in shares.values()][: plan.threshold])
         np.subtract(total, expand(seed, plan.length), out=total)

@@ -26,17 +26,16 @@ def test_each_round_has_its_own_party_and_at_most_two_are_held(tmp_path):
     keys = {r: offer_keys(context, server_round=r, run=run, policy=policy, num_users=60, ledger=ledger) for r in (1, 2)}
     assert keys[1]["pk-cipher"] != keys[2]["pk-cipher"] and keys[1]["pk-mask"] != keys[2]["pk-mask"]
     assert held() == [f"{STATE_SECAGG}.1", f"{STATE_SECAGG}.2"]
-    other = Context(run_id=1, node_id=8, state=RecordDict(), run_config={}, node_config={})
-    theirs = offer_keys(other, server_round=2, run=run, policy=policy, num_users=60, ledger=ledger)
-    plan = SumPlan(parties=(7, 8), threshold=2, min_survivors=2, bound=1.0, length=4)
+    theirs = [offer_keys(Context(run_id=1, node_id=node, state=RecordDict(), run_config={}, node_config={}),
+                         server_round=2, run=run, policy=policy, num_users=60, ledger=ledger) for node in (8, 9)]
+    plan = SumPlan(parties=(7, 8, 9), threshold=2, min_survivors=2, bound=1.0, length=4)  # one may drop: shares
 
     def config(server_round: int) -> dict:
-        mine = keys[server_round]
+        every = [keys[server_round], *theirs]
         return {**plan.to_config(), "server-round": server_round,
-                "secagg.pk-cipher": [mine["pk-cipher"], theirs["pk-cipher"]],
-                "secagg.pk-mask": [mine["pk-mask"], theirs["pk-mask"]]}
+                "secagg.pk-cipher": [k["pk-cipher"] for k in every], "secagg.pk-mask": [k["pk-mask"] for k in every]}
 
-    assert list(share_secrets(context, config(2))["to"]) == [8]
+    assert list(share_secrets(context, config(2))["to"]) == [8, 9]
     offer_keys(context, server_round=3, run=run, policy=policy, num_users=60, ledger=ledger)
     assert held() == [f"{STATE_SECAGG}.2", f"{STATE_SECAGG}.3"]
     with pytest.raises(SecureSumError, match="no secure sum of round 1"):

@@ -126,11 +126,15 @@ def test_adambc_takes_out_exactly_the_variance_the_sums_noise_has(tmp_path):
     assert subtracted == pytest.approx(gradient.var(), rel=1e-2)
 
 
-def test_after_the_first_round_a_secure_round_takes_two_message_stages(tmp_path):
-    """Round r + 1's keys travel beside round r's masked step and its shares beside round r's unmask, so rounds 2
-    and 3 send only a masked step and an unmask; every round's sum still unmasks to exactly the merchants' noise
-    (no customer sampled), so each party answered from its own round's secrets."""
-    run = _distributed(tmp_path, num_rounds=3, sample_rate=1e-4)
+@pytest.mark.parametrize("min_survivors", [0, 2])
+def test_after_the_first_round_a_secure_round_takes_one_message_stage_or_two_when_merchants_may_drop(
+        tmp_path, min_survivors):
+    """Round r + 1's keys travel beside round r's masked step. A sum of every merchant (min-survivors 0: all three)
+    shares no secrets and has no unmask, so rounds 2 and 3 are their masked step alone; a sum that may lose a
+    merchant (min-survivors 2) sends round r + 1's shares beside round r's unmask: a masked step and an unmask. Every
+    round's sum is exactly the merchants' noise (no customer sampled), so each party answered from its own round's
+    secrets."""
+    run = _distributed(tmp_path, num_rounds=3, sample_rate=1e-4, min_survivors=min_survivors)
     seen = []
 
     def spy(node, reply):
@@ -140,16 +144,21 @@ def test_after_the_first_round_a_secure_round_takes_two_message_stages(tmp_path)
     arrays = {k: v.numpy() for k, v in initial_shared_state(run.model_config(), seed=run.seed).items()}
     training = DistributedTraining(run, arrays, sequential=True)
     grid, registry = InProcessGrid(client_app, 3, tamper=spy), MerchantRegistry()
-    planned = run.distributed_noise() * run.max_grad_norm
+    planned = run.distributed_noise() * run.max_grad_norm * np.sqrt(3 / (min_survivors or 3))
     for server_round in (1, 2, 3):
         secure = training.round(grid, server_round, arrays, {**run.to_flat(), "run-id": "t"}, registry)
         assert secure.row["aggregated"] and secure.row["merchants-trained"] == ["merchant-0", "merchant-1",
                                                                                 "merchant-2"]
         assert training.last_sum.std() == pytest.approx(planned, rel=5e-3)
     stages = {group: sorted({kind for g, kind in seen if g == group}) for group in ("1", "2", "3")}
-    assert stages["1"] == ["query.secagg_keys", "query.secagg_shares", "query.secagg_unmask", "train.distributed"]
-    assert stages["2"] == stages["3"] == ["query.secagg_unmask", "train.distributed"]
-    assert len(seen) == 3 * 4 + 3 * 2 + 3 * 2
+    if min_survivors:
+        assert stages["1"] == ["query.secagg_keys", "query.secagg_shares", "query.secagg_unmask", "train.distributed"]
+        assert stages["2"] == stages["3"] == ["query.secagg_unmask", "train.distributed"]
+        assert len(seen) == 3 * 4 + 3 * 2 + 3 * 2
+    else:
+        assert stages["1"] == ["query.secagg_keys", "train.distributed"]
+        assert stages["2"] == stages["3"] == ["train.distributed"]
+        assert len(seen) == 3 * 2 + 3 + 3
     accountant = create_accountant("prv")
     for _ in range(3):
         accountant.step(noise_multiplier=run.distributed_noise(), sample_rate=run.sample_rate)
@@ -179,6 +188,28 @@ def test_a_merchant_that_missed_a_round_is_asked_for_the_next_rounds_keys_and_sh
         ("1", "query.secagg_keys"), ("1", "query.secagg_shares"), ("1", "train.distributed"),
         ("1", "query.secagg_unmask"), ("2", "query.secagg_shares"), ("2", "train.distributed"),
         ("2", "query.secagg_unmask")}
+
+
+def test_a_merchant_whose_keys_were_lost_beside_a_step_is_asked_alone_before_the_next_sum_of_every_party(tmp_path):
+    """A sum of every merchant has no unmask stage to ask again in: merchant 3's keys for round 2, lost beside its
+    round-1 step, are asked in a stage of its own at the start of round 2, and it takes part in round 2."""
+    from shared_model.secure_sum import NEXT
+
+    run = _distributed(tmp_path)
+    seen = []
+
+    def spy(node, reply):
+        seen.append((node, reply.metadata.group_id, reply.metadata.message_type))
+        if node == 3 and reply.metadata.group_id == "1" and reply.metadata.message_type == "train.distributed":
+            del reply.content[NEXT]
+        return reply
+
+    result = run_federation(InProcessGrid(client_app, 3, tamper=spy), run)
+    assert all(row["aggregated"] and len(row["merchants-trained"]) == 3 for row in result.history)
+    assert [(g, kind) for node, g, kind in seen if node == 3] == [
+        ("1", "query.secagg_keys"), ("1", "train.distributed"), ("2", "query.secagg_keys"), ("2", "train.distributed")]
+    assert [(g, kind) for node, g, kind in seen if node == 1] == [
+        ("1", "query.secagg_keys"), ("1", "train.distributed"), ("2", "train.distributed")]
 
 
 def test_a_sampled_round_asks_its_own_sample_for_keys_beside_the_previous_step(tmp_path):
@@ -211,7 +242,7 @@ def test_a_next_round_plan_for_another_round_is_refused_beside_the_unmask(tmp_pa
     the `next` record), round 1 still unmasks, and round 2, without shares, is discarded."""
     from shared_model.secure_sum import NEXT
 
-    run = _distributed(tmp_path)
+    run = _distributed(tmp_path, min_survivors=2)  # a sum that may lose a merchant: shares and an unmask
     arrays = {k: v.numpy() for k, v in initial_shared_state(run.model_config(), seed=run.seed).items()}
     training = DistributedTraining(run, arrays, sequential=True)
     answers = []

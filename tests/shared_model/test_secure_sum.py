@@ -117,3 +117,56 @@ def test_plans_that_would_let_a_minority_rebuild_secrets_are_refused():
         _plan(n=6, threshold=3, min_survivors=4)
     with pytest.raises(SecureSumError, match="between the threshold"):
         _plan(n=6, threshold=4, min_survivors=3)
+
+
+def _mask_whole(plan, vectors, alive):
+    parties = {p: Party(node_id=p) for p in plan.parties}
+    keys = {p: parties[p].keys() for p in plan.parties}
+    masked = {}
+    for p in alive:
+        party = Party.from_state_dict(parties[p].state_dict())  # the keys' message and the step's: two processes
+        masked[p] = party.mask_whole(encode(vectors[p], plan), plan, public_keys=keys)
+        parties[p] = party
+    return parties, keys, masked
+
+
+def test_a_sum_of_every_party_is_the_plain_sum_with_no_shares_and_one_vector_still_looks_uniform():
+    """min_survivors = every party: no secret is shared and no unmask asked; the pairwise masks cancel only when
+    every vector is in, so a sum short of one is refused, and one masked vector is uniform whatever the data."""
+    plan = _plan(min_survivors=5)
+    assert not plan.recovers and _plan().recovers
+    rng = np.random.default_rng(2)
+    vectors = {p: rng.normal(scale=30, size=LENGTH) for p in plan.parties}
+    parties, keys, masked = _mask_whole(plan, vectors, plan.parties)
+    encoded = unmasked_sum(plan, masked=masked, shares={}, sharers=list(plan.parties), public_keys=keys)
+    np.testing.assert_array_equal(encoded, sum(encode(vectors[p], plan) for p in plan.parties))  # exact in Z_2^64
+    assert all(not party.self_seed and not party.received for party in parties.values())  # nothing was shared
+    with pytest.raises(SecureSumError, match="fewer than the 5"):
+        unmasked_sum(plan, masked={p: masked[p] for p in plan.parties[:4]}, shares={}, sharers=list(plan.parties),
+                     public_keys=keys)
+    at_bound = {p: np.full(LENGTH * 8, 999.0) for p in plan.parties}  # every value at the bound: far from uniform
+    wide = _plan(min_survivors=5, length=LENGTH * 8)
+    one = _mask_whole(wide, at_bound, plan.parties)[2][plan.parties[0]]
+    assert _chi_square_uniform(one) > 1e-4 and _chi_square_uniform(encode(at_bound[plan.parties[0]], wide)) < 1e-10
+
+
+def test_a_party_of_a_sum_of_every_party_masks_once_one_way_under_its_own_key():
+    whole, recovering = _plan(min_survivors=5), _plan()
+    vectors = {p: np.ones(LENGTH) for p in whole.parties}
+    parties, keys, sent = _share(recovering)
+    first = whole.parties[0]
+    with pytest.raises(SecureSumError, match="already shared"):  # shared its secrets for a sum that recovers
+        parties[first].mask_whole(encode(vectors[first], whole), whole, public_keys=keys)
+    with pytest.raises(SecureSumError, match="shares no secrets"):
+        Party(node_id=first).share(whole, keys)
+    fresh = {p: Party(node_id=p) for p in whole.parties}
+    keys = {p: fresh[p].keys() for p in whole.parties}
+    with pytest.raises(SecureSumError, match="without a self mask"):
+        fresh[first].mask(encode(vectors[first], whole), whole, received={}, sharers=list(whole.parties),
+                          public_keys=keys)
+    substituted = {**keys, first: Party(node_id=first).keys()}  # the coordinator swapped this party's own key
+    with pytest.raises(SecureSumError, match="not the one it sent"):
+        fresh[first].mask_whole(encode(vectors[first], whole), whole, public_keys=substituted)
+    fresh[first].mask_whole(encode(vectors[first], whole), whole, public_keys=keys)
+    with pytest.raises(SecureSumError, match="masks once"):  # a second vector under the same masks would leak
+        fresh[first].mask_whole(encode(2 * vectors[first], whole), whole, public_keys=keys)
