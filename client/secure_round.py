@@ -89,9 +89,10 @@ def masked_reply(msg: Message, context: Context, *, model, data, run: RunConfig,
     plan, keys = SumPlan.from_config(config), public_keys(config)
     sharers = [int(p) for p in config["secagg.sharers"]]
     policy.check_distributed(run, steps_taken=ledger.steps_taken(), min_survivors=plan.min_survivors)
-    if context.node_id not in plan.parties or (run.min_survivors and plan.min_survivors < run.min_survivors):
-        raise PolicyRefusal(f"the round's plan (min survivors {plan.min_survivors}) is not the run's "
-                            f"(min-survivors {run.min_survivors})")
+    # the plan's minimum is the run's, every party when the run says 0: a coordinator cannot lower it for one merchant
+    if context.node_id not in plan.parties or plan.min_survivors != (run.min_survivors or len(plan.parties)):
+        raise PolicyRefusal(f"the round's plan (min survivors {plan.min_survivors} of {len(plan.parties)}) is not the "
+                            f"run's (min-survivors {run.min_survivors}; 0: every merchant)")
     # the share is set by the sum's guaranteed size: any min_survivors - colluders honest shares make sigma
     share = noise_share(run.distributed_noise(), min_survivors=plan.min_survivors, colluders=run.colluders)
     received = {int(src): bytes(ct) for src, ct in zip(config["secagg.from"], config["secagg.ciphertext"])}

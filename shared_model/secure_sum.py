@@ -129,8 +129,9 @@ def expand(seed: bytes, length: int) -> np.ndarray:
     return out
 
 
-def keys_digest(public_keys: dict[int, tuple[bytes, bytes]]) -> bytes:
-    digest = hashlib.sha256()
+def sum_digest(plan: SumPlan, public_keys: dict[int, tuple[bytes, bytes]]) -> bytes:
+    """One sum's identity: its plan and its parties' public keys (a later stage must bring the same ones)."""
+    digest = hashlib.sha256(repr(sorted(plan.to_config().items())).encode())
     for party in sorted(public_keys):
         digest.update(int(party).to_bytes(8, "little") + b"".join(public_keys[party]))
     return digest.digest()
@@ -153,7 +154,7 @@ class Party:
     received: dict[int, bytes] = field(default_factory=dict)  # encrypted shares other parties sent to this one
     sharers: tuple[int, ...] = ()
     answered: bool = False  # a party reveals shares once per sum: never both secrets of one party
-    keys_digest: bytes = b""  # the public keys it shared under: later stages must bring the same ones
+    sum_digest: bytes = b""  # the plan and public keys it shared or masked under: later stages must bring the same
 
     # ---- stage 1: public keys ----
     def keys(self) -> tuple[bytes, bytes]:
@@ -178,7 +179,7 @@ class Party:
                 continue
             key = generate_shared_key(bytes_to_private_key(self.cipher_sk), bytes_to_public_key(public_keys[other][0]))
             out[other] = encrypt(key, plaintext)
-        self.keys_digest = keys_digest(public_keys)
+        self.sum_digest = sum_digest(plan, public_keys)
         return out
 
     # ---- stage 3: the masked vector ----
@@ -214,7 +215,7 @@ class Party:
         if plan.recovers:
             raise SecureSumError("the plan lets parties drop out: their masks need the shares and the self mask")
         self.ready(plan, public_keys=public_keys)
-        self.answered, self.keys_digest, self.sharers = True, keys_digest(public_keys), tuple(plan.parties)
+        self.answered, self.sum_digest, self.sharers = True, sum_digest(plan, public_keys), tuple(plan.parties)
         masked = np.array(encoded, dtype=np.uint64)
         for other in plan.parties:
             if other != self.node_id:
@@ -229,7 +230,7 @@ class Party:
         if plan.recovers:
             if not self.self_seed:
                 raise SecureSumError("this party shared no secrets for a sum that recovers dropped parties")
-            self._same_keys(public_keys)
+            self._same_sum(plan, public_keys)
             return
         if self.self_seed or self.answered:
             raise SecureSumError("this party has already shared or masked for this sum; it masks once, one way")
@@ -249,7 +250,7 @@ class Party:
         """The share of each survivor's self-mask seed and of each dropped party's mask key. Refuses to answer
         twice, to name a party both ways, or to unmask a sum of fewer than `min_survivors` vectors (which would
         let the coordinator single a party's vector out)."""
-        self._same_keys(public_keys)
+        self._same_sum(plan, public_keys)
         if self.answered:
             raise SecureSumError("this party has already revealed its shares for this sum")
         survivors_set, dropped_set = set(survivors), set(dropped)
@@ -275,14 +276,14 @@ class Party:
             out[other] = seed_share if other in survivors_set else key_share
         return out
 
-    def _same_keys(self, public_keys) -> None:
-        if not self.keys_digest or keys_digest(public_keys) != self.keys_digest:
-            raise SecureSumError("the public keys differ from those this party shared its secrets under")
+    def _same_sum(self, plan: SumPlan, public_keys) -> None:
+        if not self.sum_digest or sum_digest(plan, public_keys) != self.sum_digest:
+            raise SecureSumError("the plan or the public keys differ from those this party shared its secrets under")
 
     # ---- persistence between the ClientApp's processes ----
     def state_dict(self) -> dict[str, bytes]:
         state = {"node": self.node_id.to_bytes(8, "little"), "cipher_sk": self.cipher_sk, "mask_sk": self.mask_sk,
-                 "self_seed": self.self_seed, "answered": bytes([self.answered]), "keys": self.keys_digest,
+                 "self_seed": self.self_seed, "answered": bytes([self.answered]), "sum": self.sum_digest,
                  "sharers": b"".join(p.to_bytes(8, "little") for p in self.sharers)}
         for other, blob in self.received.items():
             state[f"received-{other}"] = blob
@@ -293,7 +294,7 @@ class Party:
         sharers = state.get("sharers", b"")
         party = cls(node_id=int.from_bytes(state["node"], "little"), cipher_sk=state["cipher_sk"],
                     mask_sk=state["mask_sk"], self_seed=state["self_seed"], answered=bool(state["answered"][0]),
-                    keys_digest=state["keys"],
+                    sum_digest=state["sum"],
                     sharers=tuple(int.from_bytes(sharers[i:i + 8], "little") for i in range(0, len(sharers), 8)))
         party.received = {int(k.split("-", 1)[1]): v for k, v in state.items() if k.startswith("received-")}
         return party

@@ -263,3 +263,26 @@ def test_a_next_round_plan_for_another_round_is_refused_beside_the_unmask(tmp_pa
     assert len(answers) == 3 and all("next round's" in str(a["refused"]) and "to" not in a for a in answers)
     second = training.round(grid, 2, arrays, settings, registry)
     assert not second.row["aggregated"] and "0 merchants shared keys" in second.row["discarded"]
+
+
+def test_a_merchant_refuses_a_plan_whose_minimum_is_not_the_runs_before_it_pays(tmp_path, monkeypatch):
+    """min-survivors 0: every merchant. A masked step whose plan lets one drop (2 of 3, which would have it mask for a
+    sum that recovers) is refused by the merchant it was sent to, before its step is taken: it spends nothing, and
+    the round, short of its vector, is discarded."""
+    run = _distributed(tmp_path)
+    arrays = {k: v.numpy() for k, v in initial_shared_state(run.model_config(), seed=run.seed).items()}
+    training = DistributedTraining(run, arrays, sequential=True)
+    exchange = training._exchange
+
+    def lowered(grid, messages):
+        for msg in messages:
+            if msg.metadata.message_type == "train.distributed" and msg.metadata.dst_node_id == 1:
+                msg.content["config"]["secagg.min-survivors"] = 2
+        return exchange(grid, messages)
+
+    monkeypatch.setattr(training, "_exchange", lowered)
+    secure = training.round(InProcessGrid(client_app, 3), 1, arrays, {**run.to_flat(), "run-id": "t"},
+                            MerchantRegistry())
+    assert not secure.row["aggregated"] and "2 vectors arrived" in secure.row["discarded"]
+    assert "is not the run's" in secure.row["refused"]["merchant-0"]
+    assert set(secure.epsilon) == {"merchant-1", "merchant-2"}  # merchant-0 took no step

@@ -100,6 +100,9 @@ def test_a_coordinator_cannot_ask_for_both_secrets_of_a_merchant_nor_swap_keys()
     swapped = {**keys, target: keys[alive[2]]}
     with pytest.raises(SecureSumError, match="public keys differ"):
         parties[alive[3]].unmask(plan, survivors=alive, dropped=[], public_keys=swapped)
+    lowered = _plan(min_survivors=3)  # the plan shared under needed 4 vectors: a later stage may not need fewer
+    with pytest.raises(SecureSumError, match="the plan or the public keys differ"):
+        parties[alive[4]].unmask(lowered, survivors=alive[2:], dropped=alive[:2], public_keys=keys)
 
 
 def test_values_out_of_range_are_refused_never_clipped():
