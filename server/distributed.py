@@ -89,7 +89,8 @@ class DistributedTraining:
             setup = _Setup(server_round, config, self.length)
         if setup.plan is None:  # merchants whose keys were lost beside the last round's step are asked in a stage
             absent = [n for n in self._nodes(grid, server_round) if n not in setup.answered]
-            for node, reply in self._send(grid, absent, "query.secagg_keys", config, group).items() if absent else ():
+            replies = self._send(grid, absent, "query.secagg_keys", config, group) if absent else {}
+            for node, reply in replies.items():
                 self._add_keys(setup, node, reply, registry)
         for kind, labels in setup.row.items():
             out.row.setdefault(kind, {}).update(labels)

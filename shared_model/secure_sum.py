@@ -208,7 +208,8 @@ class Party:
         return masked
 
     # ---- stage 3 of a sum of every party: the only one after the keys ----
-    def mask_whole(self, encoded: np.ndarray, plan: SumPlan, *, public_keys: dict[int, tuple[bytes, bytes]]) -> np.ndarray:
+    def mask_whole(self, encoded: np.ndarray, plan: SumPlan, *,
+                   public_keys: dict[int, tuple[bytes, bytes]]) -> np.ndarray:
         """The vector masked with a pairwise mask per other party and no self mask: a sum that needs every party's
         vector (`not plan.recovers`) reveals nothing but the sum, and nothing is shared or unmasked. Once per sum,
         and never for a party that shared its secrets for a sum that recovers dropped parties."""
