@@ -286,3 +286,33 @@ def test_a_merchant_refuses_a_plan_whose_minimum_is_not_the_runs_before_it_pays(
     assert not secure.row["aggregated"] and "2 vectors arrived" in secure.row["discarded"]
     assert "is not the run's" in secure.row["refused"]["merchant-0"]
     assert set(secure.epsilon) == {"merchant-1", "merchant-2"}  # merchant-0 took no step
+
+
+def test_a_merchants_own_policy_refuses_the_next_rounds_keys_beside_its_step(tmp_path):
+    """Merchant 3's policy allows one DP step (policy-max-steps 1): it takes part in round 1, and the keys for round 2
+    asked beside that step are refused by its policy, the reason in the `next` record; it is not asked again, round 2
+    sums the other two, and merchant 3 has spent one step."""
+    from shared_model.secure_sum import NEXT
+
+    run = _distributed(tmp_path)
+    configs = [{"partition-id": i, "num-partitions": 3, **({"policy-max-steps": 1} if i == 2 else {})}
+               for i in range(3)]
+    seen = []
+
+    def spy(node, reply):
+        seen.append((node, reply.metadata.group_id, reply.metadata.message_type))
+        if node == 3 and reply.metadata.message_type == "train.distributed":
+            seen.append((node, "next", str(reply.content[NEXT].get("refused", ""))))
+        return reply
+
+    result = run_federation(InProcessGrid(client_app, 3, tamper=spy, node_configs=configs), run)
+    first, second = result.history
+    assert first["aggregated"] and len(first["merchants-trained"]) == 3
+    assert second["aggregated"] and second["merchants-trained"] == ["merchant-0", "merchant-1"]
+    assert "max-steps 1" in second["refused"]["merchant-2"]
+    third = [(g, kind) for node, g, kind in seen if node == 3]  # never asked again, nothing of round 2
+    assert third[:2] == [("1", "query.secagg_keys"), ("1", "train.distributed")] and len(third) == 3
+    assert third[2][0] == "next" and "max-steps 1" in third[2][1]
+    accountant = create_accountant("prv")
+    accountant.step(noise_multiplier=run.distributed_noise(), sample_rate=run.sample_rate)
+    assert result.epsilon["merchant-2"] == pytest.approx(accountant.get_epsilon(1e-5), rel=1e-9)
