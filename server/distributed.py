@@ -87,6 +87,7 @@ class DistributedTraining:
         self._next = None
         if setup is None:  # 1. keys (and each merchant's count of customers: the gradient's denominator)
             setup = _Setup(server_round, config, self.length)
+        pipelined = len(setup.accounting)  # the keys' accounting done beside the last round's step, not in this one
         if setup.plan is None:  # merchants whose keys were lost beside the last round's step are asked in a stage
             absent = [n for n in self._nodes(grid, server_round) if n not in setup.answered]
             replies = self._send(grid, absent, "query.secagg_keys", config, group) if absent else {}
@@ -152,7 +153,8 @@ class DistributedTraining:
         # the protocol's own work in this stage: masking (merchants work side by side in a deployment)
         out.row["secure-sum-seconds"] += max(mask_seconds, default=0.0)
         # stage 1's wall time holds each merchant's privacy accounting, which any DP mode does
-        out.row["accounting-seconds"] = sum(setup.accounting) if self.sequential else max(setup.accounting, default=0.0)
+        out.row["accounting-seconds"] = self._wall(setup.accounting)
+        in_stage = self._wall(setup.accounting[pipelined:])  # the part that this round's own keys stage waited for
         survivors = sorted(masked)
         out.row["merchants-trained"] = [registry.labels[n] for n in survivors]
         if len(survivors) < plan.min_survivors:  # the merchants that sent have paid; nothing is unmasked
@@ -169,7 +171,7 @@ class DistributedTraining:
                                  public_keys={p: setup.keys[p] for p in setup.parties})
         except (SecureSumError, ValueError) as exc:
             return self._discard(out, str(exc), started)
-        out.row["secure-sum-seconds"] += time.perf_counter() - unmask_started - out.row["accounting-seconds"]
+        out.row["secure-sum-seconds"] += time.perf_counter() - unmask_started - in_stage
         # one DP-SGD step on the noised mean gradient (the expected batch: rate x customers in the sum)
         self.last_sum = decode(total, plan)  # all the coordinator learns of the merchants' data this round
         expected_batch = run.sample_rate * sum(setup.counts[n] for n in survivors)
@@ -182,6 +184,10 @@ class DistributedTraining:
                        **{"noise-share": share, "sum-bound": plan.bound, "resolution": plan.resolution})
         out.row["seconds-secure-round"] = time.perf_counter() - started
         return out
+
+    def _wall(self, seconds: list[float]) -> float:
+        """The wall time of work the merchants did each on their own: side by side in a deployment."""
+        return sum(seconds) if self.sequential else max(seconds, default=0.0)
 
     def _unmask(self, grid, group: str, setup: "_Setup", following: "_Setup | None", survivors: list[int],
                 dropped: list[int], missing: list[int], registry: MerchantRegistry) -> dict[int, dict[int, bytes]]:
