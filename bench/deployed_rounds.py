@@ -8,10 +8,9 @@ and the app. Per round, from the coordinator's checkpointed history:
                - one merchant's evaluation (timed here, in process, on the same data and model)
 Both privacy modes: `local` (per-merchant DP-SGD: a train and an evaluate message per round) and `distributed`
 (one DP-SGD step through the secure sum: after the first round, its masked step with the next round's keys beside
-it, and with `--min-survivors 2` of 3 the shares and unmask a sum that may lose a merchant needs; evaluate). A round's
-evaluation rides on
-the next round's training messages (run config `evaluate-with-training`; `--evaluate-with-training false true`
-measures both side by side), and the last round's is a stage of its own. The narrow model's metadata tables
+it, and with `--min-survivors 2` of 3 the shares and unmask a sum that may lose a merchant needs; evaluate). A
+round's evaluation rides on the next round's training messages (run config `evaluate-with-training`;
+`--evaluate-with-training false true` measures both side by side), and the last round's is a stage of its own. The narrow model's metadata tables
 (categories, brands, title words) are most of its 9.0 MB unless `--metadata-buckets N` narrows them too (256: 1.4 MB;
 `--metadata-buckets 0 256` measures both side by side). With `--evaluate-every N` evaluations
 run every N rounds and after the last; the overhead is then reported for rounds with and without a stage. Repeat:
@@ -64,8 +63,8 @@ def evaluate_seconds(fed: LocalFederation, extra: dict, repeats: int = 3) -> flo
 def measure(out: Path, *, privacy: str, worker: str, merchants: int, rounds: int, users: int,
             evaluate_every: int = 1, with_training: bool = True, metadata_buckets: int = 0,
             min_survivors: int = 0) -> dict:
-    name = f"{privacy}-{worker}-{'folded' if with_training else 'stage'}" + (f"-meta{metadata_buckets}" if metadata_buckets else "") \
-        + (f"-survivors{min_survivors}" if min_survivors else "")
+    name = f"{privacy}-{worker}-{'folded' if with_training else 'stage'}" \
+        + (f"-meta{metadata_buckets}" if metadata_buckets else "") + (f"-survivors{min_survivors}" if min_survivors else "")
     fed = LocalFederation(out / name, merchants=merchants, users=users, onsite_fit=False, round_worker=worker == "warm")
     extra = {**TINY, "privacy": privacy, "min-replies": merchants, "round-timeout": 300,
              "evaluate-every": evaluate_every, "evaluate-with-training": str(with_training).lower(),

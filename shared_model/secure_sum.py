@@ -200,12 +200,7 @@ class Party:
         self.sharers = tuple(sharers)
         masked = expand(self.self_seed, plan.length)
         np.add(masked, encoded.astype(np.uint64, copy=False), out=masked)  # uint64 wraps: arithmetic mod 2^64
-        for other in sharers:
-            if other == self.node_id:
-                continue
-            pair = expand(_pair_seed(self.mask_sk, public_keys[other][1]), plan.length)
-            (np.add if self.node_id < other else np.subtract)(masked, pair, out=masked)
-        return masked
+        return self._pair_masks(masked, sharers, plan, public_keys)
 
     # ---- stage 3 of a sum of every party: the only one after the keys ----
     def mask_whole(self, encoded: np.ndarray, plan: SumPlan, *,
@@ -217,8 +212,12 @@ class Party:
             raise SecureSumError("the plan lets parties drop out: their masks need the shares and the self mask")
         self.ready(plan, public_keys=public_keys)
         self.answered, self.sum_digest, self.sharers = True, sum_digest(plan, public_keys), tuple(plan.parties)
-        masked = np.array(encoded, dtype=np.uint64)
-        for other in plan.parties:
+        return self._pair_masks(np.array(encoded, dtype=np.uint64), plan.parties, plan, public_keys)
+
+    def _pair_masks(self, masked: np.ndarray, parties, plan: SumPlan, public_keys) -> np.ndarray:
+        """Add this party's pairwise mask with each other party in place: + below the other's id, - above, so each
+        pair's masks cancel in the sum."""
+        for other in parties:
             if other != self.node_id:
                 pair = expand(_pair_seed(self.mask_sk, public_keys[other][1]), plan.length)
                 (np.add if self.node_id < other else np.subtract)(masked, pair, out=masked)
