@@ -51,7 +51,9 @@ def local_round(
     privacy = run.privacy_config(num_users=len(data.train), epsilon_cap=epsilon_cap, delta_cap=delta_cap)
     started = time.perf_counter()
     try:
-        result = train(model, data, run.train_config(server_round=server_round), privacy=privacy,
+        config = run.train_config(server_round=server_round, num_items=data.catalogue.num_items,
+                                  positions_per_customer=data.train.positions_per_user())
+        result = train(model, data, config, privacy=privacy,
                        ledger_state=ledger_state, device=device, validate=False, proximal_mu=proximal_mu,
                        optimizer_state=optimizer_state if run.keep_optimizer_state else None)
     except PrivacyBudgetExhausted as exc:

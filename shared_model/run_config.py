@@ -24,6 +24,9 @@ LIMITS = {"num_rounds": 100_000, "local_epochs": 1_000, "batch_size": 1_000_000,
           "max_len": 4_096, "d_model": 2_048, "n_layers": 48, "n_heads": 64, "profile_dim": 2_048,
           "item_buckets": 1 << 24, "category_buckets": 1 << 24, "brand_buckets": 1 << 24, "token_buckets": 1 << 24,
           "synthetic_users": 10_000_000}
+# full-softmax scores the merchant's whole catalogue while a batch's logits (batch size x scored positions per
+# customer x items) stay within this, as `fedprofile train`'s recipe does (fedprofile/recipes.py); past it, `negatives`
+FULL_SOFTMAX_LOGITS = 16_000_000
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class RunConfig:
     lr_schedule: str = "constant"  # "cosine": the local lr falls to 0 over the run's rounds x local epochs
     batch_size: int = 128
     negatives: int = 256
+    full_softmax: bool = False  # every other item of the merchant's catalogue a negative, within a bound (no DP)
     keep_optimizer_state: bool = False  # carry each merchant's Adam moments from one round into the next
     # "users": each customer's positions averaged, then customers (what DP-SGD clips); "positions": every scored
     # position alike, as SASRec (no DP)
@@ -142,6 +146,10 @@ class RunConfig:
             if self.loss_average != "users":
                 problems.append("loss-average = positions has no per-customer loss for DP-SGD to clip: with dp = true "
                                 "set loss-average = users")
+            if self.full_softmax:
+                problems.append("full-softmax = true is for plain training: under DP-SGD the negatives' vectors take "
+                                "no gradient and the measured DP recipe samples `negatives`; with dp = true set "
+                                "full-softmax = false")
             if self.tie_item_tables:
                 problems.append("tie-item-tables = true uses one item table on both sides, which DP-SGD's ghost "
                                 "clipping refuses: with dp = true set tie-item-tables = false")
@@ -224,14 +232,19 @@ class RunConfig:
                              frozen_item_ids=self.frozen_item_ids, fixed_item_vectors=self.fixed_item_vectors,
                              profile_mlp=self.profile_mlp, tie_item_tables=self.tie_item_tables)
 
-    def train_config(self, *, epochs: float | None = None, server_round: int = 0, show_progress: bool = False) -> TrainConfig:
+    def train_config(self, *, epochs: float | None = None, server_round: int = 0, show_progress: bool = False,
+                     num_items: int = 0, positions_per_customer: float = 0.0) -> TrainConfig:
         """Local training settings; each round draws its own batches, negatives and dropout (a seed per round),
-        so a merchant does not repeat one round's samples in every round."""
+        so a merchant does not repeat one round's samples in every round. `num_items` and `positions_per_customer`
+        (the training set's mean) say whether full-softmax's logits fit FULL_SOFTMAX_LOGITS on this data."""
+        logits = self.batch_size * positions_per_customer * num_items
+        whole = self.full_softmax and 0 < logits <= FULL_SOFTMAX_LOGITS
         # the schedule runs over the whole federation; round r starts where round r - 1 ended
         return TrainConfig(epochs=epochs or self.local_epochs, batch_size=self.batch_size, lr=self.lr,
                            lr_schedule=self.lr_schedule, schedule_epochs=self.num_rounds * self.local_epochs,
                            schedule_start=max(server_round - 1, 0) * self.local_epochs,
-                           negatives=self.negatives, seed=self.seed * 1_000_003 + server_round, eval_every=0,
+                           negatives=self.negatives, full_softmax=whole,
+                           seed=self.seed * 1_000_003 + server_round, eval_every=0,
                            loss_average=self.loss_average,
                            keep_best=False, show_progress=show_progress)
 

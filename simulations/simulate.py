@@ -85,7 +85,9 @@ def train_centralized(run: RunConfig, num_merchants: int, *, batch_size: int | N
     torch.manual_seed(run.seed)
     model = ProfileTransformer(central.model_config(), data.catalogue.descriptors)
     started = time.perf_counter()
-    result = train(model, data, central.train_config(epochs=epochs), privacy=privacy,
+    config = central.train_config(epochs=epochs, num_items=data.catalogue.num_items,
+                                  positions_per_customer=data.train.positions_per_user())
+    result = train(model, data, config, privacy=privacy,
                    device=pick_device(), validate=False,
                    on_epoch=(lambda row: on_epoch(model)) if on_epoch is not None else None)
     return model, result, time.perf_counter() - started

@@ -54,6 +54,7 @@ def test_parses_strings_from_the_command_line():
         ({"loss-average": "items", "dp": "false"}, "loss-average must be one of users, positions"),
         ({"loss-average": "positions"}, "with dp = true set loss-average = users"),  # dp is the default
         ({"tie-item-tables": "true"}, "ghost clipping refuses"),
+        ({"full-softmax": "true"}, "with dp = true set full-softmax = false"),
         ({"profile-mlp": "false", "dp": "false", "profile-dim": 32}, "d-model \\(64\\) must equal profile-dim"),
         ({"tie-item-tables": "true", "fixed-item-vectors": "true", "dp": "false"}, "tie-item-tables and fixed-item"),
     ],
@@ -95,12 +96,17 @@ def test_the_metadata_tables_are_sized_by_the_run_and_default_to_the_models():
 
 def test_the_plain_recipe_reaches_the_model_and_the_training():
     run = RunConfig.from_flat({"dp": "false", "profile-mlp": "false", "tie-item-tables": "true",
-                               "loss-average": "positions"})
-    model, train = run.model_config(), run.train_config(server_round=2)
-    assert (model.profile_mlp, model.tie_item_tables, train.loss_average) == (False, True, "positions")
+                               "loss-average": "positions", "full-softmax": "true"})
+    model, train = run.model_config(), run.train_config(server_round=2, num_items=12_101, positions_per_customer=5.7)
+    assert (model.profile_mlp, model.tie_item_tables, train.loss_average, train.full_softmax) == \
+        (False, True, "positions", True)
+    # the whole catalogue only while a batch's logits fit the bound (Beauty's 128 x 5.7 x 12,101 = 8.8 M do);
+    # a merchant with a larger catalogue samples `negatives`, as `fedprofile train` does
+    assert not run.train_config(num_items=100_000, positions_per_customer=5.7).full_softmax
+    assert not run.train_config().full_softmax  # nothing known of the data: no whole-catalogue softmax
     default = RunConfig()  # the federation's defaults stay the DP model's
     assert (default.model_config().profile_mlp, default.model_config().tie_item_tables,
-            default.train_config().loss_average) == (True, False, "users")
+            default.train_config().loss_average, default.train_config().full_softmax) == (True, False, "users", False)
 
 
 def test_distributed_dp_is_the_default_and_needs_dp():
