@@ -136,7 +136,7 @@ def train(
     full_softmax: Annotated[Optional[bool], typer.Option(
         "--full-softmax/--no-full-softmax",
         help=f"Score the whole catalogue in training instead of --negatives sampled items (default: on while a "
-             f"batch scores at most {recipes.PLAIN.full_softmax_logits:,} logits, batch x positions per customer x "
+             f"customer scores at most {recipes.PLAIN.full_softmax_per_customer:,} logits an epoch, positions x "
              f"items; not with --dp).")] = None,
     max_len: Annotated[int, typer.Option(help="Events per user sequence.")] = 50,
     d_model: Annotated[int, typer.Option(help="Transformer width.")] = 64,

@@ -19,13 +19,15 @@ class Recipe:
     profile_mlp: bool  # an MLP between the encoder and the scores (False: the normalised states are the profiles)
     loss_average: str  # "users" (each customer's positions averaged: what DP-SGD clips) or "positions" (SASRec's)
     tie_item_tables: bool  # one item encoder for inputs and outputs (Opacus' ghost clipping refuses it under DP)
-    full_softmax_logits: int  # the whole catalogue is the negatives while a batch scores at most this many logits
+    # the whole catalogue is the negatives while a customer's scored positions x the items stay within this many
+    # logits an epoch: what an epoch costs, whatever the batch size
+    full_softmax_per_customer: int
     lr_schedule: str = "constant"  # "cosine" over `epochs`, or "plateau": halved when validation stalls (plain only)
 
     def full_softmax(self, *, num_items: int, positions_per_customer: float) -> bool:
-        """Whether training scores the whole catalogue rather than `negatives` sampled items: while a batch's logits,
-        batch size x scored positions per customer (the training set's mean) x items, stay within the bound."""
-        return 0 < self.batch_size * positions_per_customer * num_items <= self.full_softmax_logits
+        """Whether training scores the whole catalogue rather than `negatives` sampled items: while a customer's
+        logits, scored positions per customer (the training set's mean) x items, stay within the bound."""
+        return 0 < positions_per_customer * num_items <= self.full_softmax_per_customer
 
     def ema_decay(self, steps_per_epoch: int) -> float:
         """The weight average's decay per optimizer step that spans `ema_epochs` epochs of this many steps."""
@@ -46,17 +48,19 @@ class Recipe:
 # there (docs/benchmarks.md 1e), so the horizon is kept in epochs. Scored as SASRec scores: the encoder's
 # normalised states are the profiles (no MLP between), every position weighs alike in the loss, and one item
 # encoder serves inputs and outputs; on Beauty these three took the model from 0.0434 to 0.0580 (each lever
-# measured in docs/benchmarks.md 1). Every catalogue item is a negative while a batch's logits stay within 16 million
-# (64 MB): Beauty's 128 customers x 5.7 positions x 12,101 items = 8.9 M, 4.4 M at 64 (0.0600 at 128, 1.035 of 1,024
-# sampled negatives, paired; it learns faster and peaks sooner), MovieLens-100k's 8.8 M (test 1.06, validation 0.97
-# of sampled: 1e). Past it the whole catalogue costs more than it was seen to return: on MovieLens latest-small (52 M)
-# an epoch took 9x the sampled one's, and the Taobao extracts would score 327 M; they draw 1,024 uniform negatives.
-# Batches of 64 customers, not 128 (2026-12-04): twice the steps an epoch peak at least as high on validation on both
-# Beauty seeds (0.0776 / 0.0773, 0.0779 / 0.0777) and on MovieLens-100k (0.1210 / 0.1193); Beauty test 1.030
-# (1.007-1.054) of 128 on seed 0.
-PLAIN = Recipe(epochs=200, batch_size=64, layers=1, heads=1, dropout=0.3, negatives=1024, ema_epochs=5.7,
+# measured in docs/benchmarks.md 1). Every catalogue item is a negative while a customer's logits (scored positions
+# x items) stay within 125,000 (16 million at the 128 customers a batch it was measured with): Beauty's 5.7
+# positions x 12,101 items = 69,000 (0.0600 at 128, 1.035 of 1,024 sampled negatives, paired; it learns faster and
+# peaks sooner), MovieLens-100k's 69,000 (test 1.06, validation 0.97 of sampled: 1e). Past it the whole catalogue
+# costs more than it was seen to return: on MovieLens latest-small (407,000) an epoch took 9x the sampled one's, and
+# the Taobao extracts would score 2.6 million; they draw 1,024 uniform negatives. Per customer, not per batch: an
+# epoch's cost does not depend on the batch size, and halving the batch does not switch latest-small over.
+# Batches of 32 customers (2026-12-04, later; 128 before, then 64): each halving peaked at least as high on
+# validation on both Beauty seeds and on MovieLens-100k (64 against 128: 0.0776 / 0.0773, 0.0779 / 0.0777, 0.1210 /
+# 0.1193; 32 against 64: 0.07760 / 0.07758, 0.0786 / 0.0779, 0.1230 / 0.1210); Beauty test at 32: 0.0623 and 0.0630.
+PLAIN = Recipe(epochs=200, batch_size=32, layers=1, heads=1, dropout=0.3, negatives=1024, ema_epochs=5.7,
                eval_every=2, patience=10, profile_mlp=False, loss_average="positions",
-               tie_item_tables=True, full_softmax_logits=16_000_000)
+               tie_item_tables=True, full_softmax_per_customer=125_000)
 # DP-SGD (docs/benchmarks.md 2 and 3), the model as measured there: the MLP and separate item tables kept (ghost
 # clipping refuses a table used on both sides; without the MLP it is not measured under DP), the loss per customer
 # (what per-customer clipping bounds). The epochs set the noise (the budget is spread over
@@ -65,4 +69,4 @@ PLAIN = Recipe(epochs=200, batch_size=64, layers=1, heads=1, dropout=0.3, negati
 # reported), so no patience and no average.
 PRIVATE = Recipe(epochs=20, batch_size=512, layers=1, heads=1, dropout=0.2, negatives=1024, ema_epochs=0.0,
                  eval_every=1, patience=None, profile_mlp=True, loss_average="users",
-                 tie_item_tables=False, full_softmax_logits=0)
+                 tie_item_tables=False, full_softmax_per_customer=0)

@@ -21,12 +21,14 @@ def test_choices_replace_the_recipe_and_unknown_ones_are_refused():
         PLAIN.with_choices(learning_rate=1.0)
 
 
-def test_the_whole_catalogue_is_scored_while_a_batch_stays_small_and_never_under_dp():
-    assert PLAIN.full_softmax(num_items=12_101, positions_per_customer=5.73)  # Amazon Beauty: 8.9 M logits a batch
-    assert not PLAIN.full_softmax(num_items=9_724, positions_per_customer=41.9)  # MovieLens latest-small: 52 M
-    assert not PLAIN.full_softmax(num_items=61_330, positions_per_customer=41.6)  # the Taobao extracts: 327 M
-    per_item = PLAIN.batch_size * 10.0  # logits an item adds to a batch of 10 positions per customer
-    edge = int(PLAIN.full_softmax_logits // per_item)
+def test_the_whole_catalogue_is_scored_while_a_customer_costs_little_and_never_under_dp():
+    assert PLAIN.full_softmax(num_items=12_101, positions_per_customer=5.73)  # Amazon Beauty: 69,000 a customer
+    assert PLAIN.full_softmax(num_items=1_682, positions_per_customer=40.9)  # MovieLens-100k: 69,000
+    assert not PLAIN.full_softmax(num_items=9_724, positions_per_customer=41.9)  # MovieLens latest-small: 407,000
+    assert not PLAIN.full_softmax(num_items=61_330, positions_per_customer=41.6)  # the Taobao extracts: 2.6 M
+    # per customer: a smaller batch (a user's --batch-size) does not switch latest-small over
+    assert not PLAIN.with_choices(batch_size=8).full_softmax(num_items=9_724, positions_per_customer=41.9)
+    edge = int(PLAIN.full_softmax_per_customer // 10.0)  # items at 10 scored positions per customer
     assert PLAIN.full_softmax(num_items=edge, positions_per_customer=10.0)
     assert not PLAIN.full_softmax(num_items=edge + 1, positions_per_customer=10.0)
     assert not PLAIN.full_softmax(num_items=0, positions_per_customer=5.0)

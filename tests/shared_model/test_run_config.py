@@ -100,9 +100,10 @@ def test_the_plain_recipe_reaches_the_model_and_the_training():
     model, train = run.model_config(), run.train_config(server_round=2, num_items=12_101, positions_per_customer=5.7)
     assert (model.profile_mlp, model.tie_item_tables, train.loss_average, train.full_softmax) == \
         (False, True, "positions", True)
-    # the whole catalogue only while a batch's logits fit the bound (Beauty's 128 x 5.7 x 12,101 = 8.8 M do);
-    # a merchant with a larger catalogue samples `negatives`, as `fedprofile train` does
+    # the whole catalogue only while a customer's logits fit the bound (Beauty's 5.7 x 12,101 = 69,000 do);
+    # a merchant with a larger catalogue samples `negatives`, as `fedprofile train` does, whatever the batch size
     assert not run.train_config(num_items=100_000, positions_per_customer=5.7).full_softmax
+    assert run.replace(batch_size=4096).train_config(num_items=12_101, positions_per_customer=5.7).full_softmax
     assert not run.train_config().full_softmax  # nothing known of the data: no whole-catalogue softmax
     default = RunConfig()  # the federation's defaults stay the DP model's
     assert (default.model_config().profile_mlp, default.model_config().tie_item_tables,
