@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from shared_model.negatives import FULL_SOFTMAX_PER_CUSTOMER, whole_catalogue_fits
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -27,7 +29,8 @@ class Recipe:
     def full_softmax(self, *, num_items: int, positions_per_customer: float) -> bool:
         """Whether training scores the whole catalogue rather than `negatives` sampled items: while a customer's
         logits, scored positions per customer (the training set's mean) x items, stay within the bound."""
-        return 0 < positions_per_customer * num_items <= self.full_softmax_per_customer
+        return whole_catalogue_fits(num_items=num_items, positions_per_customer=positions_per_customer,
+                                    bound=self.full_softmax_per_customer)
 
     def ema_decay(self, steps_per_epoch: int) -> float:
         """The weight average's decay per optimizer step that spans `ema_epochs` epochs of this many steps."""
@@ -60,7 +63,7 @@ class Recipe:
 # 0.1193; 32 against 64: 0.07760 / 0.07758, 0.0786 / 0.0779, 0.1230 / 0.1210); Beauty test at 32: 0.0623 and 0.0630.
 PLAIN = Recipe(epochs=200, batch_size=32, layers=1, heads=1, dropout=0.3, negatives=1024, ema_epochs=5.7,
                eval_every=2, patience=10, profile_mlp=False, loss_average="positions",
-               tie_item_tables=True, full_softmax_per_customer=125_000)
+               tie_item_tables=True, full_softmax_per_customer=FULL_SOFTMAX_PER_CUSTOMER)
 # DP-SGD (docs/benchmarks.md 2 and 3), the model as measured there: the MLP and separate item tables kept (ghost
 # clipping refuses a table used on both sides; without the MLP it is not measured under DP), the loss per customer
 # (what per-customer clipping bounds). The epochs set the noise (the budget is spread over

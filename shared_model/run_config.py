@@ -10,6 +10,7 @@ from pathlib import Path
 
 from shared_model.loss import AVERAGES
 from shared_model.model import ProfileConfig
+from shared_model.negatives import whole_catalogue_fits
 from shared_model.privacy import PrivacyConfig, delta_for, solve_noise_multiplier
 from shared_model.training import LR_SCHEDULES, TrainConfig
 
@@ -24,9 +25,6 @@ LIMITS = {"num_rounds": 100_000, "local_epochs": 1_000, "batch_size": 1_000_000,
           "max_len": 4_096, "d_model": 2_048, "n_layers": 48, "n_heads": 64, "profile_dim": 2_048,
           "item_buckets": 1 << 24, "category_buckets": 1 << 24, "brand_buckets": 1 << 24, "token_buckets": 1 << 24,
           "synthetic_users": 10_000_000}
-# full-softmax scores the merchant's whole catalogue while a customer's logits (scored positions x items) stay within
-# this, as `fedprofile train`'s recipe does (fedprofile/recipes.py); past it, `negatives`
-FULL_SOFTMAX_PER_CUSTOMER = 125_000
 
 
 @dataclass(frozen=True)
@@ -236,8 +234,10 @@ class RunConfig:
                      num_items: int = 0, positions_per_customer: float = 0.0) -> TrainConfig:
         """Local training settings; each round draws its own batches, negatives and dropout (a seed per round),
         so a merchant does not repeat one round's samples in every round. `num_items` and `positions_per_customer`
-        (the training set's mean) say whether full-softmax's logits fit FULL_SOFTMAX_PER_CUSTOMER on this data."""
-        whole = self.full_softmax and 0 < positions_per_customer * num_items <= FULL_SOFTMAX_PER_CUSTOMER
+        (the training set's mean) say whether full-softmax fits this data, as `fedprofile train` decides (else the
+        merchant samples `negatives`)."""
+        whole = self.full_softmax and whole_catalogue_fits(num_items=num_items,
+                                                           positions_per_customer=positions_per_customer)
         # the schedule runs over the whole federation; round r starts where round r - 1 ended
         return TrainConfig(epochs=epochs or self.local_epochs, batch_size=self.batch_size, lr=self.lr,
                            lr_schedule=self.lr_schedule, schedule_epochs=self.num_rounds * self.local_epochs,
