@@ -5,6 +5,7 @@ Both are measured side by side in one run, alternating, on random sequences over
 command's defaults, with and without --dp (real histories of every length). Repeat:
     python bench/dp_cost.py --items 12000 100000 --batch-size 256 --steps 6
     python bench/dp_cost.py --data ../shared/data/amazon-beauty --format amazon
+    python bench/dp_cost.py --data ../shared/data/amazon-beauty --format amazon --device cuda   # on a GPU
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from shared_model.device import pick_device
 from shared_model.features import build_sequences
 from shared_model.model import ProfileConfig, ProfileTransformer
 from shared_model.privacy import PrivacyConfig
@@ -44,7 +46,7 @@ def synthetic_catalogue_log(num_items: int, num_users: int, length: int, seed: i
     })
 
 
-def users_per_second(data, config, *, dp: bool, batch_size: int, steps: int) -> float:
+def users_per_second(data, config, *, dp: bool, batch_size: int, steps: int, device: torch.device) -> float:
     users = batch_size * steps
     torch.manual_seed(0)
     model = ProfileTransformer(config, data.catalogue.descriptors)
@@ -53,7 +55,7 @@ def users_per_second(data, config, *, dp: bool, batch_size: int, steps: int) -> 
     privacy = PrivacyConfig(target_epsilon=8.0, target_delta=1e-5) if dp else None
     result = train(model, sub, TrainConfig(epochs=1, batch_size=batch_size, negatives=1024, eval_every=0,
                                            keep_best=False, show_progress=False),
-                   privacy=privacy, evaluate_test=False, device=torch.device("cpu"))
+                   privacy=privacy, evaluate_test=False, device=device)
     return result.examples_per_second
 
 
@@ -68,11 +70,11 @@ def _head(seq, n):
                        history=None if seq.history is None else seq.history[:n])
 
 
-def command_users_per_second(data: str, fmt: str, *, dp: bool) -> float:
+def command_users_per_second(data: str, fmt: str, *, dp: bool, device: torch.device) -> float:
     """Users per second of one epoch of `fedprofile train` with its defaults (and --dp), from its metrics.json."""
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, "-m", "fedprofile", "train", "--data", data, "--format", fmt, "--epochs", "1",
-                        "--out", out, "--device", "cpu", "--dp" if dp else "--no-dp"], check=True,
+                        "--out", out, "--device", str(device), "--dp" if dp else "--no-dp"], check=True,
                        stdout=subprocess.DEVNULL)
         metrics = json.loads((Path(out) / "metrics.json").read_text())
     return float(metrics["examples_per_second"])
@@ -86,14 +88,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating plain/DP repetitions")
     parser.add_argument("--data", help="real data: time `fedprofile train` on it instead")
     parser.add_argument("--format", help="its format (with --data)")
+    parser.add_argument("--device", default="cpu", help="cpu (the recorded figures), cuda, or auto (cuda when present)")
     args = parser.parse_args()
+    device = pick_device(None if args.device == "auto" else args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU")
+          f"{torch.get_num_threads()} threads, {name}")
     if args.data:
         plain, private = [], []
         for _ in range(args.rounds):
-            plain.append(command_users_per_second(args.data, args.format, dp=False))
-            private.append(command_users_per_second(args.data, args.format, dp=True))
+            plain.append(command_users_per_second(args.data, args.format, dp=False, device=device))
+            private.append(command_users_per_second(args.data, args.format, dp=True, device=device))
         p, d = max(plain), max(private)
         print(f"fedprofile train --epochs 1 on {args.data}: plain {p:.1f} users/s, --dp {d:.1f} users/s, "
               f"DP/plain {d / p:.2f} (best of {args.rounds}; each {plain}, {private})")
@@ -108,8 +113,10 @@ def main() -> None:
                                max_len=config.max_len)
         plain, private = [], []
         for _ in range(args.rounds):
-            plain.append(users_per_second(data, config, dp=False, batch_size=args.batch_size, steps=args.steps))
-            private.append(users_per_second(data, config, dp=True, batch_size=args.batch_size, steps=args.steps))
+            plain.append(users_per_second(data, config, dp=False, batch_size=args.batch_size, steps=args.steps,
+                                          device=device))
+            private.append(users_per_second(data, config, dp=True, batch_size=args.batch_size, steps=args.steps,
+                                            device=device))
         p, d = max(plain), max(private)
         print(f"catalogue {num_items:>7} items: plain {p:7.1f} users/s, DP-SGD {d:7.1f} users/s, "
               f"DP/plain {d / p:.2f} (best of {args.rounds}; batch {args.batch_size}, 1024 negatives)")

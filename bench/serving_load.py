@@ -29,6 +29,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_path() -> str:
+    """The checkout first, then whatever PYTHONPATH already names (the GPU check's carried packages)."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(ROOT))
 
 
@@ -118,7 +123,7 @@ def _during_training(port: int, users: list[str], tmp: Path, requests: int) -> N
     idle = asyncio.run(_drive(port, users, rpc="Recommend", concurrency=1, requests=requests))
     trainer = subprocess.Popen([sys.executable, "-m", "fedprofile", "train", "--out", str(tmp / "train"), "--dp",
                                 "--epochs", "1000"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)})
+                               env={**os.environ, "PYTHONPATH": python_path(), "OMP_NUM_THREADS": str(threads)})
     try:
         time.sleep(20)  # past loading: training steps are running
         if trainer.poll() is not None:
@@ -177,7 +182,7 @@ def main() -> None:
             [sys.executable, "-m", "fedprofile", "merchant", "serve", "--model", str(tmp / "models"), "--data",
              str(data), "--format", "synthetic", "--grpc-port", str(port), "--store", str(tmp / "store.sqlite"),
              "--watch", "0"], cwd=ROOT, stdout=serve_log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            env={**os.environ, "PYTHONPATH": python_path()})
         try:
             import grpc
             from grpc_health.v1 import health_pb2, health_pb2_grpc

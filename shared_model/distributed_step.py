@@ -60,10 +60,10 @@ def noised_gradient_sum(model: ProfileTransformer, data: SequenceData, run: RunC
     dataset = TensorDataset(*data.train.tensors())
     # sample and noise unpredictable to anyone else (secret_generator); `seed` (tests) makes them and the
     # negatives repeat
-    generator = secret_generator(seed)
+    sampling, noise = secret_generator(seed), secret_generator(seed, device=device)  # noise where the weights are
     if seed is not None:
         torch.manual_seed(seed)
-    loader = DPDataLoader(dataset, sample_rate=run.sample_rate, generator=generator)
+    loader = DPDataLoader(dataset, sample_rate=run.sample_rate, generator=sampling)
     # lr 0: the step only fills .grad (Opacus' clipped, noised sum); the merchant's model is not moved
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
     config = run.train_config(server_round=0)
@@ -72,7 +72,7 @@ def noised_gradient_sum(model: ProfileTransformer, data: SequenceData, run: RunC
     mode = "ghost"
     wrapped = engine.make_private(module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
                                   noise_multiplier=share, max_grad_norm=run.max_grad_norm, poisson_sampling=False,
-                                  noise_generator=generator, grad_sample_mode=mode, loss_reduction="mean")
+                                  noise_generator=noise, grad_sample_mode=mode, loss_reduction="mean")
     net, optimizer, criterion, loader = wrapped
     optimizer.expected_batch_size = 1  # "mean" divides .grad by this: 1 keeps the plain sum
     speedup = GhostClippingSpeedup(net, optimizer)

@@ -89,18 +89,20 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
     if ledger.accountant_state:
         engine.accountant.load_state_dict(copy.deepcopy(ledger.accountant_state))
     mode = "ghost" if privacy.ghost_clipping else "hooks"
-    # Poisson sampling and noise from one secret generator (Opacus would draw both from torch's global one,
-    # which training seeds with the run's public seed): nobody else can redraw them
-    generator = secret_generator(privacy.noise_seed)
+    # Poisson sampling (on the CPU, where the loader draws) and noise (where the parameters are) from secret
+    # generators (Opacus would draw both from torch's global one, which training seeds with the run's public
+    # seed): nobody else can redraw them
+    sampling = secret_generator(privacy.noise_seed)
+    noise = secret_generator(privacy.noise_seed, device=next(model.parameters()).device)
     wrapped = engine.make_private(
         module=model,
         optimizer=optimizer,
         criterion=criterion,
-        data_loader=DPDataLoader.from_data_loader(loader, generator=generator),
+        data_loader=DPDataLoader.from_data_loader(loader, generator=sampling),
         noise_multiplier=ledger.noise_multiplier,
         max_grad_norm=privacy.max_grad_norm,
         poisson_sampling=False,  # the loader above already samples
-        noise_generator=generator,
+        noise_generator=noise,
         grad_sample_mode=mode,
         loss_reduction="mean",
     )

@@ -55,11 +55,12 @@ def create_accountant(name: str):
     return opacus_accountant(name)
 
 
-def secret_generator(seed: int | None = None) -> torch.Generator:
-    """The generator DP-SGD draws its Poisson sample and its noise from. Seeded with 63 secret bits from the OS:
-    a generator seeded with anything public (the run's seed, which the coordinator sends; torch's fixed default
-    in a fresh process) would let whoever knows it redraw the noise and subtract it. `seed`: tests only."""
-    return torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+def secret_generator(seed: int | None = None, *, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator DP-SGD draws its Poisson sample or its noise from, on `device` (the noise is drawn where the
+    parameters are: CUDA refuses a CPU generator there). Seeded with 63 secret bits from the OS: a generator
+    seeded with anything public (the run's seed, which the coordinator sends; torch's fixed default in a fresh
+    process) would let whoever knows it redraw the noise and subtract it. `seed`: tests only."""
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63) if seed is None else seed)
 
 
 MAX_SIGMA = 1e6  # as Opacus: past this the budget is too low to meet with any useful training

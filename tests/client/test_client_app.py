@@ -110,7 +110,7 @@ def test_what_a_merchant_sends_does_not_depend_on_its_onsite_model(tmp_path, mon
     from client.onsite.fitter import OnsiteFitter
     from client.onsite.personalise import OnsiteConfig
 
-    monkeypatch.setattr(shared_model.dp_engine, "secret_generator", lambda seed=None: torch.Generator().manual_seed(7))
+    monkeypatch.setattr(shared_model.dp_engine, "secret_generator", lambda seed=None, device="cpu": torch.Generator(device=device).manual_seed(7))
     shops = write(generate(SyntheticConfig(merchants=2, users_per_merchant=60, items_per_merchant=300, seed=4)),
                   tmp_path / "shops")
 

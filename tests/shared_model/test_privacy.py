@@ -123,6 +123,32 @@ def test_the_noise_and_the_sample_are_secret_not_drawn_from_the_public_seed(data
     assert torch.equal(_trained_weights(data, 7), _trained_weights(data, 7))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here; bench/gpu_check.sh runs DP-SGD on one"))])
+def test_dp_sgd_draws_its_noise_where_the_parameters_are(data, device, monkeypatch):
+    # CUDA refuses a CPU generator for a draw on the GPU: with one generator for the sample and the noise, every
+    # DP training on a GPU stopped at its first step (found by bench/gpu_check.sh on an H200, 2026-12-04)
+    import opacus.optimizers.optimizer
+    import opacus.optimizers.optimizer_fast_gradient_clipping as ghost
+
+    drawn_on = []
+    real = opacus.optimizers.optimizer._generate_noise
+
+    def watched(std, reference, generator=None, secure_mode=False):
+        drawn_on.append((generator.device.type, reference.device.type))
+        return real(std, reference, generator, secure_mode)
+
+    for module in (opacus.optimizers.optimizer, ghost):  # ghost clipping's optimizer imported the name
+        monkeypatch.setattr(module, "_generate_noise", watched)
+    torch.manual_seed(0)
+    model = ProfileTransformer(SMALL, data.catalogue.descriptors)
+    config = TrainConfig(epochs=1, batch_size=32, negatives=32, eval_every=0, show_progress=False)
+    result = train(model, data, config, privacy=PrivacyConfig(target_epsilon=8.0, target_delta=1e-5),
+                   device=torch.device(device), validate=False)
+    assert drawn_on and set(drawn_on) == {(device, device)}
+    assert result.epsilon > 0 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize("accountant, epsilon, delta, sample_rate, steps", [
     ("prv", 8.0, 1e-5, 0.5, 6),  # a deployed merchant's first round (tests' size)
     ("rdp", 8.0, 1e-5, 0.183, 55),  # the Beauty distributed-DP benchmark
