@@ -111,5 +111,5 @@ def make_private(model: ProfileTransformer, optimizer: torch.optim.Optimizer, cr
     else:
         net, optimizer, loader = wrapped
     net.forbid_grad_accumulation()  # as Opacus does for the Poisson sampling it sets up itself
-    speedup = GhostClippingSpeedup(net, optimizer) if mode == "ghost" else None
+    speedup = GhostClippingSpeedup(net, optimizer, one_pass=privacy.one_pass_clipping) if mode == "ghost" else None
     return PrivateTraining(net, optimizer, criterion, loader, engine, ledger, speedup)

@@ -32,6 +32,9 @@ class PrivacyConfig:
     planned_epochs: float | None = None  # epochs over all calls (e.g. rounds x local epochs); None = this call's
     accountant: str = "prv"
     ghost_clipping: bool = True
+    # with ghost clipping: each layer's clipped gradient from the first pass's output gradients (book-keeping),
+    # no second backward pass; the same gradient (tests/shared_model/test_ghost_clipping.py). False: two passes
+    one_pass_clipping: bool = True
     # tests only: the Poisson sample and the noise repeat for this seed. None (the only value the run config can
     # give): both come from a generator seeded with the OS's secret randomness, never from the run's public seed
     noise_seed: int | None = None
