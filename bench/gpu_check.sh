@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check, prepared to run in one go on a CUDA machine: the device, a short `fedprofile train` (plain and DP),
 # a 2-merchant federation (the real ServerApp and ClientApp; Flower's simulation engine when Ray is there, else
-# in process), the serving benchmark and DP / plain users per second on Amazon Beauty (when its folder is there),
-# each printing its figures. Elsewhere it runs the same steps on the CPU. A step that fails is reported and the
-# others still run; the script exits non-zero if any failed.
+# in process), the serving benchmark, DP / plain users per second on full windows and on Amazon Beauty (when its
+# folder is there), each printing its figures. Elsewhere it runs the same steps on the CPU. A step that fails is
+# reported and the others still run; the script exits non-zero if any failed.
 #
 #   bench/gpu_check.sh                      # on the machine with the GPU, from the repository root
 #   PYTHON=.venv/bin/python bench/gpu_check.sh --prepare
@@ -127,10 +127,15 @@ beauty() {
     $PY bench/dp_cost.py --data "$folder" --format amazon --device auto --rounds 1
 }
 
+full_windows() {
+    $PY bench/dp_cost.py --items 12000 --batch-size 256 --steps 4 --rounds 2 --clipping one-pass two-pass --device auto
+}
+
 step "device" device
 step "fedprofile train, built-in shops, 3 epochs: plain, then DP-SGD at epsilon 8" train
 step "2 merchants, 3 rounds, distributed DP" federation
 step "serving benchmark (12,000 items, 1,000 requests per measurement)" serving
+step "DP / plain on full windows, one-pass and two-pass clipping side by side (bench/dp_cost.py)" full_windows
 step "fedprofile train --epochs 1 on Amazon Beauty with its defaults: plain, then --dp (bench/dp_cost.py)" beauty
 
 echo "== done: $OUT/gpu-check.log${failed[*]:+; failed: ${failed[*]}}"
