@@ -31,7 +31,7 @@ class GhostClippingSpeedup:
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, *, one_pass: bool = True):
         self.net, self.optimizer = net, optimizer
         self._outputs: list[torch.Tensor] = []
-        self._calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+        self._inputs: list[tuple[nn.Module, torch.Tensor]] = []  # one pass: each recorded output's layer and input
         layers = [m for m in net.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
         self.one_pass = one_pass and all(_one_pass_layer(m) for m in layers)
         # forward hooks see a layer's own output, before Opacus wraps it in the hook that computes its norm
@@ -45,18 +45,18 @@ class GhostClippingSpeedup:
         if torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad:
             self._outputs.append(output)
             if self.one_pass:
-                self._calls.append((module, args[0].detach(), output))
+                self._inputs.append((module, args[0].detach()))
 
     def backward(self, loss) -> None:
-        """Opacus' `DPTensorFastGradientClipping.backward` (mean reduction) with a norms-only first pass."""
+        """Opacus' `DPTensorFastGradientClipping.backward` (mean reduction) with a norms-only first pass, and with
+        `one_pass` no second one."""
         outputs, self._outputs = self._outputs, []
-        calls, self._calls = self._calls, []
+        inputs, self._inputs = self._inputs, []
         trainable = [(name, p) for name, p in self.net.named_parameters() if p.requires_grad]
         for _, param in trainable:
             param._norm_sample = None  # so that a norm this pass does not write shows as missing, not stale
         torch.autograd.backward(loss.loss_per_sample.mean(dim=0), inputs=outputs, retain_graph=not self.one_pass)
-        if self.one_pass:
-            grads = {id(output): output.grad for _, _, output in calls}
+        grads = [output.grad for output in outputs]
         for output in outputs:
             output.grad = None
         missing = [name for name, param in trainable if param._norm_sample is None]
@@ -68,8 +68,8 @@ class GhostClippingSpeedup:
         if self.one_pass:  # book-keeping: each layer's clipped gradient from what the first pass kept
             # the first pass differentiated the mean over the physical batch: n x coefficient weighs each customer
             weights = coefficient.to(loss.loss_per_sample.device) * loss.loss_per_sample.shape[0]
-            for module, inputs, output in calls:
-                _add_clipped_gradient(module, inputs, grads[id(output)], weights)
+            for (module, layer_input), grad in zip(inputs, grads):
+                _add_clipped_gradient(module, layer_input, grad, weights)
             return
         self.net.disable_hooks()
         try:
@@ -82,7 +82,7 @@ class GhostClippingSpeedup:
             handle.remove()
         for table in self._tables:
             table.sparse = False
-        self._outputs, self._calls = [], []
+        self._outputs, self._inputs = [], []
         del self.optimizer.accumulate  # the class's own again
 
 
@@ -97,9 +97,11 @@ def _accumulate_dense(optimizer) -> None:
 
 
 def _one_pass_layer(module: nn.Module) -> bool:
-    if isinstance(module, nn.Embedding):
+    if type(module) not in ONE_PASS_LAYERS:  # a subclass may compute something else
+        return False
+    if isinstance(module, nn.Embedding):  # options whose gradient the rows added here would not follow
         return module.padding_idx is None and module.max_norm is None and not module.scale_grad_by_freq
-    return isinstance(module, ONE_PASS_LAYERS) and type(module) in ONE_PASS_LAYERS
+    return True
 
 
 def _add_clipped_gradient(module: nn.Module, inputs: torch.Tensor, grad: torch.Tensor | None,
@@ -134,7 +136,4 @@ def _add_clipped_gradient(module: nn.Module, inputs: torch.Tensor, grad: torch.T
         if not param.requires_grad:
             continue
         value = value.to(param.dtype)
-        if param.grad is None:
-            param.grad = value
-        else:
-            param.grad = param.grad + value
+        param.grad = value if param.grad is None else param.grad + value
